@@ -1,0 +1,2 @@
+//! The `highway` binary: wiring only; everything lives in the library.
+fn main() {}

@@ -1,0 +1,535 @@
+//! [`Client`]: the producer side of the queue (enqueue, batch enqueue, enqueue inside a
+//! caller's transaction, read, list, wait, cancel). It owns the SQL for those operations;
+//! claiming, heartbeats and completion live in the worker crate.
+
+use crate::types::*;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool, Postgres};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// The NOTIFY channel that wakes fetch loops; the payload is the queue name.
+pub const ACTIVITY_CHANNEL: &str = "highway_activity";
+/// The NOTIFY channel that tells workers to cancel a running activity; payload = id.
+pub const CANCEL_CHANNEL: &str = "highway_cancel";
+/// At most one wake-up NOTIFY per queue per this window per client: a NOTIFY per insert
+/// halves insert throughput, and workers keep polling briefly after each wake-up.
+pub const NOTIFY_DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Errors callers branch on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    InvalidField(#[from] FieldError),
+    #[error("idempotency key {key:?} was already used with a different request")]
+    IdempotencyConflict { key: String },
+    #[error("activity {0} not found")]
+    NotFound(Uuid),
+    #[error("timed out after {0:?} waiting for activity to finish")]
+    WaitTimeout(Duration),
+    #[error("database unavailable: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl Error {
+    /// True when the database could not be reached (callers answer 503, not 500).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Database(e) => matches!(
+                e,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+                    | sqlx::Error::Tls(_)
+            ),
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Result of an enqueue: the activity id and whether this call created it (false when an
+/// identical request with the same idempotency key already existed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Enqueued {
+    pub id: Uuid,
+    pub created: bool,
+}
+
+/// The queue's producer API. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pool: PgPool,
+    notify_gate: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+const ACTIVITY_COLUMNS: &str = "id, workflow_run_id, tenant_id, kind, params, queue, priority, status, \
+    attempt, max_attempts, uncounted_attempts, run_at, lease_owner, lease_expires_at, heartbeat_at, \
+    heartbeat_details, result, error, idempotency_key, created_at, started_at, finished_at, \
+    cancel_requested_at";
+
+impl Client {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            notify_gate: Arc::default(),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Enqueues one activity in its own transaction.
+    pub async fn enqueue(&self, req: &EnqueueRequest) -> Result<Enqueued> {
+        let mut conn = self.pool.acquire().await?;
+        self.enqueue_with(&mut conn, req).await
+    }
+
+    /// Enqueues inside the caller's transaction (or on any connection): the activity
+    /// exists exactly when the caller's transaction commits.
+    pub async fn enqueue_tx(&self, conn: &mut PgConnection, req: &EnqueueRequest) -> Result<Enqueued> {
+        self.enqueue_with(conn, req).await
+    }
+
+    async fn enqueue_with(&self, conn: &mut PgConnection, req: &EnqueueRequest) -> Result<Enqueued> {
+        req.validate()?;
+        let hash = request_hash(req);
+        let notify = self.should_notify(&req.queue);
+        let row: Option<(Uuid,)> = sqlx::query_as(INSERT_ONE)
+            .bind(Uuid::now_v7())
+            .bind(req.workflow_run_id)
+            .bind(&req.tenant_id)
+            .bind(&req.kind)
+            .bind(&req.params)
+            .bind(&req.queue)
+            .bind(req.priority)
+            .bind(req.retry_policy.maximum_attempts as i32)
+            .bind(req.retry_policy.initial_interval.as_millis_i64())
+            .bind(req.retry_policy.backoff_coefficient)
+            .bind(req.retry_policy.maximum_interval.as_millis_i64())
+            .bind(&req.retry_policy.non_retryable_error_types)
+            .bind(req.run_at)
+            .bind(req.delay.map(|d| d.as_millis_i64()))
+            .bind(req.timeouts.schedule_to_start.map(|d| d.as_millis_i64()))
+            .bind(req.timeouts.start_to_close.map(|d| d.as_millis_i64()))
+            .bind(req.timeouts.schedule_to_close.map(|d| d.as_millis_i64()))
+            .bind(req.timeouts.heartbeat.map(|d| d.as_millis_i64()))
+            .bind(&req.idempotency_key)
+            .bind(&hash)
+            .bind(notify)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some((id,)) = row {
+            return Ok(Enqueued { id, created: true });
+        }
+        // Conflict on (tenant_id, idempotency_key): the same request returns the original.
+        let key = req.idempotency_key.clone().unwrap_or_default();
+        let (id, existing_hash): (Uuid, Option<String>) = sqlx::query_as(
+            "SELECT id, request_hash FROM highway.activities WHERE tenant_id = $1 AND idempotency_key = $2",
+        )
+        .bind(&req.tenant_id)
+        .bind(&key)
+        .fetch_one(&mut *conn)
+        .await?;
+        if existing_hash.as_deref() == Some(hash.as_str()) {
+            Ok(Enqueued { id, created: false })
+        } else {
+            Err(Error::IdempotencyConflict { key })
+        }
+    }
+
+    /// Enqueues many activities in one statement (one transaction), returning their ids in
+    /// request order. Requests with idempotency keys follow the same rules as `enqueue`.
+    pub async fn enqueue_many(&self, reqs: &[EnqueueRequest]) -> Result<Vec<Enqueued>> {
+        let mut tx = self.pool.begin().await?;
+        let out = self.enqueue_many_tx(&mut tx, reqs).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// `enqueue_many` inside the caller's transaction.
+    pub async fn enqueue_many_tx(&self, conn: &mut PgConnection, reqs: &[EnqueueRequest]) -> Result<Vec<Enqueued>> {
+        if reqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cols = BatchColumns::default();
+        for r in reqs {
+            r.validate()?;
+            cols.push(r);
+        }
+        let inserted: Vec<(Uuid,)> = sqlx::query_as(INSERT_MANY)
+            .bind(&cols.id)
+            .bind(&cols.run)
+            .bind(&cols.tenant)
+            .bind(&cols.kind)
+            .bind(&cols.params)
+            .bind(&cols.queue)
+            .bind(&cols.priority)
+            .bind(&cols.max_attempts)
+            .bind(&cols.initial)
+            .bind(&cols.coef)
+            .bind(&cols.max_interval)
+            .bind(&cols.non_retryable)
+            .bind(&cols.run_at)
+            .bind(&cols.delay)
+            .bind(&cols.s2s)
+            .bind(&cols.s2c)
+            .bind(&cols.sc)
+            .bind(&cols.hb)
+            .bind(&cols.key)
+            .bind(&cols.hash)
+            .fetch_all(&mut *conn)
+            .await?;
+        let created: std::collections::HashSet<Uuid> = inserted.into_iter().map(|(id,)| id).collect();
+        let mut out = Vec::with_capacity(reqs.len());
+        for (i, r) in reqs.iter().enumerate() {
+            let id = cols.id[i];
+            if created.contains(&id) {
+                out.push(Enqueued { id, created: true });
+                continue;
+            }
+            let key = r.idempotency_key.clone().unwrap_or_default();
+            let (existing, existing_hash): (Uuid, Option<String>) = sqlx::query_as(
+                "SELECT id, request_hash FROM highway.activities WHERE tenant_id = $1 AND idempotency_key = $2",
+            )
+            .bind(&r.tenant_id)
+            .bind(&key)
+            .fetch_one(&mut *conn)
+            .await?;
+            if existing_hash.as_deref() != Some(cols.hash[i].as_str()) {
+                return Err(Error::IdempotencyConflict { key });
+            }
+            out.push(Enqueued {
+                id: existing,
+                created: false,
+            });
+        }
+        let mut queues: Vec<&str> = reqs.iter().map(|r| r.queue.as_str()).collect();
+        queues.sort_unstable();
+        queues.dedup();
+        for q in queues {
+            if self.should_notify(q) {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(ACTIVITY_CHANNEL)
+                    .bind(q)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads one activity. With `tenant`, another tenant's activity is `NotFound`.
+    pub async fn get(&self, id: Uuid, tenant: Option<&str>) -> Result<Activity> {
+        let sql = format!(
+            "SELECT {ACTIVITY_COLUMNS} FROM highway.activities WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)"
+        );
+        sqlx::query_as::<Postgres, Activity>(&sql)
+            .bind(id)
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(Error::NotFound(id))
+    }
+
+    /// Lists activities, newest first.
+    pub async fn list(&self, f: &ActivityFilter) -> Result<Vec<Activity>> {
+        let sql = format!(
+            "SELECT {ACTIVITY_COLUMNS} FROM highway.activities \
+             WHERE ($1::text IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR status = $2) \
+               AND ($3::text IS NULL OR kind = $3) AND ($4::text IS NULL OR queue = $4) \
+               AND ($5::uuid IS NULL OR workflow_run_id = $5) \
+             ORDER BY created_at DESC, id DESC LIMIT $6"
+        );
+        Ok(sqlx::query_as::<Postgres, Activity>(&sql)
+            .bind(&f.tenant_id)
+            .bind(f.status.map(|s| s.as_str()))
+            .bind(&f.kind)
+            .bind(&f.queue)
+            .bind(f.workflow_run_id)
+            .bind(f.limit.unwrap_or(100).clamp(1, 10_000))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Waits until the activity is terminal, polling with a growing interval (10 ms to
+    /// 250 ms). Database errors while waiting are retried until the deadline, so a
+    /// short outage does not surface to the caller.
+    pub async fn wait(&self, id: Uuid, tenant: Option<&str>, timeout: Duration) -> Result<Activity> {
+        let deadline = Instant::now() + timeout;
+        let mut interval = Duration::from_millis(10);
+        loop {
+            match self.get(id, tenant).await {
+                Ok(a) if a.status().is_terminal() => return Ok(a),
+                Ok(_) => {}
+                Err(e @ Error::NotFound(_)) => return Err(e),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(e) => tracing::debug!(error = %e, "wait: transient database error"),
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::WaitTimeout(timeout));
+            }
+            tokio::time::sleep(interval.min(deadline.saturating_duration_since(Instant::now()))).await;
+            interval = (interval * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    /// Cancels an activity: a scheduled one becomes `cancelled` at once; a running one is
+    /// flagged and its worker told through NOTIFY (and its next heartbeat).
+    pub async fn cancel(&self, id: Uuid, tenant: Option<&str>) -> Result<CancelOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String,)> = sqlx::query_as(CANCEL_ONE)
+            .bind(id)
+            .bind(tenant)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let outcome = match row {
+            Some((s,)) if s == "cancelled" => CancelOutcome::Cancelled,
+            Some(_) => {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(CANCEL_CHANNEL)
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                CancelOutcome::Requested
+            }
+            None => {
+                // Either missing (or another tenant's) or already terminal.
+                let exists: Option<(String,)> = sqlx::query_as(
+                    "SELECT status FROM highway.activities WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
+                )
+                .bind(id)
+                .bind(tenant)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match exists {
+                    None => return Err(Error::NotFound(id)),
+                    Some(_) => CancelOutcome::AlreadyFinished,
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Starts a workflow run record (the driver that executes definitions is separate).
+    pub async fn create_run(&self, tenant: &str, name: &str, input: &Value) -> Result<Uuid> {
+        check_field("tenant_id", tenant)?;
+        let id = Uuid::now_v7();
+        sqlx::query("INSERT INTO highway.workflow_runs (id, tenant_id, name, input) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(tenant)
+            .bind(name)
+            .bind(input)
+            .execute(&self.pool)
+            .await?;
+        Ok(id)
+    }
+
+    /// Cancels a workflow run: every scheduled activity is cancelled at once, every running
+    /// one is told to stop. The run is `cancelled` when none is left running.
+    pub async fn cancel_run(&self, run_id: Uuid, tenant: Option<&str>) -> Result<CancelOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let run: Option<(String,)> = sqlx::query_as(
+            "UPDATE highway.workflow_runs SET cancel_requested_at = COALESCE(cancel_requested_at, now()), \
+                    status = CASE WHEN status = 'running' THEN 'cancelling' ELSE status END \
+             WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2) RETURNING status",
+        )
+        .bind(run_id)
+        .bind(tenant)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((status,)) = run else {
+            return Err(Error::NotFound(run_id));
+        };
+        if status != "cancelling" {
+            tx.commit().await?;
+            return Ok(CancelOutcome::AlreadyFinished);
+        }
+        let running: Vec<(Uuid,)> = sqlx::query_as(CANCEL_RUN_ACTIVITIES)
+            .bind(run_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        for (id,) in &running {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CANCEL_CHANNEL)
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let finished = sqlx::query(FINISH_CANCELLED_RUN)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(if finished > 0 {
+            CancelOutcome::Cancelled
+        } else {
+            CancelOutcome::Requested
+        })
+    }
+
+    fn should_notify(&self, queue: &str) -> bool {
+        let mut gate = self.notify_gate.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match gate.get(queue) {
+            Some(last) if now.duration_since(*last) < NOTIFY_DEBOUNCE => false,
+            _ => {
+                gate.insert(queue.to_owned(), now);
+                true
+            }
+        }
+    }
+}
+
+fn check_field(field: &'static str, v: &str) -> Result<(), FieldError> {
+    if v.is_empty() || v.len() > 64 || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(FieldError::new(field, "must be 1 to 64 letters, digits, '_' or '-'"));
+    }
+    Ok(())
+}
+
+/// sha256 of the canonical request (serde_json maps are sorted), used to tell a retried
+/// enqueue from a different request that reuses the key.
+pub fn request_hash(req: &EnqueueRequest) -> String {
+    let canonical = json!({
+        "kind": req.kind, "params": req.params, "tenant_id": req.tenant_id,
+        "workflow_run_id": req.workflow_run_id, "queue": req.queue, "priority": req.priority,
+        "run_at": req.run_at, "delay": req.delay, "retry_policy": req.retry_policy,
+        "timeouts": req.timeouts,
+    });
+    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+#[derive(Default)]
+struct BatchColumns {
+    id: Vec<Uuid>,
+    run: Vec<Option<Uuid>>,
+    tenant: Vec<String>,
+    kind: Vec<String>,
+    params: Vec<Value>,
+    queue: Vec<String>,
+    priority: Vec<i16>,
+    max_attempts: Vec<i32>,
+    initial: Vec<i64>,
+    coef: Vec<f64>,
+    max_interval: Vec<i64>,
+    non_retryable: Vec<Value>,
+    run_at: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    delay: Vec<Option<i64>>,
+    s2s: Vec<Option<i64>>,
+    s2c: Vec<Option<i64>>,
+    sc: Vec<Option<i64>>,
+    hb: Vec<Option<i64>>,
+    key: Vec<Option<String>>,
+    hash: Vec<String>,
+}
+
+impl BatchColumns {
+    fn push(&mut self, r: &EnqueueRequest) {
+        self.id.push(Uuid::now_v7());
+        self.run.push(r.workflow_run_id);
+        self.tenant.push(r.tenant_id.clone());
+        self.kind.push(r.kind.clone());
+        self.params.push(r.params.clone());
+        self.queue.push(r.queue.clone());
+        self.priority.push(r.priority);
+        self.max_attempts.push(r.retry_policy.maximum_attempts as i32);
+        self.initial.push(r.retry_policy.initial_interval.as_millis_i64());
+        self.coef.push(r.retry_policy.backoff_coefficient);
+        self.max_interval.push(r.retry_policy.maximum_interval.as_millis_i64());
+        self.non_retryable.push(json!(r.retry_policy.non_retryable_error_types));
+        self.run_at.push(r.run_at);
+        self.delay.push(r.delay.map(|d| d.as_millis_i64()));
+        self.s2s.push(r.timeouts.schedule_to_start.map(|d| d.as_millis_i64()));
+        self.s2c.push(r.timeouts.start_to_close.map(|d| d.as_millis_i64()));
+        self.sc.push(r.timeouts.schedule_to_close.map(|d| d.as_millis_i64()));
+        self.hb.push(r.timeouts.heartbeat.map(|d| d.as_millis_i64()));
+        self.key.push(r.idempotency_key.clone());
+        self.hash.push(request_hash(r));
+    }
+}
+
+// The NOTIFY rides in the INSERT statement itself: no extra round trip or transaction.
+const INSERT_ONE: &str = r#"
+WITH ins AS (
+    INSERT INTO highway.activities (
+        id, workflow_run_id, tenant_id, kind, params, queue, priority, max_attempts,
+        retry_initial_interval_ms, retry_backoff_coefficient, retry_max_interval_ms,
+        non_retryable_error_types, run_at, schedule_to_start_timeout_ms,
+        start_to_close_timeout_ms, schedule_to_close_timeout_ms, heartbeat_timeout_ms,
+        idempotency_key, request_hash)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+            COALESCE($13, now() + make_interval(secs => COALESCE($14, 0)::double precision / 1000)),
+            $15, $16, $17, $18, $19, $20)
+    ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+    RETURNING id, queue
+)
+SELECT ins.id FROM ins
+LEFT JOIN LATERAL (SELECT pg_notify('highway_activity', ins.queue) WHERE $21) n ON true
+"#;
+
+const INSERT_MANY: &str = r#"
+INSERT INTO highway.activities (
+    id, workflow_run_id, tenant_id, kind, params, queue, priority, max_attempts,
+    retry_initial_interval_ms, retry_backoff_coefficient, retry_max_interval_ms,
+    non_retryable_error_types, run_at, schedule_to_start_timeout_ms,
+    start_to_close_timeout_ms, schedule_to_close_timeout_ms, heartbeat_timeout_ms,
+    idempotency_key, request_hash)
+SELECT u.id, u.run, u.tenant, u.kind, u.params, u.queue, u.priority, u.max_attempts,
+       u.initial, u.coef, u.max_interval,
+       ARRAY(SELECT jsonb_array_elements_text(u.non_retryable)),
+       COALESCE(u.run_at, now() + make_interval(secs => COALESCE(u.delay, 0)::double precision / 1000)),
+       u.s2s, u.s2c, u.sc, u.hb, u.key, u.hash
+FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::smallint[],
+            $8::int[], $9::bigint[], $10::float8[], $11::bigint[], $12::jsonb[], $13::timestamptz[],
+            $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::text[], $20::text[])
+     AS u(id, run, tenant, kind, params, queue, priority, max_attempts, initial, coef, max_interval,
+          non_retryable, run_at, delay, s2s, s2c, sc, hb, key, hash)
+ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+RETURNING id
+"#;
+
+// `status` on the right-hand side is the row's value before the update.
+const CANCEL_ONE: &str = r#"
+UPDATE highway.activities
+SET cancel_requested_at = COALESCE(cancel_requested_at, now()),
+    status = CASE WHEN status = 'scheduled' THEN 'cancelled' ELSE status END,
+    finished_at = CASE WHEN status = 'scheduled' THEN now() ELSE finished_at END,
+    error = CASE WHEN status = 'scheduled'
+                 THEN jsonb_build_object('type', 'Cancelled', 'message', 'cancelled before it started', 'retryable', false)
+                 ELSE error END
+WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2) AND status IN ('scheduled', 'running')
+RETURNING status
+"#;
+
+const CANCEL_RUN_ACTIVITIES: &str = r#"
+WITH upd AS (
+    UPDATE highway.activities
+    SET cancel_requested_at = COALESCE(cancel_requested_at, now()),
+        status = CASE WHEN status = 'scheduled' THEN 'cancelled' ELSE status END,
+        finished_at = CASE WHEN status = 'scheduled' THEN now() ELSE finished_at END,
+        error = CASE WHEN status = 'scheduled'
+                     THEN jsonb_build_object('type', 'Cancelled', 'message', 'workflow run cancelled', 'retryable', false)
+                     ELSE error END
+    WHERE workflow_run_id = $1 AND status IN ('scheduled', 'running')
+    RETURNING id, status
+)
+SELECT id FROM upd WHERE status = 'running'
+"#;
+
+/// Ends a cancelling run once none of its activities is left running. Also run by the
+/// worker after it records a cancelled activity.
+pub const FINISH_CANCELLED_RUN: &str = r#"
+UPDATE highway.workflow_runs r SET status = 'cancelled', finished_at = now()
+WHERE r.id = $1 AND r.status = 'cancelling'
+  AND NOT EXISTS (SELECT 1 FROM highway.activities a
+                  WHERE a.workflow_run_id = r.id AND a.status IN ('scheduled', 'running'))
+"#;

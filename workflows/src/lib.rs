@@ -1,0 +1,21 @@
+//! The Highway client library: the wire types of the activity queue and the typed
+//! client that enqueues, reads, waits for and cancels activities.
+//!
+//! # Layout
+//! - [`types`]: requests and views shared by the client, the worker, the CLI and the
+//!   HTTP API (`EnqueueRequest`, `RetryPolicy`, `Activity`, `ActivityStatus`, ...).
+//! - [`duration`]: human-friendly durations (`"30s"`, `"5m"`, `1500` ms is written `"1500ms"`).
+//! - [`client`]: [`Client`], the producer side of the queue. Like River's `Insert`/`InsertTx`
+//!   it writes straight into Postgres, so an enqueue can join the caller's transaction.
+//!   This module owns the enqueue, read and cancel SQL; claiming and completing belong to
+//!   the worker crate.
+//!
+//! This crate knows nothing of Docker beyond parameter types; it never talks to a daemon.
+
+pub mod client;
+pub mod duration;
+pub mod types;
+
+pub use client::{Client, Error};
+pub use duration::HumanDuration;
+pub use types::*;
