@@ -74,6 +74,11 @@ CREATE INDEX activities_claim_idx ON highway.activities (queue, priority, run_at
 -- The rescuer: running rows ordered by lease expiry.
 CREATE INDEX activities_running_lease_idx ON highway.activities (lease_expires_at)
     WHERE status = 'running';
+-- The rescuer's timeout sweep over waiting rows that carry a schedule-to-start or
+-- schedule-to-close deadline (most rows carry none and stay out of this index).
+CREATE INDEX activities_scheduled_deadline_idx ON highway.activities (run_at)
+    WHERE status = 'scheduled'
+      AND (schedule_to_start_timeout_ms IS NOT NULL OR schedule_to_close_timeout_ms IS NOT NULL);
 -- Cancelling a workflow run, and the workflow driver: activities of a run.
 CREATE INDEX activities_run_idx ON highway.activities (workflow_run_id)
     WHERE workflow_run_id IS NOT NULL;

@@ -2,9 +2,23 @@
 //!
 //! # Layout
 //! - [`config`]: every setting (flags, `HIGHWAY_*` environment, defaults, validation).
+//! - [`db`]: pools, migrations, the private Postgres cluster of `highway up`.
+//! - [`queue`]: the activity table seen from the worker: claim, heartbeat, complete,
+//!   rescue (the producer side is `highway_workflows::Client`).
 //! - [`executor`]: the registry of activity kinds and the worker loop.
 //! - [`docker`]: `tools.docker.*`: bollard client, run spec, container lifecycle, tracking.
+//! - [`api`]: the HTTP server.
+//! - [`supervisor`]: signals, the two shutdown phases, and wiring of the services.
+//! - [`cli`]: the `highway` commands (thin; they call the library).
+//!
+//! Dependencies flow one way: `cli`/`api` → `executor` → `queue`/`docker` → `db`/`config`.
 
+pub mod api;
+pub mod cli;
 pub mod config;
+pub mod db;
 pub mod docker;
 pub mod executor;
+pub mod health;
+pub mod queue;
+pub mod supervisor;

@@ -1,5 +1,787 @@
 //! The worker loop: claim → run the handler → heartbeat → record; drain on shutdown.
+//!
+//! One [`Worker`] per process runs, all under one `TaskTracker`:
+//! - a fetch loop per queue that claims `min(free slots, batch)` activities in one
+//!   statement and starts one task per activity (a slot is a semaphore permit);
+//! - the heartbeat loop: one statement per tick renews every lease this worker holds and
+//!   reports cancellations; attempts missing from the answer have lost their lease;
+//! - the completer: results are batched into one fenced statement every few ms;
+//! - the listener: one LISTEN connection for wake-ups and cancellations;
+//! - the rescuer (`rescuer.rs`).
+//!
+//! Shutdown has two phases ([`Shutdown`]): *soft* stops claiming and lets running work
+//! finish; *hard* cancels what is left with [`CancelReason::Shutdown`] so handlers stop
+//! their containers, and those attempts are released without counting as failures.
 
+pub mod builtin;
 pub mod registry;
+mod rescuer;
 
 pub use registry::{ActivityContext, CancelReason, Handler, HandlerError, HandlerResult, Registry};
+pub use rescuer::Rescuer;
+
+use crate::queue::store::{self, KeysetHint};
+use crate::queue::{Claimed, Completion, Outcome, ACTIVITY_CHANNEL, CANCEL_CHANNEL};
+use futures::FutureExt;
+use serde_json::json;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, info_span, warn, Instrument};
+use uuid::Uuid;
+
+/// The two phases of a shutdown, shared by every service of the process.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    /// Stop taking new work; let running work finish.
+    pub soft: CancellationToken,
+    /// Stop running work now (containers are stopped, leases released).
+    pub hard: CancellationToken,
+}
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Both phases at once (tests, fatal errors).
+    pub fn now(&self) {
+        self.soft.cancel();
+        self.hard.cancel();
+    }
+}
+
+/// Settings of a worker (from `config::WorkerConfig`).
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub id: Uuid,
+    pub queues: Vec<String>,
+    pub concurrency: usize,
+    pub fetch_batch: usize,
+    pub poll_interval: Duration,
+    pub lease: Duration,
+    pub heartbeat_interval: Duration,
+    pub rescue_interval: Duration,
+    pub complete_batch: usize,
+    pub complete_flush: Duration,
+    pub max_uncounted_attempts: i32,
+    /// After hard shutdown, how long handlers get to stop their containers.
+    pub hard_stop_timeout: Duration,
+    /// Run the rescuer in this process (every worker does by default).
+    pub run_rescuer: bool,
+}
+
+impl WorkerOptions {
+    pub fn from_config(c: &crate::config::WorkerConfig) -> Self {
+        Self {
+            id: c.worker_id.unwrap_or_else(Uuid::new_v4),
+            queues: c.queues.clone(),
+            concurrency: c.concurrency,
+            fetch_batch: c.fetch_batch,
+            poll_interval: c.poll_interval.0,
+            lease: c.lease.0,
+            heartbeat_interval: c.heartbeat_interval(),
+            rescue_interval: c.rescue_interval.0,
+            complete_batch: c.complete_batch,
+            complete_flush: c.complete_flush.0,
+            max_uncounted_attempts: c.max_uncounted_attempts,
+            hard_stop_timeout: Duration::from_secs(60),
+            run_rescuer: true,
+        }
+    }
+
+    /// Defaults for tests and embedding.
+    pub fn new(queues: Vec<String>, concurrency: usize) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            queues,
+            concurrency,
+            fetch_batch: 100,
+            poll_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(10),
+            rescue_interval: Duration::from_secs(5),
+            complete_batch: 200,
+            complete_flush: Duration::from_millis(2),
+            max_uncounted_attempts: 20,
+            hard_stop_timeout: Duration::from_secs(60),
+            run_rescuer: true,
+        }
+    }
+}
+
+/// Counters of one worker's life, returned by [`Worker::run`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerSummary {
+    pub claimed: u64,
+    pub completed: u64,
+    /// Results the database refused (lease lost, late, or cancelled meanwhile).
+    pub rejected: u64,
+    pub lease_lost: u64,
+    pub released: u64,
+}
+
+/// An attempt running in this process.
+struct Running {
+    attempt: i32,
+    ctx: ActivityContext,
+    /// Local time at which the last successful heartbeat (or the claim) was *sent*: the
+    /// lease in the database runs at least until this plus the lease.
+    renewed_at: Instant,
+    lease: Duration,
+}
+
+type RunningMap = Arc<Mutex<HashMap<Uuid, Running>>>;
+
+#[derive(Default)]
+struct Counters {
+    claimed: std::sync::atomic::AtomicU64,
+    completed: std::sync::atomic::AtomicU64,
+    rejected: std::sync::atomic::AtomicU64,
+    lease_lost: std::sync::atomic::AtomicU64,
+}
+
+/// A worker process's executor. See the module docs.
+pub struct Worker {
+    opts: WorkerOptions,
+    pool: PgPool,
+    maint_pool: PgPool,
+    registry: Arc<Registry>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("opts", &self.opts).finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// `pool` carries claims, heartbeats and completions; `maint_pool` the LISTEN
+    /// connection and the rescuer, so maintenance never waits behind work.
+    pub fn new(opts: WorkerOptions, pool: PgPool, maint_pool: PgPool, registry: Registry) -> Self {
+        Self {
+            opts,
+            pool,
+            maint_pool,
+            registry: Arc::new(registry),
+        }
+    }
+
+    pub fn id(&self) -> Uuid {
+        self.opts.id
+    }
+
+    /// Runs until `shutdown.soft` fires and the drain completes.
+    pub async fn run(self, shutdown: Shutdown) -> WorkerSummary {
+        let opts = Arc::new(self.opts);
+        let hostname = hostname();
+        // Registration waits for the database (a worker may start during an outage).
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match store::register_worker(
+                &self.pool,
+                opts.id,
+                &hostname,
+                env!("CARGO_PKG_VERSION"),
+                &opts.queues,
+                opts.concurrency as i32,
+            )
+            .await
+            {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!(dependency = "postgres", error = %e, retry_in_ms = delay.as_millis() as u64, "worker registration failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.soft.cancelled() => return WorkerSummary::default(),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        info!(worker_id = %opts.id, queues = ?opts.queues, concurrency = opts.concurrency, "worker started");
+
+        let running: RunningMap = Arc::default();
+        let counters = Arc::new(Counters::default());
+        let slots = Arc::new(Semaphore::new(opts.concurrency));
+        let wakers: Arc<HashMap<String, Arc<Notify>>> = Arc::new(
+            opts.queues
+                .iter()
+                .map(|q| (q.clone(), Arc::new(Notify::new())))
+                .collect(),
+        );
+        let services = TaskTracker::new();
+        let tasks = TaskTracker::new();
+        // Services that must outlive the drain (heartbeats, completer, listener).
+        let stop_services = CancellationToken::new();
+        let (done_tx, done_rx) = mpsc::channel::<Completion>(opts.complete_batch * 4);
+
+        services.spawn(completer(
+            self.pool.clone(),
+            opts.clone(),
+            done_rx,
+            counters.clone(),
+        ));
+        services.spawn(heartbeat_loop(
+            self.pool.clone(),
+            opts.clone(),
+            running.clone(),
+            shutdown.soft.clone(),
+            stop_services.clone(),
+        ));
+        services.spawn(listener(
+            self.maint_pool.clone(),
+            wakers.clone(),
+            running.clone(),
+            stop_services.clone(),
+        ));
+        if opts.run_rescuer {
+            let rescuer = Rescuer::new(self.maint_pool.clone(), opts.rescue_interval);
+            services.spawn(rescuer.run(stop_services.clone()));
+        }
+        let fetchers = TaskTracker::new();
+        for q in &opts.queues {
+            fetchers.spawn(
+                FetchLoop {
+                    queue: q.clone(),
+                    pool: self.pool.clone(),
+                    opts: opts.clone(),
+                    registry: self.registry.clone(),
+                    slots: slots.clone(),
+                    wake: wakers[q].clone(),
+                    running: running.clone(),
+                    tasks: tasks.clone(),
+                    done: done_tx.clone(),
+                    counters: counters.clone(),
+                    hard: shutdown.hard.clone(),
+                }
+                .run(shutdown.soft.clone()),
+            );
+        }
+        fetchers.close();
+
+        // Phase 1: stop claiming, let running work finish until the hard phase.
+        shutdown.soft.cancelled().await;
+        fetchers.wait().await;
+        info!(running = running.lock().map(|r| r.len()).unwrap_or(0), "draining: claiming stopped");
+        tasks.close();
+        tokio::select! {
+            _ = tasks.wait() => {}
+            _ = shutdown.hard.cancelled() => {
+                // Phase 2: stop what is left; handlers stop and remove their containers.
+                let n = cancel_all(&running, CancelReason::Shutdown);
+                info!(stopping = n, "shutdown grace over: stopping running activities");
+                if tokio::time::timeout(opts.hard_stop_timeout, tasks.wait()).await.is_err() {
+                    warn!("some activities did not stop in time; their leases are released");
+                }
+            }
+        }
+        // Completions queued by the tasks are flushed before the services stop.
+        drop(done_tx);
+        stop_services.cancel();
+        services.close();
+        services.wait().await;
+        let released = match store::release_and_stop(&self.pool, opts.id).await {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "could not release leases at shutdown; the rescuer will");
+                0
+            }
+        };
+        let summary = WorkerSummary {
+            claimed: counters.claimed.load(std::sync::atomic::Ordering::Relaxed),
+            completed: counters.completed.load(std::sync::atomic::Ordering::Relaxed),
+            rejected: counters.rejected.load(std::sync::atomic::Ordering::Relaxed),
+            lease_lost: counters.lease_lost.load(std::sync::atomic::Ordering::Relaxed),
+            released,
+        };
+        info!(?summary, "worker stopped");
+        summary
+    }
+}
+
+fn cancel_all(running: &RunningMap, reason: CancelReason) -> usize {
+    let map = running.lock().unwrap_or_else(|p| p.into_inner());
+    for r in map.values() {
+        r.ctx.cancel(reason);
+    }
+    map.len()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn jitter(d: Duration, fraction: f64) -> Duration {
+    use rand::Rng;
+    let f = rand::thread_rng().gen_range(1.0 - fraction..=1.0);
+    d.mul_f64(f)
+}
+
+/// After a wake-up or a non-empty claim, keep polling at this pace for a while: the
+/// producer's NOTIFY is debounced, so enqueues right after a NOTIFY rely on it.
+const LINGER: Duration = Duration::from_millis(150);
+const LINGER_POLL: Duration = Duration::from_millis(5);
+
+struct FetchLoop {
+    queue: String,
+    pool: PgPool,
+    opts: Arc<WorkerOptions>,
+    registry: Arc<Registry>,
+    slots: Arc<Semaphore>,
+    wake: Arc<Notify>,
+    running: RunningMap,
+    tasks: TaskTracker,
+    done: mpsc::Sender<Completion>,
+    counters: Arc<Counters>,
+    hard: CancellationToken,
+}
+
+impl FetchLoop {
+    async fn run(self, soft: CancellationToken) {
+        let mut hint: Option<KeysetHint> = None;
+        let mut hint_set_at = Instant::now();
+        let mut linger_until = Instant::now();
+        let mut error_delay = Duration::from_millis(100);
+        loop {
+            // A free slot first: never claim more than we can run.
+            let first = tokio::select! {
+                p = self.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                _ = soft.cancelled() => return,
+            };
+            let extra = self.slots.available_permits().min(self.opts.fetch_batch.saturating_sub(1));
+            let mut permits = first;
+            if extra > 0 {
+                if let Ok(more) = self.slots.clone().try_acquire_many_owned(extra as u32) {
+                    permits.merge(more);
+                }
+            }
+            let want = permits.num_permits();
+            let kinds = self.registry.ready_kinds();
+            // Hints go stale as new rows arrive behind them; restart from the head often.
+            if hint_set_at.elapsed() > Duration::from_secs(1) {
+                hint = None;
+            }
+            let claimed = if kinds.is_empty() {
+                Ok(Vec::new())
+            } else {
+                store::claim(
+                    &self.pool,
+                    self.opts.id,
+                    &self.queue,
+                    &kinds,
+                    want,
+                    hint,
+                    self.opts.lease.as_millis() as i64,
+                )
+                .await
+            };
+            let got = match claimed {
+                Ok(rows) => {
+                    error_delay = Duration::from_millis(100);
+                    if rows.len() < want {
+                        hint = None;
+                    } else if let Some(last) = rows.last() {
+                        hint = Some(KeysetHint {
+                            priority: last.priority,
+                            run_at: last.run_at,
+                            id: last.id,
+                        });
+                        hint_set_at = Instant::now();
+                    }
+                    let n = rows.len();
+                    for row in rows {
+                        let permit = permits.split(1).expect("one permit per claimed row");
+                        self.start(row, permit);
+                    }
+                    drop(permits);
+                    n
+                }
+                Err(e) => {
+                    drop(permits);
+                    hint = None;
+                    warn!(dependency = "postgres", queue = %self.queue, error = %e,
+                          retry_in_ms = error_delay.as_millis() as u64, "claim failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(jitter(error_delay, 0.2)) => {}
+                        _ = soft.cancelled() => return,
+                    }
+                    error_delay = (error_delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            if got > 0 {
+                linger_until = Instant::now() + LINGER;
+                continue;
+            }
+            let wait = if Instant::now() < linger_until {
+                LINGER_POLL
+            } else {
+                jitter(self.opts.poll_interval, 0.1)
+            };
+            tokio::select! {
+                _ = self.wake.notified() => { linger_until = Instant::now() + LINGER; }
+                _ = tokio::time::sleep(wait) => {}
+                _ = soft.cancelled() => return,
+            }
+        }
+    }
+
+    fn start(&self, row: Claimed, permit: tokio::sync::OwnedSemaphorePermit) {
+        self.counters.claimed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = Instant::now();
+        let s2c = row.start_to_close_ms.map(|ms| Duration::from_millis(ms.max(0) as u64));
+        let sched = row
+            .schedule_to_close_left_ms
+            .map(|ms| Duration::from_millis(ms.max(0) as u64));
+        let (deadline, deadline_type) = match (s2c, sched) {
+            (Some(a), Some(b)) if b < a => (Some(now + b), "ScheduleToCloseTimeout"),
+            (Some(a), _) => (Some(now + a), "StartToCloseTimeout"),
+            (None, Some(b)) => (Some(now + b), "ScheduleToCloseTimeout"),
+            (None, None) => (None, ""),
+        };
+        let ctx = ActivityContext::new(
+            row.id,
+            row.attempt,
+            row.kind.clone(),
+            row.tenant_id.clone(),
+            row.workflow_run_id,
+            self.opts.id,
+            row.queue.clone(),
+            deadline,
+        );
+        // A cancellation racing the claim is seen at the first heartbeat.
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            row.id,
+            Running {
+                attempt: row.attempt,
+                ctx: ctx.clone(),
+                renewed_at: now,
+                lease: Duration::from_millis(row.lease_ms.max(1000) as u64),
+            },
+        );
+        if self.hard.is_cancelled() {
+            ctx.cancel(CancelReason::Shutdown);
+        }
+        let handler = self.registry.get(&row.kind).cloned();
+        let running = self.running.clone();
+        let done = self.done.clone();
+        let counters = self.counters.clone();
+        let span = info_span!("activity", activity_id = %row.id, kind = %row.kind, attempt = row.attempt,
+                              tenant_id = %row.tenant_id);
+        self.tasks.spawn(
+            async move {
+                let _permit = permit;
+                let outcome = execute(handler, ctx.clone(), row.params, deadline_type).await;
+                running.lock().unwrap_or_else(|p| p.into_inner()).remove(&ctx.activity_id);
+                match outcome {
+                    Some(outcome) => {
+                        // The completer only stops after every sender is gone, so this
+                        // send fails only if the process is already tearing down.
+                        if done
+                            .send(Completion { id: ctx.activity_id, attempt: ctx.attempt, outcome })
+                            .await
+                            .is_err()
+                        {
+                            warn!("completer gone; result dropped (the lease will expire and the rescuer retries it)");
+                        }
+                    }
+                    None => {
+                        counters.lease_lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        warn!("lease lost: attempt stopped, nothing recorded");
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Runs one attempt to its outcome. `None` means "record nothing" (lease lost).
+async fn execute(
+    handler: Option<Arc<dyn Handler>>,
+    ctx: ActivityContext,
+    params: serde_json::Value,
+    deadline_type: &'static str,
+) -> Option<Outcome> {
+    let Some(handler) = handler else {
+        return Some(Outcome::Failed {
+            error: json!({"type": "UnknownKind", "message": format!("no handler registered for kind {:?}", ctx.kind),
+                          "retryable": false, "attempt": ctx.attempt}),
+            error_type: "UnknownKind".into(),
+            retryable: false,
+            timeout: false,
+        });
+    };
+    let started = Instant::now();
+    debug!("attempt started");
+    let fut = AssertUnwindSafe(handler.run(ctx.clone(), params)).catch_unwind();
+    tokio::pin!(fut);
+    let res = match ctx.deadline {
+        Some(deadline) => {
+            tokio::select! {
+                r = &mut fut => r,
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    ctx.cancel(CancelReason::Timeout);
+                    fut.await
+                }
+            }
+        }
+        None => fut.await,
+    };
+    let reason = ctx.cancel_reason();
+    if reason == Some(CancelReason::LeaseLost) {
+        return None;
+    }
+    let res = match res {
+        Ok(r) => r,
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "handler panicked".into());
+            tracing::error!(panic = %msg, "handler panicked");
+            Err(HandlerError::retryable("Panic", msg))
+        }
+    };
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    Some(match (res, reason) {
+        (Ok(v), _) => {
+            debug!(elapsed_ms, "attempt succeeded");
+            Outcome::Succeeded(v)
+        }
+        (Err(_), Some(CancelReason::Shutdown)) => Outcome::Release,
+        (Err(e), Some(CancelReason::Requested)) => Outcome::Cancelled(error_json(&e, ctx.attempt)),
+        (Err(e), Some(CancelReason::Timeout)) => {
+            let mut err = error_json(&e, ctx.attempt);
+            err["type"] = json!(deadline_type);
+            err["message"] = json!(format!("{deadline_type}: attempt stopped after {elapsed_ms} ms ({})", e.message));
+            Outcome::Failed {
+                error: err,
+                error_type: deadline_type.into(),
+                retryable: true,
+                timeout: true,
+            }
+        }
+        (Err(e), _) if e.infrastructure => Outcome::Infrastructure(error_json(&e, ctx.attempt)),
+        (Err(e), _) => {
+            debug!(error = %e, "attempt failed");
+            Outcome::Failed {
+                error: error_json(&e, ctx.attempt),
+                error_type: e.error_type.clone(),
+                retryable: e.retryable,
+                timeout: false,
+            }
+        }
+    })
+}
+
+fn error_json(e: &HandlerError, attempt: i32) -> serde_json::Value {
+    let mut v = json!({"type": e.error_type, "message": e.message, "retryable": e.retryable, "attempt": attempt});
+    if let Some(d) = &e.details {
+        v["details"] = d.clone();
+    }
+    v
+}
+
+/// Batches results into one fenced statement. Retries a failed write (a Postgres
+/// outage) until it succeeds or the leases would have expired anyway.
+async fn completer(
+    pool: PgPool,
+    opts: Arc<WorkerOptions>,
+    mut rx: mpsc::Receiver<Completion>,
+    counters: Arc<Counters>,
+) {
+    let mut buf: Vec<Completion> = Vec::with_capacity(opts.complete_batch);
+    while let Some(first) = rx.recv().await {
+        buf.push(first);
+        let flush_at = tokio::time::Instant::now() + opts.complete_flush;
+        while buf.len() < opts.complete_batch {
+            tokio::select! {
+                c = rx.recv() => match c { Some(c) => buf.push(c), None => break },
+                _ = tokio::time::sleep_until(flush_at) => break,
+            }
+        }
+        let give_up = Instant::now() + opts.lease * 2;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match store::complete(&pool, opts.id, opts.max_uncounted_attempts, &buf).await {
+                Ok(rows) => {
+                    let accepted = rows.len() as u64;
+                    counters.completed.fetch_add(accepted, std::sync::atomic::Ordering::Relaxed);
+                    let rejected = buf.len() as u64 - accepted;
+                    if rejected > 0 {
+                        counters.rejected.fetch_add(rejected, std::sync::atomic::Ordering::Relaxed);
+                        let ids: std::collections::HashSet<Uuid> = rows.iter().map(|r| r.0).collect();
+                        for c in buf.iter().filter(|c| !ids.contains(&c.id)) {
+                            warn!(activity_id = %c.id, attempt = c.attempt,
+                                  "result refused: the attempt no longer holds its lease");
+                        }
+                    }
+                    let runs: Vec<Uuid> = rows
+                        .iter()
+                        .filter(|r| r.1 != "scheduled")
+                        .filter_map(|r| r.2)
+                        .collect();
+                    if !runs.is_empty() {
+                        if let Err(e) = store::finish_cancelled_runs(&pool, &runs).await {
+                            warn!(error = %e, "could not finish cancelled runs; the rescuer will");
+                        }
+                    }
+                    break;
+                }
+                Err(e) if Instant::now() < give_up => {
+                    warn!(dependency = "postgres", error = %e, retry_in_ms = delay.as_millis() as u64,
+                          pending = buf.len(), "recording results failed; retrying");
+                    tokio::time::sleep(jitter(delay, 0.2)).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    warn!(error = %e, dropped = buf.len(),
+                          "could not record results within twice the lease; their leases have expired and the rescuer retries them");
+                    break;
+                }
+            }
+        }
+        buf.clear();
+    }
+}
+
+/// Renews every lease each tick; reports lease loss and cancellations to the attempts.
+/// When Postgres cannot be reached, each attempt stops itself before its lease can
+/// expire in the database, so no other worker ever runs it at the same time.
+async fn heartbeat_loop(
+    pool: PgPool,
+    opts: Arc<WorkerOptions>,
+    running: RunningMap,
+    soft: CancellationToken,
+    stop: CancellationToken,
+) {
+    let tick = opts.heartbeat_interval.max(Duration::from_millis(200));
+    // Stop a little before the lease ends in the database.
+    let margin = (opts.lease / 10).max(Duration::from_millis(500));
+    let mut last_worker_beat = Instant::now() - Duration::from_secs(3600);
+    loop {
+        let sleep = tokio::time::sleep(jitter(tick, 0.1));
+        tokio::select! {
+            _ = sleep => {}
+            _ = stop.cancelled() => return,
+        }
+        let sent_at = Instant::now();
+        let beats: Vec<(Uuid, i32, Option<serde_json::Value>)> = {
+            let map = running.lock().unwrap_or_else(|p| p.into_inner());
+            map.iter()
+                .map(|(id, r)| (*id, r.attempt, r.ctx.take_heartbeat_details()))
+                .collect()
+        };
+        if last_worker_beat.elapsed() >= tick {
+            let status = if soft.is_cancelled() { "draining" } else { "running" };
+            if store::worker_heartbeat(&pool, opts.id, status).await.is_ok() {
+                last_worker_beat = Instant::now();
+            }
+        }
+        if beats.is_empty() {
+            continue;
+        }
+        match store::heartbeat(&pool, opts.id, opts.lease.as_millis() as i64, &beats).await {
+            Ok(held) => {
+                let held: HashMap<Uuid, bool> = held.into_iter().collect();
+                let map = &mut *running.lock().unwrap_or_else(|p| p.into_inner());
+                for (id, attempt, _) in &beats {
+                    let Some(r) = map.get_mut(id) else { continue };
+                    if r.attempt != *attempt {
+                        continue;
+                    }
+                    match held.get(id) {
+                        Some(cancel) => {
+                            r.renewed_at = sent_at;
+                            if *cancel {
+                                r.ctx.cancel(CancelReason::Requested);
+                            }
+                        }
+                        None => {
+                            if !r.ctx.is_cancelled() {
+                                warn!(activity_id = %id, attempt, "heartbeat refused: lease lost; stopping the attempt");
+                            }
+                            r.ctx.cancel(CancelReason::LeaseLost);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(dependency = "postgres", error = %e, "heartbeat failed");
+                let map = running.lock().unwrap_or_else(|p| p.into_inner());
+                for (id, r) in map.iter() {
+                    if r.renewed_at + r.lease.saturating_sub(margin) <= Instant::now() {
+                        warn!(activity_id = %id, "cannot renew the lease before it expires: stopping the attempt");
+                        r.ctx.cancel(CancelReason::LeaseLost);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One LISTEN connection: wake-ups for the fetch loops, cancellations for attempts.
+/// After a reconnect every fetch loop is woken (notifications may have been missed).
+async fn listener(
+    pool: PgPool,
+    wakers: Arc<HashMap<String, Arc<Notify>>>,
+    running: RunningMap,
+    stop: CancellationToken,
+) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let mut l = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                debug!(error = %e, "listener: connect failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(jitter(delay, 0.2)) => {}
+                    _ = stop.cancelled() => return,
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if let Err(e) = l.listen_all([ACTIVITY_CHANNEL, CANCEL_CHANNEL]).await {
+            debug!(error = %e, "listener: LISTEN failed");
+            continue;
+        }
+        delay = Duration::from_millis(200);
+        for w in wakers.values() {
+            w.notify_one();
+        }
+        loop {
+            let n = tokio::select! {
+                n = l.try_recv() => n,
+                _ = stop.cancelled() => return,
+            };
+            match n {
+                Ok(Some(n)) => {
+                    if n.channel() == ACTIVITY_CHANNEL {
+                        if let Some(w) = wakers.get(n.payload()) {
+                            w.notify_one();
+                        }
+                    } else if let Ok(id) = n.payload().parse::<Uuid>() {
+                        if let Some(r) = running.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+                            info!(activity_id = %id, "cancellation requested");
+                            r.ctx.cancel(CancelReason::Requested);
+                        }
+                    }
+                }
+                // Connection lost: reconnect and wake everyone.
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+}

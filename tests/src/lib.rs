@@ -1,0 +1,194 @@
+//! Test harness shared by the integration tests: a fresh migrated database per test
+//! (cloned from a template), the `highway` binary as a child process (so tests can
+//! `kill -9` it), and polling helpers with deadlines instead of sleeps.
+//!
+//! The Postgres cluster comes from `HIGHWAY_TEST_DATABASE_URL` (an admin URL to the
+//! `postgres` database of a private cluster), which `scripts/test.sh` starts.
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const TEMPLATE: &str = "highway_test_template";
+
+/// The admin URL of the test cluster, or a panic telling how to get one.
+pub fn admin_url() -> String {
+    std::env::var("HIGHWAY_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "HIGHWAY_TEST_DATABASE_URL is not set: run the tests with ./scripts/test.sh, \
+             which installs and starts a private Postgres cluster"
+        )
+    })
+}
+
+fn url_for(db: &str) -> String {
+    let admin = admin_url();
+    let (base, _) = admin.rsplit_once('/').expect("admin URL has a database path");
+    format!("{base}/{db}")
+}
+
+/// Creates the migrated template once per test process.
+fn template() -> &'static str {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let mut admin = PgConnection::connect(&admin_url()).await.expect("connect to test cluster");
+                // A stale template from an older schema would hide migration bugs: rebuild.
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+                sqlx::query(&format!("CREATE DATABASE {TEMPLATE}"))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+                let mut conn = PgConnection::connect(&url_for(TEMPLATE)).await.unwrap();
+                highway_worker::db::MIGRATOR.run(&mut conn).await.expect("migrations apply");
+                conn.close().await.unwrap();
+            });
+        })
+        .join()
+        .expect("template creation");
+    });
+    TEMPLATE
+}
+
+/// A fresh database for one test.
+#[derive(Debug)]
+pub struct TestDb {
+    pub pool: PgPool,
+    pub url: String,
+    pub name: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        Self::with_max_connections(20).await
+    }
+
+    pub async fn with_max_connections(max: u32) -> Self {
+        let tmpl = template();
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&admin_url()).await.expect("connect to test cluster");
+        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {tmpl}"))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        admin.close().await.ok();
+        let url = url_for(&name);
+        let pool = PgPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&url)
+            .await
+            .expect("connect to test database");
+        Self { pool, url, name }
+    }
+
+    pub fn client(&self) -> highway_workflows::Client {
+        highway_workflows::Client::new(self.pool.clone())
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut interval = Duration::from_millis(10);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(interval).await;
+        interval = (interval * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Path of the `highway` binary, built once per test process.
+pub fn highway_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "highway-worker", "--bin", "highway"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the highway binary failed");
+        // target/debug/deps/it-xxxx → target/debug/highway
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe.parent().unwrap().parent().unwrap().join("highway");
+        assert!(bin.exists(), "{} missing after build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A `highway` child process, killed (SIGKILL) on drop if still running.
+#[derive(Debug)]
+pub struct Process {
+    pub child: Child,
+}
+
+impl Process {
+    /// Starts `highway ARGS` with DATABASE_URL set and the given extra environment.
+    pub fn spawn(db_url: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(highway_bin());
+        cmd.args(args)
+            .env("DATABASE_URL", db_url)
+            .env("RUST_LOG", std::env::var("HIGHWAY_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self {
+            child: cmd.spawn().expect("spawn highway"),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        let rc = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(rc.success(), "kill -{sig} {}", self.pid());
+    }
+
+    /// Waits for exit up to `timeout`; returns the exit code (None if killed by a signal).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return st.code();
+            }
+            if Instant::now() >= deadline {
+                panic!("process {} did not exit within {timeout:?}", self.pid());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

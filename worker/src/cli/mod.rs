@@ -1,0 +1,414 @@
+//! The `highway` commands (clap). Thin: each command parses, calls the library, prints.
+//! Errors reach `main` as `anyhow` and are printed with their causes.
+
+pub mod bench;
+
+use crate::config::{DatabaseArgs, HttpConfig, LogConfig, LogFormat, WorkerConfig};
+use crate::db::{self, embedded::Cluster, PoolOptions};
+use crate::executor::{builtin, Registry, Shutdown, WorkerOptions};
+use crate::health::Health;
+use crate::supervisor::{self, RunOptions};
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use highway_workflows::{ActivityFilter, ActivityStatus, Client, EnqueueRequest, HumanDuration};
+use serde_json::{json, Value};
+use std::process::ExitCode;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Highway: a durable workflow activity worker for `tools.docker.*` activities.
+#[derive(Parser, Debug)]
+#[command(name = "highway", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    #[command(flatten)]
+    pub log: LogConfig,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run everything on this machine: a private Postgres (unless DATABASE_URL is set),
+    /// migrations, the worker, the rescuer and the HTTP server. Ctrl-C stops it all.
+    Up {
+        #[command(flatten)]
+        worker: WorkerConfig,
+        #[command(flatten)]
+        http: HttpConfig,
+    },
+    /// Run a worker (and its HTTP server) against DATABASE_URL.
+    Worker {
+        #[command(flatten)]
+        worker: WorkerConfig,
+        #[command(flatten)]
+        http: HttpConfig,
+        /// Do not start the HTTP server.
+        #[arg(long)]
+        no_http: bool,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Enqueue one activity.
+    Enqueue(EnqueueArgs),
+    /// List and inspect activities.
+    #[command(subcommand)]
+    Activities(ActivitiesCommand),
+    /// Cancel an activity, or with --run a whole workflow run.
+    Cancel {
+        /// Activity id (or workflow run id with --run).
+        id: Uuid,
+        /// Cancel the workflow run with this id (all of its activities).
+        #[arg(long)]
+        run: bool,
+        /// Only if it belongs to this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage the private Postgres cluster under the state dir.
+    #[command(subcommand)]
+    Postgres(PostgresCommand),
+    /// Benchmarks (programs that print figures; `--json` for machines).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EnqueueArgs {
+    /// Activity kind, e.g. `tools.docker.run` or `highway.noop`.
+    pub kind: String,
+    /// Parameters, a JSON object.
+    #[arg(long, default_value = "{}")]
+    pub params: String,
+    #[arg(long, default_value = highway_workflows::types::DEFAULT_TENANT)]
+    pub tenant: String,
+    #[arg(long, default_value = highway_workflows::types::DEFAULT_QUEUE)]
+    pub queue: String,
+    /// 1 (most urgent) to 9.
+    #[arg(long, default_value_t = highway_workflows::types::DEFAULT_PRIORITY)]
+    pub priority: i16,
+    /// Same key + same request returns the existing activity; a different request is refused.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Attempts in all (the first included).
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Start no earlier than this delay from now (e.g. `30s`).
+    #[arg(long)]
+    pub delay: Option<HumanDuration>,
+    /// Start-to-close timeout of one attempt (e.g. `10m`).
+    #[arg(long)]
+    pub start_to_close: Option<HumanDuration>,
+    /// Schedule-to-close timeout of the whole activity, retries included.
+    #[arg(long)]
+    pub schedule_to_close: Option<HumanDuration>,
+    /// Lease / heartbeat timeout of a running attempt (default: the worker's lease).
+    #[arg(long)]
+    pub heartbeat_timeout: Option<HumanDuration>,
+    /// Workflow run the activity belongs to.
+    #[arg(long)]
+    pub run: Option<Uuid>,
+    /// A whole request as JSON (the fields of EnqueueRequest); the flags above are ignored.
+    #[arg(long, conflicts_with = "params")]
+    pub request: Option<String>,
+    /// Wait until the activity finishes; exit non-zero unless it succeeded.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "1h")]
+    pub timeout: HumanDuration,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ActivitiesCommand {
+    /// List activities, newest first.
+    Ls {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        queue: Option<String>,
+        #[arg(long)]
+        run: Option<Uuid>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one activity.
+    Show {
+        id: Uuid,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PostgresCommand {
+    /// Start (initialising on first use) the private cluster; prints DATABASE_URL.
+    Start,
+    /// Stop the private cluster.
+    Stop,
+    /// Print the DATABASE_URL of the running private cluster.
+    Url,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => b.json().try_init(),
+        LogFormat::Text => b.try_init(),
+    };
+}
+
+/// The registry of every kind this binary runs.
+pub fn default_registry() -> Registry {
+    let mut r = Registry::new();
+    builtin::register(&mut r);
+    r
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let pool_opts = PoolOptions {
+        max_connections: cli.db.db_max_connections,
+        ..PoolOptions::default()
+    };
+    match cli.command {
+        Command::Up { worker, http } => {
+            worker.validate()?;
+            let (url, cluster) = match cli.db.database_url.clone().filter(|u| !u.is_empty()) {
+                Some(u) => (u, None),
+                None => {
+                    let state = cli.db.state_dir.clone();
+                    let c = tokio::task::spawn_blocking(move || Cluster::start(&state))
+                        .await?
+                        .context("starting the private Postgres cluster")?;
+                    (c.url.clone(), Some(c))
+                }
+            };
+            println!("highway {} up", env!("CARGO_PKG_VERSION"));
+            println!("  http:         http://{}", http.listen);
+            println!("  DATABASE_URL: {}", db::redact_url(&url));
+            if cluster.is_some() {
+                println!(
+                    "                (full URL in {}; `highway` commands run here find it)",
+                    cli.db.state_dir.join(db::embedded::URL_FILE).display()
+                );
+            }
+            println!("  Ctrl-C stops everything.");
+            let res = run_services(url, pool_opts, Some(&worker), Some(http)).await;
+            if let Some(c) = cluster {
+                if c.started_here {
+                    // Nobody else should find a URL to a stopped cluster.
+                    std::fs::remove_file(cli.db.state_dir.join(db::embedded::URL_FILE)).ok();
+                }
+                tokio::task::spawn_blocking(move || c.stop()).await??;
+            }
+            res?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Worker { worker, http, no_http } => {
+            worker.validate()?;
+            let url = cli.db.resolve_url()?;
+            run_services(url, pool_opts, Some(&worker), (!no_http).then_some(http)).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let pool = db::connect(&cli.db.resolve_url()?, &pool_opts).await?;
+            db::migrate(&pool).await?;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Enqueue(args) => enqueue(&cli.db, pool_opts, args).await,
+        Command::Activities(cmd) => activities(&cli.db, pool_opts, cmd).await,
+        Command::Cancel { id, run, tenant, json } => {
+            let client = Client::new(db::connect(&cli.db.resolve_url()?, &pool_opts).await?);
+            let outcome = if run {
+                client.cancel_run(id, tenant.as_deref()).await?
+            } else {
+                client.cancel(id, tenant.as_deref()).await?
+            };
+            if json {
+                println!("{}", json!({"id": id, "outcome": outcome}));
+            } else {
+                println!("{id}: {}", serde_json::to_value(outcome)?.as_str().unwrap_or_default());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Postgres(cmd) => {
+            let state = cli.db.state_dir.clone();
+            match cmd {
+                PostgresCommand::Start => {
+                    let c = tokio::task::spawn_blocking(move || Cluster::start(&state)).await??;
+                    println!("{}", c.url);
+                }
+                PostgresCommand::Stop => {
+                    tokio::task::spawn_blocking(move || Cluster::stop_state_dir(&state)).await??;
+                    std::fs::remove_file(cli.db.state_dir.join(db::embedded::URL_FILE)).ok();
+                }
+                PostgresCommand::Url => match db::embedded::url_from_state_dir(&state) {
+                    Some(u) => println!("{u}"),
+                    None => bail!("no private cluster URL under {}", state.display()),
+                },
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(cmd) => bench::run(cmd, &cli.db).await,
+    }
+}
+
+async fn run_services(
+    url: String,
+    pool: PoolOptions,
+    worker: Option<&WorkerConfig>,
+    http: Option<HttpConfig>,
+) -> anyhow::Result<()> {
+    let shutdown = Shutdown::new();
+    let grace = worker.map(|w| w.shutdown_grace.0).unwrap_or(Duration::from_secs(10));
+    let opts = RunOptions {
+        database_url: url,
+        pool,
+        worker: worker.map(WorkerOptions::from_config),
+        listen: http.map(|h| h.listen),
+        shutdown_grace: grace,
+    };
+    supervisor::run(opts, default_registry(), Health::default(), shutdown).await?;
+    Ok(())
+}
+
+async fn enqueue(db_args: &DatabaseArgs, pool_opts: PoolOptions, a: EnqueueArgs) -> anyhow::Result<ExitCode> {
+    let req = match &a.request {
+        Some(r) => serde_json::from_str::<EnqueueRequest>(r).context("--request")?,
+        None => {
+            let params: Value = serde_json::from_str(&a.params).context("--params is not valid JSON")?;
+            let mut req = EnqueueRequest::new(a.kind.clone(), params)
+                .tenant(a.tenant.clone())
+                .queue(a.queue.clone());
+            req.priority = a.priority;
+            req.idempotency_key = a.idempotency_key.clone();
+            req.workflow_run_id = a.run;
+            req.delay = a.delay;
+            if let Some(n) = a.max_attempts {
+                req.retry_policy.maximum_attempts = n;
+            }
+            req.timeouts.start_to_close = a.start_to_close;
+            req.timeouts.schedule_to_close = a.schedule_to_close;
+            req.timeouts.heartbeat = a.heartbeat_timeout;
+            req
+        }
+    };
+    let client = Client::new(db::connect(&db_args.resolve_url()?, &pool_opts).await?);
+    let enq = client.enqueue(&req).await?;
+    if !a.wait {
+        if a.json {
+            println!("{}", json!({"id": enq.id, "created": enq.created, "status": "scheduled"}));
+        } else {
+            println!("{}", enq.id);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let act = client.wait(enq.id, None, a.timeout.0).await?;
+    let ok = act.status() == ActivityStatus::Succeeded;
+    if a.json {
+        println!(
+            "{}",
+            json!({"id": act.id, "status": act.status, "attempt": act.attempt, "result": act.result, "error": act.error})
+        );
+    } else {
+        println!("{} {} (attempt {})", act.id, act.status, act.attempt);
+        if let Some(r) = &act.result {
+            println!("{}", serde_json::to_string_pretty(r)?);
+        }
+        if let Some(e) = &act.error {
+            println!("error: {}", serde_json::to_string_pretty(e)?);
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
+
+async fn activities(db_args: &DatabaseArgs, pool_opts: PoolOptions, cmd: ActivitiesCommand) -> anyhow::Result<ExitCode> {
+    let client = Client::new(db::connect(&db_args.resolve_url()?, &pool_opts).await?);
+    match cmd {
+        ActivitiesCommand::Ls {
+            tenant,
+            status,
+            kind,
+            queue,
+            run,
+            limit,
+            json,
+        } => {
+            let status = status
+                .map(|s| s.parse::<ActivityStatus>().map_err(|e| anyhow::anyhow!("--status: {e}")))
+                .transpose()?;
+            let rows = client
+                .list(&ActivityFilter {
+                    tenant_id: tenant,
+                    status,
+                    kind,
+                    queue,
+                    workflow_run_id: run,
+                    limit: Some(limit),
+                })
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string(&rows)?);
+            } else {
+                println!("{:<36}  {:<10}  {:>3}  {:<20}  {:<10}  CREATED", "ID", "STATUS", "ATT", "KIND", "TENANT");
+                for a in rows {
+                    println!(
+                        "{:<36}  {:<10}  {:>3}  {:<20}  {:<10}  {}",
+                        a.id,
+                        a.status,
+                        a.attempt,
+                        a.kind,
+                        a.tenant_id,
+                        a.created_at.format("%Y-%m-%d %H:%M:%S")
+                    );
+                }
+            }
+        }
+        ActivitiesCommand::Show { id, tenant, json } => {
+            let a = client.get(id, tenant.as_deref()).await?;
+            if json {
+                println!("{}", serde_json::to_string(&a)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&a)?);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,132 @@
+//! Dependency status shared by the monitors, `/health` and `/metrics`: for Postgres and
+//! Docker, `unknown | up | down` with the last error, times and counters. Holds no
+//! connection strings, hostnames or versions.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Unknown,
+    Up,
+    Down,
+}
+
+/// A snapshot of one dependency.
+#[derive(Debug, Clone, Serialize)]
+pub struct DependencyStatus {
+    pub status: Status,
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub last_failure_at: Option<DateTime<Utc>>,
+    /// A short, classified error (never a connection string).
+    pub last_error: Option<String>,
+    pub next_retry_at: Option<DateTime<Utc>>,
+    pub consecutive_failures: u64,
+}
+
+impl Default for DependencyStatus {
+    fn default() -> Self {
+        Self {
+            status: Status::Unknown,
+            last_success_at: None,
+            last_failure_at: None,
+            last_error: None,
+            next_retry_at: None,
+            consecutive_failures: 0,
+        }
+    }
+}
+
+/// A shared, cheap-to-clone cell for one dependency's status.
+#[derive(Debug, Clone, Default)]
+pub struct Dependency(Arc<RwLock<DependencyStatus>>);
+
+impl Dependency {
+    pub fn snapshot(&self) -> DependencyStatus {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.snapshot().status == Status::Up
+    }
+
+    pub fn success(&self) {
+        let mut s = self.0.write().unwrap_or_else(|p| p.into_inner());
+        s.status = Status::Up;
+        s.last_success_at = Some(Utc::now());
+        s.consecutive_failures = 0;
+        s.next_retry_at = None;
+    }
+
+    pub fn failure(&self, error: String, next_retry_at: Option<DateTime<Utc>>) -> u64 {
+        let mut s = self.0.write().unwrap_or_else(|p| p.into_inner());
+        s.status = Status::Down;
+        s.last_failure_at = Some(Utc::now());
+        s.last_error = Some(error);
+        s.next_retry_at = next_retry_at;
+        s.consecutive_failures += 1;
+        s.consecutive_failures
+    }
+}
+
+/// Every dependency of the process.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    pub postgres: Dependency,
+    pub docker: Dependency,
+    /// Set once shutdown begins: `/health` answers `draining`.
+    pub draining: CancellationToken,
+}
+
+/// A short description of a database error without connection details.
+pub fn classify_db_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) => format!("io: {}", io.kind()),
+        sqlx::Error::PoolTimedOut => "pool timed out (database unreachable or overloaded)".into(),
+        sqlx::Error::PoolClosed => "pool closed".into(),
+        sqlx::Error::Database(db) => format!("database error {}", db.code().unwrap_or_default()),
+        sqlx::Error::Tls(_) => "tls error".into(),
+        other => format!("{}", other).chars().take(120).collect(),
+    }
+}
+
+/// Probes Postgres every `interval` while up and every second while down.
+pub async fn postgres_monitor(pool: PgPool, dep: Dependency, interval: Duration, stop: CancellationToken) {
+    loop {
+        let res = tokio::time::timeout(Duration::from_secs(3), sqlx::query("SELECT 1").execute(&pool)).await;
+        let was = dep.snapshot().status;
+        let wait = match res {
+            Ok(Ok(_)) => {
+                if was == Status::Down {
+                    info!(dependency = "postgres", "postgres is reachable again");
+                }
+                dep.success();
+                interval
+            }
+            Ok(Err(e)) => {
+                let retry = Duration::from_secs(1);
+                let n = dep.failure(classify_db_error(&e), Some(Utc::now() + chrono::Duration::from_std(retry).unwrap_or_default()));
+                warn!(dependency = "postgres", error_code = "unreachable", message = %classify_db_error(&e),
+                      retry_in_ms = retry.as_millis() as u64, consecutive_failures = n, "postgres probe failed");
+                retry
+            }
+            Err(_) => {
+                let retry = Duration::from_secs(1);
+                let n = dep.failure("probe timed out".into(), None);
+                warn!(dependency = "postgres", error_code = "timeout", retry_in_ms = retry.as_millis() as u64,
+                      consecutive_failures = n, "postgres probe timed out");
+                retry
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! All worker-side SQL of the activity queue. Each function is one statement (or one
+//! short transaction); batched forms take arrays and `unnest` them so a worker tick
+//! costs one round trip however many activities it touches.
+
+use super::{Claimed, Completion, Outcome, RescueCounts};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+/// Where the last full claim stopped: the next claim starts after it, so it does not
+/// walk the dead index entries of rows claimed a moment ago. Reset on a short claim.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KeysetHint {
+    pub priority: i16,
+    pub run_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+const CLAIM: &str = r#"
+WITH picked AS (
+    SELECT id FROM highway.activities
+    WHERE status = 'scheduled' AND queue = $1 AND run_at <= now() AND kind = ANY($2)
+      AND ($4::smallint IS NULL OR (priority, run_at, id) > ($4, $5, $6))
+    ORDER BY priority, run_at, id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE highway.activities a
+SET status = 'running',
+    attempt = a.attempt + 1,
+    lease_owner = $7,
+    lease_expires_at = now() + make_interval(secs => COALESCE(a.heartbeat_timeout_ms, $8) / 1000.0),
+    heartbeat_at = now(),
+    heartbeat_details = NULL,
+    started_at = now()
+FROM picked
+WHERE a.id = picked.id
+RETURNING a.id, a.attempt, a.kind, a.params, a.tenant_id, a.workflow_run_id, a.queue, a.priority, a.run_at,
+          COALESCE(a.heartbeat_timeout_ms, $8) AS lease_ms,
+          a.start_to_close_timeout_ms AS start_to_close_ms,
+          (EXTRACT(EPOCH FROM (a.created_at + make_interval(secs => a.schedule_to_close_timeout_ms / 1000.0) - now())) * 1000)::bigint
+              AS schedule_to_close_left_ms
+"#;
+
+/// Claims up to `limit` scheduled activities of `queue` whose kind is in `kinds`, in
+/// priority order, skipping rows other workers hold. One statement, one transaction.
+pub async fn claim(
+    db: impl PgExecutor<'_>,
+    worker_id: Uuid,
+    queue: &str,
+    kinds: &[String],
+    limit: usize,
+    hint: Option<KeysetHint>,
+    default_lease_ms: i64,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let mut rows: Vec<Claimed> = sqlx::query_as(CLAIM)
+        .bind(queue)
+        .bind(kinds)
+        .bind(limit as i64)
+        .bind(hint.map(|h| h.priority))
+        .bind(hint.map(|h| h.run_at))
+        .bind(hint.map(|h| h.id))
+        .bind(worker_id)
+        .bind(default_lease_ms)
+        .fetch_all(db)
+        .await?;
+    // UPDATE ... RETURNING does not keep the CTE's order.
+    rows.sort_by(|a, b| (a.priority, a.run_at, a.id).cmp(&(b.priority, b.run_at, b.id)));
+    Ok(rows)
+}
+
+const HEARTBEAT: &str = r#"
+UPDATE highway.activities a
+SET lease_expires_at = now() + make_interval(secs => COALESCE(a.heartbeat_timeout_ms, $2) / 1000.0),
+    heartbeat_at = now(),
+    heartbeat_details = COALESCE(u.details, a.heartbeat_details)
+FROM unnest($3::uuid[], $4::int[], $5::jsonb[]) AS u(id, attempt, details)
+WHERE a.id = u.id AND a.attempt = u.attempt AND a.lease_owner = $1
+  AND a.status = 'running' AND a.lease_expires_at > now()
+RETURNING a.id, a.cancel_requested_at IS NOT NULL AS cancel_requested
+"#;
+
+/// Renews the leases of every attempt this worker runs, in one statement. Returns the
+/// attempts still held, with their cancellation flag; any attempt missing from the
+/// answer has lost its lease (rescued, expired, or owned by another attempt).
+pub async fn heartbeat(
+    db: impl PgExecutor<'_>,
+    worker_id: Uuid,
+    default_lease_ms: i64,
+    beats: &[(Uuid, i32, Option<Value>)],
+) -> Result<Vec<(Uuid, bool)>, sqlx::Error> {
+    let ids: Vec<Uuid> = beats.iter().map(|b| b.0).collect();
+    let attempts: Vec<i32> = beats.iter().map(|b| b.1).collect();
+    let details: Vec<Option<Value>> = beats.iter().map(|b| b.2.clone()).collect();
+    sqlx::query_as(HEARTBEAT)
+        .bind(worker_id)
+        .bind(default_lease_ms)
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&details)
+        .fetch_all(db)
+        .await
+}
+
+// The new state is decided in one place. Order matters: a requested cancellation wins
+// over a late success (the user asked it to stop); an exhausted schedule-to-close wins
+// over any retry.
+const COMPLETE: &str = r#"
+WITH u AS (
+    SELECT * FROM unnest($2::uuid[], $3::int[], $4::text[], $5::jsonb[], $6::jsonb[], $7::bool[], $8::text[])
+        AS u(id, attempt, outcome, result, error, retryable, error_type)
+),
+decided AS (
+    SELECT a.id, u.outcome, u.result, u.error,
+        CASE
+            WHEN a.cancel_requested_at IS NOT NULL THEN 'cancelled'
+            WHEN u.outcome = 'succeeded' THEN 'succeeded'
+            WHEN u.outcome = 'cancelled' THEN 'cancelled'
+            WHEN a.schedule_to_close_timeout_ms IS NOT NULL
+                 AND now() >= a.created_at + make_interval(secs => a.schedule_to_close_timeout_ms / 1000.0)
+                THEN 'timed_out'
+            WHEN u.outcome = 'release' THEN 'scheduled'
+            WHEN u.outcome = 'infra' AND a.uncounted_attempts < $9 THEN 'scheduled'
+            WHEN u.retryable AND u.outcome <> 'infra'
+                 AND a.attempt - a.uncounted_attempts < a.max_attempts
+                 AND NOT (u.error_type = ANY (a.non_retryable_error_types))
+                THEN 'scheduled'
+            WHEN u.outcome = 'timeout' THEN 'timed_out'
+            ELSE 'failed'
+        END AS new_status
+    FROM highway.activities a
+    JOIN u ON a.id = u.id
+    WHERE a.attempt = u.attempt AND a.lease_owner = $1 AND a.status = 'running' AND a.lease_expires_at > now()
+    FOR UPDATE OF a
+)
+UPDATE highway.activities a
+SET status = d.new_status,
+    result = CASE WHEN d.new_status = 'succeeded' THEN d.result ELSE NULL END,
+    error = CASE
+        WHEN d.new_status = 'succeeded' THEN NULL
+        WHEN d.new_status = 'cancelled' AND d.outcome <> 'cancelled'
+            THEN jsonb_build_object('type', 'Cancelled', 'message', 'cancelled while running', 'retryable', false,
+                                    'attempt', a.attempt)
+        WHEN d.new_status = 'timed_out' AND d.outcome NOT IN ('timeout')
+            THEN jsonb_build_object('type', 'ScheduleToCloseTimeout', 'message', 'schedule-to-close timeout passed',
+                                    'retryable', false, 'attempt', a.attempt, 'cause', d.error)
+        ELSE d.error
+    END,
+    uncounted_attempts = a.uncounted_attempts
+        + CASE WHEN d.new_status = 'scheduled' AND d.outcome IN ('release', 'infra') THEN 1 ELSE 0 END,
+    run_at = CASE
+        WHEN d.new_status <> 'scheduled' THEN a.run_at
+        WHEN d.outcome = 'release' THEN now()
+        WHEN d.outcome = 'infra' THEN now() + make_interval(secs => a.retry_initial_interval_ms / 1000.0)
+        ELSE now() + make_interval(secs => highway.retry_delay_ms(a.attempt - a.uncounted_attempts,
+                 a.retry_initial_interval_ms, a.retry_backoff_coefficient, a.retry_max_interval_ms) / 1000.0)
+    END,
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    finished_at = CASE WHEN d.new_status = 'scheduled' THEN NULL ELSE now() END
+FROM decided d
+WHERE a.id = d.id
+RETURNING a.id, a.status, a.workflow_run_id
+"#;
+
+/// Records many results in one statement. Only rows still running under this worker,
+/// at this attempt, with a live lease change: a late result affects nothing. Returns
+/// the rows that changed with their new status.
+pub async fn complete(
+    db: impl PgExecutor<'_>,
+    worker_id: Uuid,
+    max_uncounted: i32,
+    items: &[Completion],
+) -> Result<Vec<(Uuid, String, Option<Uuid>)>, sqlx::Error> {
+    let mut ids = Vec::with_capacity(items.len());
+    let mut attempts = Vec::with_capacity(items.len());
+    let mut outcomes = Vec::with_capacity(items.len());
+    let mut results: Vec<Option<Value>> = Vec::with_capacity(items.len());
+    let mut errors: Vec<Option<Value>> = Vec::with_capacity(items.len());
+    let mut retryable = Vec::with_capacity(items.len());
+    let mut types: Vec<Option<String>> = Vec::with_capacity(items.len());
+    for c in items {
+        ids.push(c.id);
+        attempts.push(c.attempt);
+        outcomes.push(c.outcome.code());
+        let (res, err, retry, ty) = match &c.outcome {
+            Outcome::Succeeded(v) => (Some(v.clone()), None, false, None),
+            Outcome::Failed {
+                error,
+                error_type,
+                retryable,
+                ..
+            } => (None, Some(error.clone()), *retryable, Some(error_type.clone())),
+            Outcome::Cancelled(e) => (None, Some(e.clone()), false, Some("Cancelled".into())),
+            Outcome::Release => (None, None, true, None),
+            Outcome::Infrastructure(e) => (None, Some(e.clone()), true, Some("Infrastructure".into())),
+        };
+        results.push(res);
+        errors.push(err);
+        retryable.push(retry);
+        types.push(ty);
+    }
+    sqlx::query_as(COMPLETE)
+        .bind(worker_id)
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&outcomes)
+        .bind(&results)
+        .bind(&errors)
+        .bind(&retryable)
+        .bind(&types)
+        .bind(max_uncounted)
+        .fetch_all(db)
+        .await
+}
+
+const RESCUE_EXPIRED: &str = r#"
+WITH expired AS (
+    SELECT id FROM highway.activities
+    WHERE status = 'running' AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+),
+decided AS (
+    SELECT a.id,
+        CASE
+            WHEN a.cancel_requested_at IS NOT NULL THEN 'cancelled'
+            WHEN a.schedule_to_close_timeout_ms IS NOT NULL
+                 AND now() >= a.created_at + make_interval(secs => a.schedule_to_close_timeout_ms / 1000.0)
+                THEN 'timed_out'
+            WHEN a.attempt - a.uncounted_attempts >= a.max_attempts
+                 OR 'HeartbeatTimeout' = ANY (a.non_retryable_error_types)
+                THEN 'timed_out'
+            ELSE 'scheduled'
+        END AS new_status
+    FROM highway.activities a JOIN expired e ON a.id = e.id
+)
+UPDATE highway.activities a
+SET status = d.new_status,
+    error = jsonb_build_object(
+        'type', 'HeartbeatTimeout',
+        'message', 'lease expired at ' || a.lease_expires_at || ': worker ' || a.lease_owner || ' stopped heartbeating',
+        'retryable', d.new_status = 'scheduled',
+        'attempt', a.attempt),
+    run_at = CASE WHEN d.new_status = 'scheduled'
+        THEN now() + make_interval(secs => highway.retry_delay_ms(a.attempt - a.uncounted_attempts,
+                 a.retry_initial_interval_ms, a.retry_backoff_coefficient, a.retry_max_interval_ms) / 1000.0)
+        ELSE a.run_at END,
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    finished_at = CASE WHEN d.new_status = 'scheduled' THEN NULL ELSE now() END
+FROM decided d
+WHERE a.id = d.id
+RETURNING a.id, a.status, a.workflow_run_id
+"#;
+
+const RESCUE_WAITING: &str = r#"
+WITH expired AS (
+    SELECT id FROM highway.activities
+    WHERE status = 'scheduled'
+      AND (schedule_to_start_timeout_ms IS NOT NULL OR schedule_to_close_timeout_ms IS NOT NULL)
+      AND (run_at + make_interval(secs => schedule_to_start_timeout_ms / 1000.0) < now()
+           OR created_at + make_interval(secs => schedule_to_close_timeout_ms / 1000.0) < now())
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE highway.activities a
+SET status = 'timed_out',
+    finished_at = now(),
+    error = CASE
+        WHEN a.created_at + make_interval(secs => a.schedule_to_close_timeout_ms / 1000.0) < now()
+            THEN jsonb_build_object('type', 'ScheduleToCloseTimeout', 'retryable', false,
+                                    'message', 'not finished within schedule-to-close', 'cause', a.error)
+        ELSE jsonb_build_object('type', 'ScheduleToStartTimeout', 'retryable', false,
+                                'message', 'no worker started it within schedule-to-start')
+    END
+FROM expired e
+WHERE a.id = e.id
+RETURNING a.id, a.status, a.workflow_run_id
+"#;
+
+/// One pass of the rescuer: expired leases go back to `scheduled` (with backoff) or
+/// end `timed_out`/`cancelled`; waiting rows past their deadlines end `timed_out`.
+/// Safe with any number of workers running it at once (SKIP LOCKED, fenced on state).
+pub async fn rescue(pool: &PgPool, limit: i64) -> Result<(RescueCounts, Vec<Uuid>), sqlx::Error> {
+    let mut counts = RescueCounts::default();
+    let mut finished_runs = Vec::new();
+    let rows: Vec<(Uuid, String, Option<Uuid>)> =
+        sqlx::query_as(RESCUE_EXPIRED).bind(limit).fetch_all(pool).await?;
+    for (_, status, run) in &rows {
+        match status.as_str() {
+            "scheduled" => counts.retried += 1,
+            "cancelled" => counts.cancelled += 1,
+            _ => counts.timed_out += 1,
+        }
+        if status != "scheduled" {
+            finished_runs.extend(*run);
+        }
+    }
+    let rows: Vec<(Uuid, String, Option<Uuid>)> =
+        sqlx::query_as(RESCUE_WAITING).bind(limit).fetch_all(pool).await?;
+    counts.expired_waiting += rows.len() as u64;
+    finished_runs.extend(rows.into_iter().filter_map(|r| r.2));
+    counts.lost_workers = sqlx::query(
+        "UPDATE highway.workers SET status = 'lost' \
+         WHERE status IN ('running', 'draining') AND heartbeat_at < now() - interval '5 minutes'",
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
+    finished_runs.sort_unstable();
+    finished_runs.dedup();
+    Ok((counts, finished_runs))
+}
+
+/// Ends cancelling runs whose last activity just finished.
+pub async fn finish_cancelled_runs(db: &PgPool, runs: &[Uuid]) -> Result<u64, sqlx::Error> {
+    if runs.is_empty() {
+        return Ok(0);
+    }
+    Ok(sqlx::query(
+        "UPDATE highway.workflow_runs r SET status = 'cancelled', finished_at = now() \
+         WHERE r.id = ANY($1) AND r.status = 'cancelling' \
+           AND NOT EXISTS (SELECT 1 FROM highway.activities a \
+                           WHERE a.workflow_run_id = r.id AND a.status IN ('scheduled', 'running'))",
+    )
+    .bind(runs)
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
+/// Registers (or re-registers) this worker.
+pub async fn register_worker(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    hostname: &str,
+    version: &str,
+    queues: &[String],
+    concurrency: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO highway.workers (id, hostname, version, queues, concurrency) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (id) DO UPDATE SET hostname = EXCLUDED.hostname, version = EXCLUDED.version, \
+             queues = EXCLUDED.queues, concurrency = EXCLUDED.concurrency, started_at = now(), \
+             heartbeat_at = now(), stopped_at = NULL, status = 'running'",
+    )
+    .bind(id)
+    .bind(hostname)
+    .bind(version)
+    .bind(queues)
+    .bind(concurrency)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The worker's own liveness row; `status` is `running` or `draining`.
+pub async fn worker_heartbeat(db: impl PgExecutor<'_>, id: Uuid, status: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE highway.workers SET heartbeat_at = now(), status = $2 WHERE id = $1 AND status <> 'stopped'",
+    )
+    .bind(id)
+    .bind(status)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_worker_daemon(db: impl PgExecutor<'_>, id: Uuid, daemon_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE highway.workers SET daemon_id = $2 WHERE id = $1")
+        .bind(id)
+        .bind(daemon_id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Releases every lease this worker still holds (end of shutdown) without counting
+/// the attempts, and marks the worker stopped. Returns the released count.
+pub async fn release_and_stop(pool: &PgPool, id: Uuid) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let released = sqlx::query(
+        "UPDATE highway.activities SET status = 'scheduled', run_at = now(), lease_owner = NULL, \
+             lease_expires_at = NULL, uncounted_attempts = uncounted_attempts + 1 \
+         WHERE lease_owner = $1 AND status = 'running'",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    sqlx::query("UPDATE highway.workers SET status = 'stopped', stopped_at = now(), heartbeat_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(released)
+}

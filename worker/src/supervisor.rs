@@ -1,0 +1,135 @@
+//! The supervisor: owns the shutdown tokens and the task tracker of a process, turns
+//! SIGTERM/SIGINT into the two shutdown phases, and wires the services (worker, HTTP
+//! server, dependency monitors) together. `highway up` and `highway worker` both run
+//! through [`run`].
+
+use crate::api::{self, AppState};
+use crate::db::{self, PoolOptions};
+use crate::executor::{Registry, Shutdown, Worker, WorkerOptions, WorkerSummary};
+use crate::health::{self, Health};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+/// What to run in this process.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub database_url: String,
+    pub pool: PoolOptions,
+    /// The worker, or none (an API-only process).
+    pub worker: Option<WorkerOptions>,
+    /// The HTTP server's address, or none.
+    pub listen: Option<SocketAddr>,
+    /// Soft phase length: running work may finish within it after the first signal.
+    pub shutdown_grace: Duration,
+}
+
+/// First signal: soft shutdown, then hard after `grace`. Second signal: hard at once.
+pub fn handle_signals(shutdown: Shutdown, grace: Duration, tracker: &TaskTracker, done: CancellationToken) {
+    tracker.spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            warn!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => info!(signal = "SIGTERM", grace_ms = grace.as_millis() as u64, "shutting down: no new work; running work may finish"),
+            _ = int.recv() => info!(signal = "SIGINT", grace_ms = grace.as_millis() as u64, "shutting down: no new work; running work may finish"),
+            _ = shutdown.soft.cancelled() => {}
+            _ = done.cancelled() => return,
+        }
+        shutdown.soft.cancel();
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => info!("shutdown grace over"),
+            _ = term.recv() => info!("second signal: stopping running work now"),
+            _ = int.recv() => info!("second signal: stopping running work now"),
+            _ = shutdown.hard.cancelled() => {}
+            _ = done.cancelled() => return,
+        }
+        shutdown.hard.cancel();
+    });
+}
+
+/// Runs the configured services until shutdown completes.
+pub async fn run(opts: RunOptions, registry: Registry, health: Health, shutdown: Shutdown) -> anyhow::Result<WorkerSummary> {
+    let pool = db::lazy_pool(&opts.database_url, &opts.pool)?;
+    let maint_pool = db::lazy_pool(
+        &opts.database_url,
+        &PoolOptions {
+            max_connections: 4,
+            application_name: format!("{}-maintenance", opts.pool.application_name),
+            ..opts.pool.clone()
+        },
+    )?;
+    let tracker = TaskTracker::new();
+    let stop = CancellationToken::new();
+    handle_signals(shutdown.clone(), opts.shutdown_grace, &tracker, stop.clone());
+
+    // Migrations at start; a database that is down at start is waited for.
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match db::migrate(&pool).await {
+            Ok(()) => break,
+            Err(e) => {
+                warn!(dependency = "postgres", error = %e, retry_in_ms = delay.as_millis() as u64, "migrations not applied yet");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.soft.cancelled() => {
+                        stop.cancel();
+                        tracker.close();
+                        tracker.wait().await;
+                        return Ok(WorkerSummary::default());
+                    }
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+
+    tracker.spawn(health::postgres_monitor(
+        maint_pool.clone(),
+        health.postgres.clone(),
+        Duration::from_secs(5),
+        stop.clone(),
+    ));
+    {
+        let draining = health.draining.clone();
+        let soft = shutdown.soft.clone();
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                _ = soft.cancelled() => draining.cancel(),
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+    if let Some(addr) = opts.listen {
+        let listener = api::bind(addr).await?;
+        info!(listen = %listener.local_addr()?, "http server listening");
+        let state = AppState {
+            health: health.clone(),
+            pool: pool.clone(),
+        };
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            if let Err(e) = api::serve(listener, state, async move { stop.cancelled().await }).await {
+                warn!(error = %e, "http server failed");
+            }
+        });
+    }
+    let summary = match opts.worker {
+        Some(w) => Worker::new(w, pool.clone(), maint_pool.clone(), registry).run(shutdown.clone()).await,
+        None => {
+            shutdown.soft.cancelled().await;
+            WorkerSummary::default()
+        }
+    };
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    pool.close().await;
+    maint_pool.close().await;
+    Ok(summary)
+}
