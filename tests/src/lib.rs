@@ -91,6 +91,15 @@ impl TestDb {
         Self { pool, url, name }
     }
 
+    /// A pool on the cluster's `postgres` database (to terminate backends, create databases).
+    pub async fn admin_pool() -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&admin_url())
+            .await
+            .expect("connect to test cluster")
+    }
+
     pub fn client(&self) -> highway_workflows::Client {
         highway_workflows::Client::new(self.pool.clone())
     }
@@ -191,4 +200,57 @@ impl Drop for Process {
             let _ = self.child.wait();
         }
     }
+}
+
+/// An in-process worker for tests: its shutdown handle and its join handle.
+#[derive(Debug)]
+pub struct TestWorker {
+    pub id: uuid::Uuid,
+    pub shutdown: highway_worker::executor::Shutdown,
+    pub handle: tokio::task::JoinHandle<highway_worker::executor::WorkerSummary>,
+}
+
+impl TestWorker {
+    /// Starts a worker with the built-in kinds plus whatever `extra` registers.
+    pub fn start(
+        pool: &PgPool,
+        opts: highway_worker::executor::WorkerOptions,
+        extra: impl FnOnce(&mut highway_worker::executor::Registry),
+    ) -> Self {
+        let mut registry = highway_worker::cli::default_registry();
+        extra(&mut registry);
+        let id = opts.id;
+        let shutdown = highway_worker::executor::Shutdown::new();
+        let w = highway_worker::executor::Worker::new(opts, pool.clone(), pool.clone(), registry);
+        let handle = tokio::spawn(w.run(shutdown.clone()));
+        Self { id, shutdown, handle }
+    }
+
+    /// Fast timings for tests: short polls, leases and rescue passes.
+    pub fn fast_options(concurrency: usize) -> highway_worker::executor::WorkerOptions {
+        let mut o = highway_worker::executor::WorkerOptions::new(vec!["default".into()], concurrency);
+        o.poll_interval = Duration::from_millis(100);
+        o.lease = Duration::from_secs(3);
+        o.heartbeat_interval = Duration::from_millis(500);
+        o.rescue_interval = Duration::from_millis(200);
+        o
+    }
+
+    /// Soft then hard shutdown; returns the summary.
+    pub async fn stop(self) -> highway_worker::executor::WorkerSummary {
+        self.shutdown.now();
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("worker stops within 60s")
+            .expect("worker task")
+    }
+}
+
+/// Reads an activity's status and attempt.
+pub async fn status_of(pool: &PgPool, id: uuid::Uuid) -> (String, i32) {
+    sqlx::query_as("SELECT status, attempt FROM highway.activities WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("activity row")
 }

@@ -364,6 +364,10 @@ impl FetchLoop {
                     permits.merge(more);
                 }
             }
+            // Both branches above may be ready at once; a shutdown wins over a claim.
+            if soft.is_cancelled() {
+                return;
+            }
             let want = permits.num_permits();
             let kinds = self.registry.ready_kinds();
             // Hints go stale as new rows arrive behind them; restart from the head often.

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs what the tests need (PostgreSQL server
+# binaries, busybox-static for the test image, docker-registry for pull tests), starts a
+# private Postgres cluster in a temp dir, builds the offline test image, runs every test
+# of the workspace, and stops the cluster. Extra arguments go to `cargo test`.
+#
+# Docker tests never skip: with the daemon unreachable they fail saying so. People
+# without Docker may set HIGHWAY_TEST_NO_DOCKER=1 to run only the rest (CI never does).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+dpkg -s docker-registry >/dev/null 2>&1 || need+=(docker-registry)
+if ((${#need[@]})); then
+  echo "installing: ${need[*]}"
+  # The Debian package would create and start a system cluster on port 5432: we only
+  # want the binaries.
+  if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+    mkdir -p /etc/postgresql-common
+    echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if [ "${HIGHWAY_TEST_NO_DOCKER:-}" != "1" ]; then
+  if ! timeout 20 docker info >/dev/null 2>&1; then
+    echo "error: the Docker daemon is unreachable (docker info failed)." >&2
+    echo "The docker tests need it; set HIGHWAY_TEST_NO_DOCKER=1 to run only the others." >&2
+    exit 1
+  fi
+  scripts/build-test-image.sh
+fi
+
+cargo build -q -p highway-worker --bin highway
+state=$(mktemp -d /tmp/highway-test.XXXXXX)
+cleanup() {
+  target/debug/highway --state-dir "$state" postgres stop >/dev/null 2>&1 || true
+  rm -rf "$state"
+}
+trap cleanup EXIT
+url=$(target/debug/highway --state-dir "$state" postgres start)
+export HIGHWAY_TEST_DATABASE_URL="${url%/*}/postgres"
+export HIGHWAY_TEST_STATE_DIR="$state"
+export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
+cargo test --workspace "$@"
