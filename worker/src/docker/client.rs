@@ -1,0 +1,731 @@
+//! The one bollard client of the worker: lazy connection, a deadline on every call,
+//! idle timeouts and overall deadlines on every stream, and error mapping callers can
+//! branch on.
+//!
+//! Owns: every call into bollard (Architecture Invariant: only `docker/` imports
+//! bollard, and inside it only this file issues requests). Every request goes through
+//! [`DockerClient::call`] (or [`DockerClient::stream_next`] for stream items), the single
+//! place where a status monitor and a circuit breaker hook in via [`CallObserver`].
+//! Must not: know about activities, Postgres or retries.
+//!
+//! Why our own timeouts: bollard's timeout is whole seconds (trap 3), covers only the
+//! response head (F2, trap 4) and defaults to 120 s (R13). So bollard's own timeout is
+//! set high as a backstop, and each operation gets a `tokio::time::timeout` sized to it.
+
+use bollard::container::{AttachContainerResults, LogOutput};
+use bollard::models::{
+    ContainerCreateBody, ContainerCreateResponse, ContainerInspectResponse, ContainerSummary,
+    CreateImageInfo, ImageInspect,
+};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, ContainerArchiveInfoOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, DownloadFromContainerOptionsBuilder,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder, UploadToContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use bollard::Docker;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A failed Docker call. `op` names the operation (`create_container`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The daemon cannot be reached (socket missing, connection refused or reset).
+    #[error("docker daemon unavailable during {op}: {message}")]
+    Unavailable { op: &'static str, message: String },
+    /// Our deadline for the call passed (a hung daemon or a stalled stream).
+    #[error("docker {op} timed out after {after:?}")]
+    Timeout { op: &'static str, after: Duration },
+    /// 404: no such container/image/path.
+    #[error("docker {op}: not found: {message}")]
+    NotFound { op: &'static str, message: String },
+    /// 409: name in use, removal in progress, container not running, ...
+    #[error("docker {op}: conflict: {message}")]
+    Conflict { op: &'static str, message: String },
+    /// Any other answer of the daemon (4xx is our request's fault, 5xx the daemon's).
+    #[error("docker {op} failed with status {status}: {message}")]
+    Api {
+        op: &'static str,
+        status: u16,
+        message: String,
+    },
+    /// An error reported inside a stream (pull progress, wait).
+    #[error("docker {op}: {message}")]
+    Stream { op: &'static str, message: String },
+    /// The circuit breaker refused the call without trying it.
+    #[error("docker {op} not attempted: {reason}")]
+    Rejected { op: &'static str, reason: String },
+}
+
+impl Error {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound { .. })
+    }
+
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Conflict { .. })
+    }
+
+    /// True when the daemon (not our request) is at fault: the monitor counts these,
+    /// and the run handler reports them as infrastructure failures (no attempt burned).
+    pub fn is_daemon_failure(&self) -> bool {
+        match self {
+            Error::Unavailable { .. } | Error::Timeout { .. } | Error::Rejected { .. } => true,
+            Error::Api { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            Error::Unavailable { message, .. }
+            | Error::NotFound { message, .. }
+            | Error::Conflict { message, .. }
+            | Error::Api { message, .. }
+            | Error::Stream { message, .. } => message,
+            Error::Rejected { reason, .. } => reason,
+            Error::Timeout { .. } => "timed out",
+        }
+    }
+
+    fn from_bollard(op: &'static str, e: bollard::errors::Error) -> Self {
+        use bollard::errors::Error as B;
+        match e {
+            B::DockerResponseServerError {
+                status_code,
+                message,
+            } => match status_code {
+                404 => Error::NotFound { op, message },
+                409 => Error::Conflict { op, message },
+                status => Error::Api {
+                    op,
+                    status,
+                    message,
+                },
+            },
+            B::RequestTimeoutError => Error::Timeout {
+                op,
+                after: Duration::ZERO,
+            },
+            B::DockerStreamError { error } => Error::Stream { op, message: error },
+            B::DockerContainerWaitError { error, code } => Error::Stream {
+                op,
+                message: format!("wait error (code {code}): {error}"),
+            },
+            e @ (B::SocketNotFoundError(_)
+            | B::IOError { .. }
+            | B::HyperResponseError { .. }
+            | B::HyperLegacyError { .. }) => Error::Unavailable {
+                op,
+                message: e.to_string(),
+            },
+            other => Error::Api {
+                op,
+                status: 0,
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Hook for the Docker status monitor and circuit breaker (issue: soft dependencies).
+/// `admit` may refuse a call before it is sent; `record` sees every outcome.
+pub trait CallObserver: Send + Sync + 'static {
+    fn admit(&self, op: &'static str) -> std::result::Result<(), String>;
+    fn record(&self, op: &'static str, outcome: std::result::Result<(), &Error>);
+}
+
+/// Timeouts of the client. Defaults follow DOCKER-NOTES "Per-call clients".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSettings {
+    /// `unix:///var/run/docker.sock`, a plain socket path, or `tcp://host:port`.
+    pub host: String,
+    /// Deadline of short calls: ping, inspect, list, create, start, kill, remove.
+    pub call_timeout: Duration,
+    /// Added to the stop grace for the stop call's deadline (F9: the daemon answers
+    /// only once the container stopped).
+    pub stop_margin: Duration,
+    /// Longest silence between two items of a stream (pull progress, downloads).
+    pub stream_idle_timeout: Duration,
+    /// Deadline of an image pull, progress included.
+    pub pull_timeout: Duration,
+    /// Deadline of one archive upload or download.
+    pub transfer_timeout: Duration,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        Self {
+            host: "unix:///var/run/docker.sock".to_string(),
+            call_timeout: Duration::from_secs(5),
+            stop_margin: Duration::from_secs(15),
+            stream_idle_timeout: Duration::from_secs(60),
+            pull_timeout: Duration::from_secs(600),
+            transfer_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The exit reported by `wait`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitExit {
+    pub code: i64,
+    /// The daemon's wait error message, if any (not the process's stderr).
+    pub error: Option<String>,
+}
+
+/// What `remove` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    /// We removed it (or a removal already in progress finished).
+    Removed,
+    /// It was already gone (404).
+    AlreadyGone,
+}
+
+/// A boxed byte stream of a download.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
+/// The output half of an attach.
+pub type AttachStream =
+    Pin<Box<dyn Stream<Item = std::result::Result<LogOutput, bollard::errors::Error>> + Send>>;
+
+/// Cheap to clone; every clone shares the lazily built connection.
+#[derive(Clone)]
+pub struct DockerClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: ClientSettings,
+    /// Built on first use, not at startup (F5, trap 17): the worker starts while the
+    /// daemon is down. Rebuilt after a failure to build; `Docker` clones are cheap.
+    docker: Mutex<Option<Docker>>,
+    daemon_id: Mutex<Option<String>>,
+    observer: Mutex<Option<Arc<dyn CallObserver>>>,
+}
+
+impl std::fmt::Debug for DockerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerClient")
+            .field("host", &self.inner.settings.host)
+            .finish_non_exhaustive()
+    }
+}
+
+/// bollard's own timeout: a backstop far above ours, in whole seconds (trap 3).
+const BOLLARD_BACKSTOP_SECS: u64 = 24 * 3600;
+
+impl DockerClient {
+    pub fn new(settings: ClientSettings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                docker: Mutex::new(None),
+                daemon_id: Mutex::new(None),
+                observer: Mutex::new(None),
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &ClientSettings {
+        &self.inner.settings
+    }
+
+    /// Installs the monitor / circuit breaker hook.
+    pub fn set_observer(&self, observer: Arc<dyn CallObserver>) {
+        *lock(&self.inner.observer) = Some(observer);
+    }
+
+    fn connect(&self, op: &'static str) -> Result<Docker> {
+        let mut slot = lock(&self.inner.docker);
+        if let Some(d) = slot.as_ref() {
+            return Ok(d.clone());
+        }
+        let host = self.inner.settings.host.as_str();
+        let built = if host.starts_with("tcp://") || host.starts_with("http://") {
+            Docker::connect_with_http(host, BOLLARD_BACKSTOP_SECS, bollard::API_DEFAULT_VERSION)
+        } else {
+            let path = host.strip_prefix("unix://").unwrap_or(host);
+            Docker::connect_with_unix(path, BOLLARD_BACKSTOP_SECS, bollard::API_DEFAULT_VERSION)
+        };
+        let docker = built.map_err(|e| Error::from_bollard(op, e))?;
+        *slot = Some(docker.clone());
+        Ok(docker)
+    }
+
+    fn observer(&self) -> Option<Arc<dyn CallObserver>> {
+        lock(&self.inner.observer).clone()
+    }
+
+    fn admit(&self, op: &'static str) -> Result<Option<Arc<dyn CallObserver>>> {
+        let obs = self.observer();
+        if let Some(o) = &obs {
+            o.admit(op)
+                .map_err(|reason| Error::Rejected { op, reason })?;
+        }
+        Ok(obs)
+    }
+
+    fn record<T>(obs: &Option<Arc<dyn CallObserver>>, op: &'static str, r: &Result<T>) {
+        if let Some(o) = obs {
+            o.record(op, r.as_ref().map(|_| ()));
+        }
+    }
+
+    /// Runs one request with a deadline. Every non-stream call goes through here.
+    pub async fn call<T, F, Fut>(&self, op: &'static str, timeout: Duration, f: F) -> Result<T>
+    where
+        F: FnOnce(Docker) -> Fut,
+        Fut: Future<Output = std::result::Result<T, bollard::errors::Error>>,
+    {
+        let obs = self.admit(op)?;
+        let res = match self.connect(op) {
+            Err(e) => Err(e),
+            Ok(docker) => match tokio::time::timeout(timeout, f(docker)).await {
+                Err(_) => Err(Error::Timeout { op, after: timeout }),
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(match Error::from_bollard(op, e) {
+                    Error::Timeout { op, .. } => Error::Timeout { op, after: timeout },
+                    other => other,
+                }),
+            },
+        };
+        Self::record(&obs, op, &res);
+        res
+    }
+
+    /// Next item of a stream, within `idle` of the previous one and before `deadline`.
+    /// `Ok(None)` is the end of the stream.
+    pub async fn stream_next<S, T>(
+        &self,
+        op: &'static str,
+        stream: &mut S,
+        idle: Duration,
+        deadline: Instant,
+    ) -> Result<Option<T>>
+    where
+        S: Stream<Item = std::result::Result<T, bollard::errors::Error>> + Unpin,
+    {
+        let now = Instant::now();
+        let budget = idle.min(deadline.saturating_duration_since(now));
+        let res = match tokio::time::timeout(budget, stream.next()).await {
+            Err(_) => Err(Error::Timeout { op, after: budget }),
+            Ok(None) => Ok(None),
+            Ok(Some(Ok(v))) => Ok(Some(v)),
+            Ok(Some(Err(e))) => Err(Error::from_bollard(op, e)),
+        };
+        // Only failures and the end of a stream are worth reporting to the monitor;
+        // per-item successes would flood it.
+        if let Err(e) = &res {
+            if let Some(o) = self.observer() {
+                o.record(op, Err(e));
+            }
+        }
+        res
+    }
+
+    // ---------------------------------------------------------------- system
+
+    pub async fn ping(&self) -> Result<()> {
+        let t = self.inner.settings.call_timeout;
+        self.call("ping", t, |d| async move { d.ping().await.map(|_| ()) })
+            .await
+    }
+
+    /// The daemon's ID (stable across daemon restarts): identifies which daemon a
+    /// container lives on, for the GC and the tracking table. Cached after first success.
+    pub async fn daemon_id(&self) -> Result<String> {
+        if let Some(id) = lock(&self.inner.daemon_id).clone() {
+            return Ok(id);
+        }
+        let t = self.inner.settings.call_timeout;
+        let info = self
+            .call("info", t, |d| async move { d.info().await })
+            .await?;
+        let id = info.id.filter(|s| !s.is_empty()).ok_or(Error::Api {
+            op: "info",
+            status: 0,
+            message: "daemon reported no ID".into(),
+        })?;
+        *lock(&self.inner.daemon_id) = Some(id.clone());
+        Ok(id)
+    }
+
+    // ---------------------------------------------------------------- images
+
+    /// `Ok(None)` when the image is absent.
+    pub async fn inspect_image(&self, reference: &str) -> Result<Option<ImageInspect>> {
+        let t = self.inner.settings.call_timeout;
+        let r = reference.to_string();
+        match self
+            .call(
+                "inspect_image",
+                t,
+                |d| async move { d.inspect_image(&r).await },
+            )
+            .await
+        {
+            Ok(i) => Ok(Some(i)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Pulls `reference` (always with a tag or digest, trap 23), consuming the whole
+    /// progress stream; `progress` sees each item (for heartbeat details).
+    pub async fn pull_image(
+        &self,
+        reference: &str,
+        mut progress: impl FnMut(&CreateImageInfo) + Send,
+    ) -> Result<()> {
+        let (name, tag) = split_reference(reference);
+        let opts = CreateImageOptionsBuilder::default()
+            .from_image(&name)
+            .tag(&tag)
+            .build();
+        let obs = self.admit("pull_image")?;
+        let docker = match self.connect("pull_image") {
+            Ok(d) => d,
+            Err(e) => {
+                Self::record(&obs, "pull_image", &Err::<(), _>(e.clone()));
+                return Err(e);
+            }
+        };
+        let mut stream = docker.create_image(Some(opts), None, None).boxed();
+        let deadline = Instant::now() + self.inner.settings.pull_timeout;
+        let idle = self.inner.settings.stream_idle_timeout;
+        while let Some(info) = self
+            .stream_next("pull_image", &mut stream, idle, deadline)
+            .await?
+        {
+            progress(&info);
+        }
+        Self::record(&obs, "pull_image", &Ok(()));
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- containers
+
+    pub async fn create_container(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<ContainerCreateResponse> {
+        let t = self.inner.settings.call_timeout;
+        let opts = CreateContainerOptionsBuilder::default().name(name).build();
+        self.call("create_container", t, |d| async move {
+            d.create_container(Some(opts), body).await
+        })
+        .await
+    }
+
+    /// `Ok(None)` when the container does not exist.
+    pub async fn inspect_container(&self, id: &str) -> Result<Option<ContainerInspectResponse>> {
+        let t = self.inner.settings.call_timeout;
+        let id = id.to_string();
+        match self
+            .call("inspect_container", t, |d| async move {
+                d.inspect_container(&id, None).await
+            })
+            .await
+        {
+            Ok(i) => Ok(Some(i)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every container (all states, trap 9) matching the label filters (`k=v` or `k`).
+    pub async fn list_by_labels(&self, labels: &[String]) -> Result<Vec<ContainerSummary>> {
+        let t = self.inner.settings.call_timeout;
+        let mut filters = HashMap::new();
+        filters.insert("label".to_string(), labels.to_vec());
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        self.call("list_containers", t, |d| async move {
+            d.list_containers(Some(opts)).await
+        })
+        .await
+    }
+
+    /// Attaches to stdout/stderr before start (`logs=false`: nothing is replayed).
+    pub async fn attach(&self, id: &str) -> Result<AttachStream> {
+        let t = self.inner.settings.call_timeout;
+        let id = id.to_string();
+        let opts = AttachContainerOptionsBuilder::default()
+            .stream(true)
+            .stdout(true)
+            .stderr(true)
+            .logs(false)
+            .build();
+        let AttachContainerResults { output, input } = self
+            .call("attach_container", t, |d| async move {
+                d.attach_container(&id, Some(opts)).await
+            })
+            .await?;
+        // We never write to stdin; dropping the writer does not close the read half.
+        drop(input);
+        Ok(output)
+    }
+
+    pub async fn start_container(&self, id: &str) -> Result<()> {
+        let t = self.inner.settings.call_timeout;
+        let id = id.to_string();
+        self.call("start_container", t, |d| async move {
+            d.start_container(&id, None).await
+        })
+        .await
+    }
+
+    /// Waits for the container to stop (`not-running`, only after start: trap 2).
+    /// A non-zero exit is a normal result here, not an error (trap 1). Bounded by
+    /// `max`: the caller races it with its own deadline and cancellation anyway.
+    pub async fn wait_container(&self, id: &str, max: Duration) -> Result<WaitExit> {
+        let op = "wait_container";
+        let obs = self.admit(op)?;
+        let docker = self.connect(op)?;
+        let opts = WaitContainerOptionsBuilder::default()
+            .condition("not-running")
+            .build();
+        let mut stream = docker.wait_container(id, Some(opts)).boxed();
+        let res = match tokio::time::timeout(max, stream.next()).await {
+            Err(_) => Err(Error::Timeout { op, after: max }),
+            Ok(None) => Err(Error::Stream {
+                op,
+                message: "wait stream ended without a status".into(),
+            }),
+            Ok(Some(Ok(r))) => Ok(WaitExit {
+                code: r.status_code,
+                error: r.error.and_then(|e| e.message).filter(|m| !m.is_empty()),
+            }),
+            Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError { error, code }))) => {
+                Ok(WaitExit {
+                    code,
+                    error: Some(error).filter(|m| !m.is_empty()),
+                })
+            }
+            Ok(Some(Err(e))) => Err(Error::from_bollard(op, e)),
+        };
+        Self::record(&obs, op, &res);
+        res
+    }
+
+    /// SIGTERM, then SIGKILL after `grace` (done by the daemon). The deadline is
+    /// `grace + stop_margin` (trap 5); a 304 (not running) is success.
+    pub async fn stop_container(&self, id: &str, grace: Duration) -> Result<()> {
+        // Round up: a grace of 1.5 s must not become 1 s.
+        let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+        let t = Duration::from_secs(secs) + self.inner.settings.stop_margin;
+        let id = id.to_string();
+        let opts = StopContainerOptionsBuilder::default()
+            .t(i32::try_from(secs).unwrap_or(i32::MAX))
+            .build();
+        match self
+            .call("stop_container", t, |d| async move {
+                d.stop_container(&id, Some(opts)).await
+            })
+            .await
+        {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
+    /// SIGKILL; "not running" (409) and "no such container" (404) are success.
+    pub async fn kill_container(&self, id: &str) -> Result<()> {
+        let t = self.inner.settings.call_timeout;
+        let id = id.to_string();
+        let opts = KillContainerOptionsBuilder::default()
+            .signal("SIGKILL")
+            .build();
+        match self
+            .call("kill_container", t, |d| async move {
+                d.kill_container(&id, Some(opts)).await
+            })
+            .await
+        {
+            Err(e) if e.is_not_found() || e.is_conflict() => Ok(()),
+            other => other,
+        }
+    }
+
+    /// `force=true, v=true` (trap 7). 404 = already gone; 409 "removal already in
+    /// progress" = poll until gone (trap 8). Confirms with inspect.
+    pub async fn remove_container(&self, id: &str) -> Result<Removed> {
+        let t = self.inner.settings.call_timeout;
+        let deadline = Instant::now() + t * 6;
+        let mut outcome = Removed::Removed;
+        loop {
+            let idc = id.to_string();
+            let opts = RemoveContainerOptionsBuilder::default()
+                .force(true)
+                .v(true)
+                .build();
+            match self
+                .call("remove_container", t, |d| async move {
+                    d.remove_container(&idc, Some(opts)).await
+                })
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => outcome = Removed::AlreadyGone,
+                Err(e) if e.is_conflict() => {}
+                Err(e) => return Err(e),
+            }
+            match self.inspect_container(id).await? {
+                None => return Ok(outcome),
+                Some(_) if Instant::now() >= deadline => {
+                    return Err(Error::Timeout {
+                        op: "remove_container",
+                        after: t * 6,
+                    })
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- archives
+
+    /// Uploads an uncompressed tar (trap 16) extracted at `path` (an existing dir).
+    pub async fn upload_archive(
+        &self,
+        id: &str,
+        path: &str,
+        body: impl Stream<Item = std::result::Result<Bytes, std::io::Error>> + Send + 'static,
+    ) -> Result<()> {
+        let t = self.inner.settings.transfer_timeout;
+        let id = id.to_string();
+        let opts = UploadToContainerOptionsBuilder::default()
+            .path(path)
+            .no_overwrite_dir_non_dir("true")
+            .build();
+        self.call("upload_archive", t, |d| async move {
+            d.upload_to_container(&id, Some(opts), bollard::body_try_stream(body))
+                .await
+        })
+        .await
+    }
+
+    /// Whether `path` exists in the container (HEAD on the archive endpoint).
+    pub async fn path_exists(&self, id: &str, path: &str) -> Result<bool> {
+        let t = self.inner.settings.call_timeout;
+        let id = id.to_string();
+        let opts = ContainerArchiveInfoOptionsBuilder::default()
+            .path(path)
+            .build();
+        match self
+            .call("archive_info", t, |d| async move {
+                d.get_container_archive_info(&id, Some(opts)).await
+            })
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The tar of `path`: each chunk within the idle timeout, the whole within the
+    /// transfer deadline. Drop the stream to abort (trap 15: never leave it half read
+    /// and alive, it holds the container lock).
+    pub fn download_archive(&self, id: &str, path: &str) -> Result<ByteStream> {
+        let op = "download_archive";
+        let obs = self.admit(op)?;
+        let docker = self.connect(op)?;
+        let opts = DownloadFromContainerOptionsBuilder::default()
+            .path(path)
+            .build();
+        let inner = docker.download_from_container(id, Some(opts)).boxed();
+        let idle = self.inner.settings.stream_idle_timeout;
+        let deadline = Instant::now() + self.inner.settings.transfer_timeout;
+        let client = self.clone();
+        let state = (inner, client, obs, false);
+        let s = futures::stream::unfold(state, move |(mut inner, client, obs, done)| async move {
+            if done {
+                return None;
+            }
+            match client.stream_next(op, &mut inner, idle, deadline).await {
+                Ok(Some(b)) => Some((Ok(b), (inner, client, obs, false))),
+                Ok(None) => {
+                    Self::record(&obs, op, &Ok(()));
+                    None
+                }
+                Err(e) => Some((Err(e), (inner, client, obs, true))),
+            }
+        });
+        Ok(Box::pin(s))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Splits `name[:tag][@digest]` into the `fromImage` and `tag` parameters of a pull.
+/// A digest wins over a tag; a bare name gets `latest` (never "all tags", trap 23).
+pub fn split_reference(reference: &str) -> (String, String) {
+    if let Some((name, digest)) = reference.rsplit_once('@') {
+        // `name:tag@digest`: the digest identifies the image; drop the tag.
+        let name = strip_tag(name);
+        return (name.to_string(), digest.to_string());
+    }
+    let last_slash = reference.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match reference[last_slash..].rfind(':') {
+        Some(i) => (
+            reference[..last_slash + i].to_string(),
+            reference[last_slash + i + 1..].to_string(),
+        ),
+        None => (reference.to_string(), "latest".to_string()),
+    }
+}
+
+fn strip_tag(name: &str) -> &str {
+    let last_slash = name.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match name[last_slash..].rfind(':') {
+        Some(i) => &name[..last_slash + i],
+        None => name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references() {
+        let s = |r: &str| split_reference(r);
+        assert_eq!(s("busybox"), ("busybox".into(), "latest".into()));
+        assert_eq!(s("busybox:1.36"), ("busybox".into(), "1.36".into()));
+        assert_eq!(
+            s("127.0.0.1:5000/highway-test/busybox:1"),
+            ("127.0.0.1:5000/highway-test/busybox".into(), "1".into())
+        );
+        assert_eq!(
+            s("127.0.0.1:5000/x"),
+            ("127.0.0.1:5000/x".into(), "latest".into())
+        );
+        assert_eq!(s("a/b:1@sha256:abcd"), ("a/b".into(), "sha256:abcd".into()));
+    }
+
+    #[tokio::test]
+    async fn missing_socket_is_unavailable_not_a_panic() {
+        let c = DockerClient::new(ClientSettings {
+            host: "unix:///nonexistent/docker.sock".into(),
+            ..ClientSettings::default()
+        });
+        let err = c.ping().await.unwrap_err();
+        assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+        assert!(err.is_daemon_failure());
+    }
+}
