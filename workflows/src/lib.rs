@@ -13,6 +13,7 @@
 //! This crate knows nothing of Docker beyond parameter types; it never talks to a daemon.
 
 pub mod client;
+pub mod docker;
 pub mod duration;
 pub mod types;
 

@@ -1,1 +1,353 @@
-//! Docker settings and the operator's security policy (owned by the docker spec work).
+//! Docker settings and the operator's security policy: where the daemon is, the
+//! deployment name stamped on every container, default resource limits, capture caps,
+//! timeouts, and what tenants may ask for (`SecurityPolicy`, secure by default).
+//!
+//! Every field is a flag with a `HIGHWAY_DOCKER_*` environment variable; the doc
+//! comments become `--help`. Other modules receive this struct; only this file reads
+//! the environment for Docker settings.
+
+use clap::{Args, Parser};
+use highway_workflows::docker::{ByteSize, Cpus};
+use highway_workflows::HumanDuration;
+
+/// How the worker reaches the daemon and runs containers.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct DockerConfig {
+    /// Docker Engine address: `unix:///path/docker.sock`, `tcp://host:port` or
+    /// `http://host:port`. Falls back to `DOCKER_HOST`, then the local socket.
+    #[arg(
+        long = "docker-host",
+        env = "HIGHWAY_DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock"
+    )]
+    pub host: String,
+
+    /// Deployment name, stamped on containers as `highway.deployment`; the garbage
+    /// collector only touches containers of its own deployment.
+    #[arg(
+        long = "deployment",
+        env = "HIGHWAY_DEPLOYMENT",
+        default_value = "default"
+    )]
+    pub deployment: String,
+
+    /// Pull timeout for one image (the whole progress stream).
+    #[arg(
+        long = "docker-pull-timeout",
+        env = "HIGHWAY_DOCKER_PULL_TIMEOUT",
+        default_value = "10m"
+    )]
+    pub pull_timeout: HumanDuration,
+
+    /// Default stop grace (SIGTERM → SIGKILL) when a run does not set `stop_grace`.
+    #[arg(
+        long = "docker-stop-grace",
+        env = "HIGHWAY_DOCKER_STOP_GRACE",
+        default_value = "10s"
+    )]
+    pub stop_grace: HumanDuration,
+
+    /// `max-size` of the daemon's json-file log per container (the daemon's own copy;
+    /// results and `activity_logs` have their own caps).
+    #[arg(
+        long = "docker-log-max-size",
+        env = "HIGHWAY_DOCKER_LOG_MAX_SIZE",
+        default_value = "10m"
+    )]
+    pub log_max_size: ByteSize,
+
+    /// `max-file` of the daemon's json-file log per container.
+    #[arg(
+        long = "docker-log-max-file",
+        env = "HIGHWAY_DOCKER_LOG_MAX_FILE",
+        default_value_t = 2
+    )]
+    pub log_max_file: u32,
+
+    /// Bytes of stdout and of stderr kept in the result, each split between head and tail.
+    #[arg(
+        long = "docker-capture-bytes",
+        env = "HIGHWAY_DOCKER_CAPTURE_BYTES",
+        default_value = "1m"
+    )]
+    pub capture_bytes: ByteSize,
+
+    /// Lines stored in `activity_logs` per activity attempt before a truncation marker.
+    #[arg(
+        long = "docker-activity-log-lines",
+        env = "HIGHWAY_DOCKER_ACTIVITY_LOG_LINES",
+        default_value_t = 10_000
+    )]
+    pub activity_log_lines: u64,
+
+    /// Most bytes collected from a run's `outputs` (the tar as streamed by the daemon).
+    #[arg(
+        long = "docker-output-max-bytes",
+        env = "HIGHWAY_DOCKER_OUTPUT_MAX_BYTES",
+        default_value = "1g"
+    )]
+    pub output_max_bytes: ByteSize,
+
+    /// Most bytes of a run's `inputs` (inline files plus artifacts, as one tar).
+    #[arg(
+        long = "docker-input-max-bytes",
+        env = "HIGHWAY_DOCKER_INPUT_MAX_BYTES",
+        default_value = "1g"
+    )]
+    pub input_max_bytes: ByteSize,
+
+    #[command(flatten)]
+    pub policy: SecurityPolicy,
+}
+
+/// What tenants may ask for. Everything dangerous is refused unless allowed here.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct SecurityPolicy {
+    /// Allow `privileged: true`.
+    #[arg(long, env = "HIGHWAY_DOCKER_ALLOW_PRIVILEGED", default_value_t = false)]
+    pub allow_privileged: bool,
+
+    /// Allow `network_mode: host`.
+    #[arg(
+        long,
+        env = "HIGHWAY_DOCKER_ALLOW_HOST_NETWORK",
+        default_value_t = false
+    )]
+    pub allow_host_network: bool,
+
+    /// Allow `pid_mode: host`.
+    #[arg(long, env = "HIGHWAY_DOCKER_ALLOW_HOST_PID", default_value_t = false)]
+    pub allow_host_pid: bool,
+
+    /// Allow `ipc_mode: host`.
+    #[arg(long, env = "HIGHWAY_DOCKER_ALLOW_HOST_IPC", default_value_t = false)]
+    pub allow_host_ipc: bool,
+
+    /// Allow `uts_mode: host`.
+    #[arg(long, env = "HIGHWAY_DOCKER_ALLOW_HOST_UTS", default_value_t = false)]
+    pub allow_host_uts: bool,
+
+    /// Allow `userns_mode: host`.
+    #[arg(
+        long,
+        env = "HIGHWAY_DOCKER_ALLOW_HOST_USERNS",
+        default_value_t = false
+    )]
+    pub allow_host_userns: bool,
+
+    /// Capabilities tenants may add back after `CapDrop=ALL` (comma-separated, e.g.
+    /// `NET_BIND_SERVICE,CHOWN`). Empty: none.
+    #[arg(long, env = "HIGHWAY_DOCKER_CAP_ADD_ALLOWLIST", value_delimiter = ',')]
+    pub cap_add_allowlist: Vec<String>,
+
+    /// Host directories tenants may bind-mount from (comma-separated absolute paths).
+    /// Empty: no host binds. The Docker socket is refused whatever this says.
+    #[arg(
+        long,
+        env = "HIGHWAY_DOCKER_BIND_ALLOWED_PREFIXES",
+        value_delimiter = ','
+    )]
+    pub bind_allowed_prefixes: Vec<String>,
+
+    /// Allow named volumes (`"name:/path"`). Off by default: they outlive the run and
+    /// any tenant on the host can mount them by name. Anonymous volumes are always allowed.
+    #[arg(
+        long,
+        env = "HIGHWAY_DOCKER_ALLOW_NAMED_VOLUMES",
+        default_value_t = false
+    )]
+    pub allow_named_volumes: bool,
+
+    /// Allow host `devices` and `device_requests` (GPUs).
+    #[arg(long, env = "HIGHWAY_DOCKER_ALLOW_DEVICES", default_value_t = false)]
+    pub allow_devices: bool,
+
+    /// Image patterns tenants may run (comma-separated; `*` matches any run of
+    /// characters, `?` one). Matched against the normalised reference and the bare
+    /// repository name. Empty: any image.
+    #[arg(long, env = "HIGHWAY_DOCKER_ALLOWED_IMAGES", value_delimiter = ',')]
+    pub allowed_images: Vec<String>,
+
+    /// Allow `security_opt` entries beyond `apparmor=<profile>`, `label=<...>` and
+    /// `no-new-privileges` (`seccomp=…`, `*=unconfined`, `label=disable`, ...).
+    #[arg(
+        long,
+        env = "HIGHWAY_DOCKER_ALLOW_UNCONFINED_SECURITY_OPTS",
+        default_value_t = false
+    )]
+    pub allow_unconfined_security_opts: bool,
+
+    /// Allow `oom_kill_disable: true`.
+    #[arg(
+        long,
+        env = "HIGHWAY_DOCKER_ALLOW_OOM_KILL_DISABLE",
+        default_value_t = false
+    )]
+    pub allow_oom_kill_disable: bool,
+
+    /// Memory limit applied, with a warning, when a run sets none.
+    #[arg(long, env = "HIGHWAY_DOCKER_DEFAULT_MEMORY", default_value = "512m")]
+    pub default_memory: ByteSize,
+
+    /// CPU limit applied, with a warning, when a run sets none.
+    #[arg(long, env = "HIGHWAY_DOCKER_DEFAULT_CPUS", default_value = "1.0")]
+    pub default_cpus: Cpus,
+
+    /// Process limit applied when a run sets none (a fork-bomb guard; always on).
+    #[arg(long, env = "HIGHWAY_DOCKER_DEFAULT_PIDS", default_value_t = 512)]
+    pub default_pids: i64,
+
+    /// Largest memory limit a run may ask for.
+    #[arg(long, env = "HIGHWAY_DOCKER_MAX_MEMORY", default_value = "8g")]
+    pub max_memory: ByteSize,
+
+    /// Largest CPU limit a run may ask for.
+    #[arg(long, env = "HIGHWAY_DOCKER_MAX_CPUS", default_value = "4")]
+    pub max_cpus: Cpus,
+
+    /// Largest process limit a run may ask for.
+    #[arg(long, env = "HIGHWAY_DOCKER_MAX_PIDS", default_value_t = 4096)]
+    pub max_pids: i64,
+}
+
+impl DockerConfig {
+    /// The daemon address, honouring `DOCKER_HOST` when `HIGHWAY_DOCKER_HOST` and
+    /// `--docker-host` were not given (clap cannot express a second env fallback).
+    pub fn effective_host(&self) -> String {
+        self.effective_host_with(
+            std::env::var("HIGHWAY_DOCKER_HOST").ok(),
+            std::env::var("DOCKER_HOST").ok(),
+        )
+    }
+
+    fn effective_host_with(&self, highway: Option<String>, docker: Option<String>) -> String {
+        let explicit = highway.is_some() || self.host != DEFAULT_HOST;
+        match docker {
+            Some(d) if !explicit && !d.trim().is_empty() => d,
+            _ => self.host.clone(),
+        }
+    }
+
+    /// Refuses settings that cannot work together; called once at startup.
+    pub fn validate(&self) -> Result<(), String> {
+        let p = &self.policy;
+        if self.deployment.is_empty()
+            || self.deployment.len() > 64
+            || !self
+                .deployment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        {
+            return Err("HIGHWAY_DEPLOYMENT must be 1 to 64 characters of [A-Za-z0-9_.-]".into());
+        }
+        if p.default_memory > p.max_memory {
+            return Err("HIGHWAY_DOCKER_DEFAULT_MEMORY exceeds HIGHWAY_DOCKER_MAX_MEMORY".into());
+        }
+        if p.default_memory.0 < highway_workflows::docker::MIN_MEMORY_BYTES {
+            return Err("HIGHWAY_DOCKER_DEFAULT_MEMORY must be at least 6m".into());
+        }
+        if p.default_cpus > p.max_cpus {
+            return Err("HIGHWAY_DOCKER_DEFAULT_CPUS exceeds HIGHWAY_DOCKER_MAX_CPUS".into());
+        }
+        if p.default_pids <= 0 || p.default_pids > p.max_pids {
+            return Err(
+                "HIGHWAY_DOCKER_DEFAULT_PIDS must be between 1 and HIGHWAY_DOCKER_MAX_PIDS".into(),
+            );
+        }
+        for c in &p.cap_add_allowlist {
+            if highway_workflows::docker::normalize_capability(c).is_none()
+                && !c.eq_ignore_ascii_case("ALL")
+            {
+                return Err(format!(
+                    "HIGHWAY_DOCKER_CAP_ADD_ALLOWLIST: unknown capability {c:?}"
+                ));
+            }
+        }
+        for b in &p.bind_allowed_prefixes {
+            if !b.starts_with('/') || b.split('/').any(|c| c == "..") {
+                return Err(format!(
+                    "HIGHWAY_DOCKER_BIND_ALLOWED_PREFIXES: {b:?} must be an absolute path without `..`"
+                ));
+            }
+        }
+        if self.capture_bytes.0 < 2 {
+            return Err(
+                "HIGHWAY_DOCKER_CAPTURE_BYTES must be at least 2 bytes (head and tail)".into(),
+            );
+        }
+        if self.pull_timeout.0.as_secs() < 1 {
+            return Err("HIGHWAY_DOCKER_PULL_TIMEOUT must be at least 1s".into());
+        }
+        Ok(())
+    }
+}
+
+const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+
+/// Parses only the Docker flags, for `Default` and tests.
+#[derive(Parser)]
+struct DockerOnly {
+    #[command(flatten)]
+    docker: DockerConfig,
+}
+
+impl DockerConfig {
+    /// The configuration from these arguments alone (no environment is consulted
+    /// beyond what clap reads for `env` fallbacks).
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        DockerOnly::try_parse_from(
+            std::iter::once("highway".into()).chain(args.into_iter().map(Into::into)),
+        )
+        .map(|d| d.docker)
+    }
+}
+
+impl Default for DockerConfig {
+    /// The documented defaults, ignoring the environment, so tests are reproducible.
+    fn default() -> Self {
+        Self {
+            host: DEFAULT_HOST.into(),
+            deployment: "default".into(),
+            pull_timeout: HumanDuration::from_secs(600),
+            stop_grace: HumanDuration::from_secs(10),
+            log_max_size: ByteSize::mib(10),
+            log_max_file: 2,
+            capture_bytes: ByteSize::mib(1),
+            activity_log_lines: 10_000,
+            output_max_bytes: ByteSize::mib(1024),
+            input_max_bytes: ByteSize::mib(1024),
+            policy: SecurityPolicy::default(),
+        }
+    }
+}
+
+impl Default for SecurityPolicy {
+    /// Secure by default: nothing dangerous allowed.
+    fn default() -> Self {
+        Self {
+            allow_privileged: false,
+            allow_host_network: false,
+            allow_host_pid: false,
+            allow_host_ipc: false,
+            allow_host_uts: false,
+            allow_host_userns: false,
+            cap_add_allowlist: Vec::new(),
+            bind_allowed_prefixes: Vec::new(),
+            allow_named_volumes: false,
+            allow_devices: false,
+            allowed_images: Vec::new(),
+            allow_unconfined_security_opts: false,
+            allow_oom_kill_disable: false,
+            default_memory: ByteSize::mib(512),
+            default_cpus: Cpus::from_millis(1000),
+            default_pids: 512,
+            max_memory: ByteSize::mib(8 * 1024),
+            max_cpus: Cpus::from_millis(4000),
+            max_pids: 4096,
+        }
+    }
+}
