@@ -696,10 +696,12 @@ impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for StrOr<T> {
         match serde_json::Value::deserialize(d)? {
             serde_json::Value::String(s) => Ok(Self::Str(s)),
             serde_json::Value::Number(n) => Ok(Self::Str(n.to_string())),
-            v @ serde_json::Value::Object(_) => serde_json::from_value(v)
-                .map(Self::Obj)
-                .map_err(D::Error::custom),
-            _ => Err(D::Error::custom("must be a string or an object")),
+            v @ (serde_json::Value::Object(_) | serde_json::Value::Array(_)) => {
+                serde_json::from_value(v)
+                    .map(Self::Obj)
+                    .map_err(D::Error::custom)
+            }
+            _ => Err(D::Error::custom("must be a string, an array or an object")),
         }
     }
 }
@@ -2016,4 +2018,793 @@ pub fn normalize_capability(c: &str) -> Option<&'static str> {
     let up = c.to_ascii_uppercase();
     let bare = up.strip_prefix("CAP_").unwrap_or(&up);
     CAPABILITIES.iter().copied().find(|k| *k == bare)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: serde_json::Value) -> Result<DockerRunParams, FieldError> {
+        DockerRunParams::from_json(&v)
+    }
+
+    fn base() -> serde_json::Value {
+        json!({"image": "busybox"})
+    }
+
+    fn with(extra: serde_json::Value) -> serde_json::Value {
+        let mut v = base();
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    }
+
+    /// Asserts a refusal naming `field` (exactly) and whose reason contains `needle`.
+    fn refused(v: serde_json::Value, field: &str, needle: &str) {
+        let e = parse(v.clone()).expect_err(&v.to_string());
+        assert_eq!(e.field, field, "{e} for {v}");
+        assert!(e.reason.contains(needle), "{e:?} lacks {needle:?}");
+    }
+
+    #[test]
+    fn defaults() {
+        let p = parse(base()).unwrap();
+        assert_eq!(p, DockerRunParams::new("busybox"));
+        assert!(p.auto_remove && p.init && !p.detach && !p.privileged && !p.read_only);
+        assert_eq!(p.timeout.0, Duration::from_secs(3600));
+        assert_eq!(p.stop_grace.0, Duration::from_secs(10));
+        assert_eq!(p.detach_ttl.0, Duration::from_secs(3600));
+        assert_eq!(p.pull_policy, PullPolicy::IfNotPresent);
+        assert!(p.memory_limit.is_none() && p.cpu_limit.is_none() && p.pids_limit.is_none());
+        assert_eq!(p.image_ref().unwrap().to_string(), "busybox:latest");
+    }
+
+    #[test]
+    fn every_parameter_parses_and_round_trips() {
+        let v = serde_json::from_str::<serde_json::Value>(
+            r#"{
+            "image": "localhost:5000/highway-test/busybox:1",
+            "command": [
+                "sh",
+                "-c",
+                "echo hi"
+            ],
+            "entrypoint": "exec env",
+            "environment": {
+                "A": "1",
+                "B": {
+                    "secret": "db_password"
+                },
+                "C": 3,
+                "D": true
+            },
+            "volumes": [
+                "/srv/data:/data:ro",
+                "cache:/cache",
+                "/scratch",
+                {
+                    "target": "/out"
+                }
+            ],
+            "ports": [
+                "8080:80",
+                "127.0.0.1:9000:9000/udp",
+                81,
+                {
+                    "container_port": 82
+                }
+            ],
+            "network": "backend",
+            "pid_mode": "host",
+            "ipc_mode": "private",
+            "uts_mode": "host",
+            "userns_mode": "host",
+            "cpu_limit": "1.5",
+            "memory_limit": "512m",
+            "user": "65534:65534",
+            "working_dir": "/work",
+            "labels": {
+                "team": "data"
+            },
+            "auto_remove": false,
+            "retention": "2h",
+            "detach": false,
+            "detach_ttl": 60,
+            "timeout": "30s",
+            "pull_policy": "never",
+            "privileged": false,
+            "cap_add": [
+                "NET_BIND_SERVICE"
+            ],
+            "cap_drop": [
+                "ALL"
+            ],
+            "devices": [
+                "/dev/fuse",
+                "/dev/a:/dev/b:rw"
+            ],
+            "shm_size": "64m",
+            "tmpfs": {
+                "/tmp": "size=64m"
+            },
+            "read_only": false,
+            "hostname": "job-1",
+            "dns": [
+                "1.1.1.1"
+            ],
+            "extra_hosts": [
+                "db:10.0.0.5",
+                "h:host-gateway"
+            ],
+            "init": false,
+            "oom_kill_disable": false,
+            "pids_limit": 100,
+            "ulimits": [
+                {
+                    "name": "nofile",
+                    "soft": 1024,
+                    "hard": 2048
+                }
+            ],
+            "log_config": {
+                "type": "json-file",
+                "config": {
+                    "max-size": "1m"
+                }
+            },
+            "healthcheck": {
+                "test": "true",
+                "interval": "5s",
+                "retries": 3
+            },
+            "restart_policy": "no",
+            "device_requests": [
+                {
+                    "driver": "nvidia",
+                    "count": -1,
+                    "capabilities": [
+                        [
+                            "gpu"
+                        ]
+                    ]
+                }
+            ],
+            "security_opt": [
+                "apparmor=docker-default"
+            ],
+            "stop_grace": "5s",
+            "inputs": [
+                {
+                    "path": "/in/a.txt",
+                    "content": "hello",
+                    "mode": "0644"
+                },
+                {
+                    "path": "/in/b.bin",
+                    "base64": "AAEC/w==",
+                    "mode": 384
+                },
+                {
+                    "path": "/in/dir",
+                    "artifact": "7f1d0b4e-5a3c-4c1e-9f7a-2b8f7c3d9e10"
+                }
+            ],
+            "outputs": [
+                "/out"
+            ],
+            "secrets": [
+                {
+                    "name": "db_password",
+                    "path": "/run/secrets/db"
+                }
+            ]
+        }"#,
+        )
+        .unwrap();
+        let p = parse(v).unwrap();
+        assert_eq!(
+            p.entrypoint.as_deref().unwrap(),
+            ["/bin/sh", "-c", "exec env"]
+        );
+        assert_eq!(p.environment["B"], EnvValue::Secret("db_password".into()));
+        assert_eq!(p.environment["C"], EnvValue::Plain("3".into()));
+        assert_eq!(p.volumes[0].kind(), VolumeKind::Bind);
+        assert!(p.volumes[0].read_only);
+        assert_eq!(p.volumes[1].kind(), VolumeKind::Named);
+        assert_eq!(p.volumes[2].kind(), VolumeKind::Anonymous);
+        assert_eq!(p.ports[1].host_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(p.ports[1].protocol, Protocol::Udp);
+        assert_eq!(p.ports[2].container_port, 81);
+        assert_eq!(p.devices[1].container_path.as_deref(), Some("/dev/b"));
+        assert_eq!(p.cpu_limit.unwrap().nano_cpus(), 1_500_000_000);
+        assert_eq!(p.memory_limit.unwrap().0, 512 << 20);
+        assert_eq!(p.healthcheck.as_ref().unwrap().test, ["CMD-SHELL", "true"]);
+        assert_eq!(p.inputs[0].mode, Some(FileMode(0o644)));
+        assert_eq!(p.inputs[1].mode, Some(FileMode(0o600)));
+        assert_eq!(p.inputs[1].inline_bytes().unwrap(), [0, 1, 2, 255]);
+        assert!(matches!(p.inputs[2].source, InputSource::Artifact(_)));
+        assert_eq!(
+            p.secret_names().into_iter().collect::<Vec<_>>(),
+            ["db_password"]
+        );
+        // What we store is what we parse back: no information lost, no secret values.
+        let stored = serde_json::to_value(&p).unwrap();
+        assert_eq!(stored["environment"]["B"], json!({"secret": "db_password"}));
+        assert_eq!(DockerRunParams::from_json(&stored).unwrap(), p);
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let e = parse(with(json!({"privilegd": true}))).unwrap_err();
+        assert!(e.reason.contains("unknown field `privilegd`"), "{e}");
+        let e = parse(with(
+            json!({"inputs": [{"path": "/a", "content": "x", "owner": 1}]}),
+        ))
+        .unwrap_err();
+        assert!(e.field.starts_with("inputs[0]"), "{e}");
+        assert!(e.reason.contains("owner"), "{e}");
+        let e = parse(with(json!({"volumes": [{"target": "/a", "bogus": 1}]}))).unwrap_err();
+        assert!(
+            e.field.starts_with("volumes[0]") && e.reason.contains("bogus"),
+            "{e}"
+        );
+        let e = parse(with(json!({"healthcheck": {"test": "x", "every": 1}}))).unwrap_err();
+        assert!(e.reason.contains("every"), "{e}");
+        let e = parse(json!({})).unwrap_err();
+        assert!(e.reason.contains("image"), "{e}");
+    }
+
+    #[test]
+    fn bad_shapes_name_the_field() {
+        refused(
+            with(json!({"environment": {"A": {"secret": "x", "y": 1}}})),
+            "environment.A",
+            "secret",
+        );
+        refused(
+            with(json!({"environment": {"A": [1]}})),
+            "environment.A",
+            "string",
+        );
+        refused(
+            with(json!({"inputs": [{"path": "/a"}]})),
+            "inputs[0]",
+            "exactly one",
+        );
+        refused(
+            with(json!({"inputs": [{"path": "/a", "content": "x", "base64": "eA=="}]})),
+            "inputs[0]",
+            "exactly one",
+        );
+        refused(
+            with(json!({"inputs": [{"path": "/a", "base64": "!!"}]})),
+            "inputs[0]",
+            "base64",
+        );
+        refused(
+            with(json!({"inputs": [{"path": "/a", "content": "", "mode": "4755"}]})),
+            "inputs[0].mode",
+            "permission bits",
+        );
+        refused(
+            with(json!({"inputs": [{"path": "/a", "content": "", "mode": 644}]})),
+            "inputs[0].mode",
+            "0644",
+        );
+        refused(
+            with(json!({"memory_limit": "12zb"})),
+            "memory_limit",
+            "unknown unit",
+        );
+        refused(
+            with(json!({"memory_limit": 1.5})),
+            "memory_limit",
+            "whole number",
+        );
+        refused(with(json!({"cpu_limit": 0})), "cpu_limit", "above 0");
+        refused(
+            with(json!({"cpu_limit": "lots"})),
+            "cpu_limit",
+            "expected a number",
+        );
+        refused(
+            with(json!({"timeout": "soon"})),
+            "timeout",
+            "invalid duration",
+        );
+        refused(
+            with(json!({"pull_policy": "sometimes"})),
+            "pull_policy",
+            "unknown variant",
+        );
+        refused(with(json!({"ports": ["70000"]})), "ports[0]", "1 to 65535");
+        refused(
+            with(json!({"volumes": ["a:b:c:d"]})),
+            "volumes[0]",
+            "source:target",
+        );
+        refused(
+            with(json!({"volumes": ["/a:/b:rx"]})),
+            "volumes[0]",
+            "mount mode",
+        );
+        refused(
+            with(json!({"command": [1, 2]})),
+            "command",
+            "array of strings",
+        );
+        refused(
+            with(json!({"restart_policy": "sometimes"})),
+            "restart_policy",
+            "on-failure",
+        );
+    }
+
+    #[test]
+    fn units() {
+        let b = |s: &str| s.parse::<ByteSize>().unwrap().0;
+        assert_eq!(b("512m"), 512 << 20);
+        assert_eq!(b("1g"), 1 << 30);
+        assert_eq!(b("1GiB"), 1 << 30);
+        assert_eq!(b("64MB"), 64 << 20);
+        assert_eq!(b("1.5k"), 1536);
+        assert_eq!(b("100"), 100);
+        assert_eq!(b("100b"), 100);
+        for bad in ["", "m", "1x", "-1m", "1e30g", "99999999p"] {
+            assert!(bad.parse::<ByteSize>().is_err(), "{bad}");
+        }
+        assert_eq!(ByteSize(512 << 20).to_string(), "512m");
+        assert_eq!(ByteSize(1 << 30).to_string(), "1g");
+        assert_eq!(ByteSize(1000).to_string(), "1000");
+        let c = |s: &str| s.parse::<Cpus>().unwrap().nano_cpus();
+        assert_eq!(c("1.5"), 1_500_000_000);
+        assert_eq!(c("500m"), 500_000_000);
+        assert_eq!(c("2"), 2_000_000_000);
+        for bad in ["0", "-1", "x", "2000", "NaN", "inf"] {
+            assert!(bad.parse::<Cpus>().is_err(), "{bad}");
+        }
+        assert_eq!(Cpus(1_500_000_000).to_string(), "1.5");
+        assert_eq!(Cpus(2_000_000_000).to_string(), "2");
+        let v: Cpus = serde_json::from_value(json!(0.25)).unwrap();
+        assert_eq!(v.nano_cpus(), 250_000_000);
+        let m: ByteSize = serde_json::from_value(json!(1048576)).unwrap();
+        assert_eq!(m.to_string(), "1m");
+        assert_eq!("0755".parse::<FileMode>().unwrap(), FileMode(0o755));
+        assert_eq!("0o600".parse::<FileMode>().unwrap(), FileMode(0o600));
+        assert!("0999".parse::<FileMode>().is_err());
+        assert!("1777".parse::<FileMode>().is_err());
+        assert_eq!(
+            serde_json::to_value(FileMode(0o644)).unwrap(),
+            json!("0644")
+        );
+    }
+
+    #[test]
+    fn image_reference_errors_carry_the_code() {
+        for (img, needle) in [
+            ("UPPER/case:tag", "lowercase"),
+            ("a//b", "empty component"),
+            (
+                &format!("busybox:{}", "t".repeat(129)) as &str,
+                "limit is 128",
+            ),
+            (&"a".repeat(256), "limit is 255"),
+            ("busybox@sha256:abcd", "64 lowercase hex"),
+            ("busybox@sha512:abcd", "not supported"),
+        ] {
+            let e = parse(json!({ "image": img })).unwrap_err();
+            assert_eq!(e.field, "image");
+            assert!(e.reason.starts_with("invalid_image_reference: "), "{e}");
+            assert!(e.reason.contains(needle), "{e}");
+            assert_eq!(error_code(&e), INVALID_IMAGE_REFERENCE);
+        }
+        let e = parse(with(json!({"pids_limit": 0}))).unwrap_err();
+        assert_eq!(error_code(&e), INVALID_PARAMS);
+    }
+
+    #[test]
+    fn argv_limits() {
+        refused(
+            with(json!({"command": ["ok", "a\u{0}b"]})),
+            "command[1]",
+            "NUL",
+        );
+        refused(
+            with(json!({"entrypoint": ["a\u{0}"]})),
+            "entrypoint[0]",
+            "NUL",
+        );
+        let many: Vec<String> = (0..4097).map(|i| i.to_string()).collect();
+        refused(
+            with(json!({ "command": many })),
+            "command",
+            "4096 arguments",
+        );
+        let split: Vec<String> = (0..3000).map(|i| i.to_string()).collect();
+        refused(
+            with(json!({ "command": split, "entrypoint": split })),
+            "entrypoint",
+            "4096 arguments",
+        );
+        let big = "x".repeat(64 * 1024);
+        refused(with(json!({ "command": [big, big] })), "command", "bytes");
+        let ok: Vec<String> = (0..4096).map(|_| "a".into()).collect();
+        parse(with(json!({ "command": ok }))).unwrap();
+    }
+
+    #[test]
+    fn environment_rules() {
+        for name in ["A=B", "1X", "", "has space", "é"] {
+            let e = parse(with(json!({ "environment": { name: "v" } }))).unwrap_err();
+            assert!(e.field.starts_with("environment."), "{e}");
+            assert!(e.reason.contains("[A-Za-z_]"), "{e}");
+        }
+        let e = parse(with(json!({"environment": {"A=B": "v"}}))).unwrap_err();
+        assert_eq!(e.field, "environment.A=B");
+        let e = parse(with(json!({"environment": {"": "v"}}))).unwrap_err();
+        assert_eq!(e.field, "environment.\"\"");
+        refused(
+            with(json!({"environment": {"GOOD": "a\u{0}b"}})),
+            "environment.GOOD",
+            "NUL",
+        );
+        // The value must never appear in the error (it may be sensitive).
+        let e = parse(with(json!({"environment": {"TOKEN": "s3cr3t\u{0}"}}))).unwrap_err();
+        assert!(!e.to_string().contains("s3cr3t"));
+        refused(
+            with(json!({"environment": {"S": {"secret": "../etc"}}})),
+            "environment.S",
+            "secret names",
+        );
+        let many: serde_json::Map<String, serde_json::Value> =
+            (0..1001).map(|i| (format!("V{i}"), json!("x"))).collect();
+        refused(
+            with(json!({ "environment": many })),
+            "environment",
+            "limit is 1000",
+        );
+        let big: serde_json::Map<String, serde_json::Value> = (0..3)
+            .map(|i| (format!("V{i}"), json!("x".repeat(50 * 1024))))
+            .collect();
+        refused(
+            with(json!({ "environment": big })),
+            "environment.V2",
+            "bytes",
+        );
+        parse(with(json!({"environment": {"_OK": "", "a1": "x"}}))).unwrap();
+    }
+
+    #[test]
+    fn reserved_labels() {
+        for key in [
+            "highway.managed",
+            "highway.activity_id",
+            "HIGHWAY.tenant_id",
+            "highway.",
+        ] {
+            let e = parse(with(json!({ "labels": { key: "x" } }))).unwrap_err();
+            assert_eq!(e.field, format!("labels.{key}"));
+            assert!(e.reason.contains("reserved"), "{e}");
+        }
+        refused(
+            with(json!({"labels": {"": "x"}})),
+            "labels.\"\"",
+            "1 to 255",
+        );
+        refused(with(json!({"labels": {"a": "x\u{0}"}})), "labels.a", "NUL");
+        parse(with(
+            json!({"labels": {"highwayman": "ok", "com.example.x": "y"}}),
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn paths() {
+        for (field, v) in [
+            ("outputs[0]", json!({"outputs": ["relative"]})),
+            ("outputs[0]", json!({"outputs": ["/"]})),
+            ("outputs[0]", json!({"outputs": ["//./"]})),
+            ("outputs[0]", json!({"outputs": ["/a/../etc"]})),
+            ("outputs[1]", json!({"outputs": ["/out", "/out/"]})),
+            (
+                "inputs[0].path",
+                json!({"inputs": [{"path": "in", "content": ""}]}),
+            ),
+            (
+                "inputs[0].path",
+                json!({"inputs": [{"path": "/", "artifact": Uuid::nil()}]}),
+            ),
+            (
+                "inputs[0].path",
+                json!({"inputs": [{"path": "/../x", "content": ""}]}),
+            ),
+            (
+                "inputs[1].path",
+                json!({"inputs": [{"path": "/a", "content": ""}, {"path": "/a", "content": ""}]}),
+            ),
+            (
+                "secrets[0].path",
+                json!({"secrets": [{"name": "s", "path": "run/s"}]}),
+            ),
+            ("secrets[0].name", json!({"secrets": [{"name": "a/b"}]})),
+            (
+                "secrets[0].path",
+                json!({"secrets": [{"name": "s", "path": "/in/a"}], "inputs": [{"path": "/in/a", "content": ""}]}),
+            ),
+            ("volumes[0].target", json!({"volumes": ["/"]})),
+            ("volumes[0].target", json!({"volumes": [{"target": "rel"}]})),
+            ("volumes[0].source", json!({"volumes": ["/a/../b:/c"]})),
+            (
+                "volumes[0].source",
+                json!({"volumes": [{"source": "bad name", "target": "/c"}]}),
+            ),
+            ("volumes[1].target", json!({"volumes": ["/c", "/c/"]})),
+            ("tmpfs./", json!({"tmpfs": {"/": ""}})),
+            ("working_dir", json!({"working_dir": "rel"})),
+            ("devices[0].host_path", json!({"devices": ["dev/x"]})),
+            ("devices[0].permissions", json!({"devices": ["/dev/x:rwx"]})),
+        ] {
+            let e = parse(with(v.clone())).expect_err(&v.to_string());
+            assert_eq!(e.field, field, "{e} for {v}");
+        }
+    }
+
+    #[test]
+    fn archive_api_constraints() {
+        // tmpfs is invisible to the archive API (DOCKER-NOTES F4).
+        refused(
+            with(json!({"tmpfs": {"/scratch": ""}, "outputs": ["/scratch/x"]})),
+            "outputs[0]",
+            "tmpfs",
+        );
+        refused(
+            with(json!({"tmpfs": {"/in": ""}, "inputs": [{"path": "/in/a", "content": ""}]})),
+            "inputs[0].path",
+            "tmpfs",
+        );
+        refused(
+            with(json!({"tmpfs": {"/run/secrets": ""}, "secrets": [{"name": "a"}]})),
+            "secrets[0].path",
+            "tmpfs",
+        );
+        // A read-only rootfs refuses uploads outside volumes.
+        refused(
+            with(json!({"read_only": true, "inputs": [{"path": "/in/a", "content": ""}]})),
+            "inputs[0].path",
+            "read_only",
+        );
+        parse(with(json!({
+            "read_only": true, "volumes": ["/in", "/run/secrets"],
+            "inputs": [{"path": "/in/a", "content": ""}], "secrets": [{"name": "a"}]
+        })))
+        .unwrap();
+    }
+
+    #[test]
+    fn limits_and_lifecycle() {
+        refused(
+            with(json!({"pids_limit": 0})),
+            "pids_limit",
+            "greater than 0",
+        );
+        refused(
+            with(json!({"pids_limit": -1})),
+            "pids_limit",
+            "greater than 0",
+        );
+        refused(with(json!({"memory_limit": "5m"})), "memory_limit", "6m");
+        parse(with(json!({"memory_limit": "6m"}))).unwrap();
+        refused(with(json!({"shm_size": 0})), "shm_size", "greater than 0");
+        refused(with(json!({"timeout": 0})), "timeout", "between");
+        refused(with(json!({"timeout": "8d"})), "timeout", "between");
+        refused(with(json!({"stop_grace": "2h"})), "stop_grace", "between");
+        refused(with(json!({"detach_ttl": "31d"})), "detach_ttl", "between");
+        refused(
+            with(json!({"retention": "1h"})),
+            "retention",
+            "auto_remove: false",
+        );
+        refused(
+            with(json!({"restart_policy": "always"})),
+            "restart_policy",
+            "detach",
+        );
+        parse(with(json!({"restart_policy": "always", "detach": true}))).unwrap();
+        refused(
+            with(
+                json!({"restart_policy": {"name": "always", "maximum_retry_count": 3}, "detach": true}),
+            ),
+            "restart_policy.maximum_retry_count",
+            "on-failure",
+        );
+        refused(
+            with(json!({"detach": true, "outputs": ["/out"]})),
+            "outputs",
+            "detached",
+        );
+        refused(
+            with(json!({"ulimits": [{"name": "bogus", "soft": 1, "hard": 1}]})),
+            "ulimits[0].name",
+            "unknown",
+        );
+        refused(
+            with(json!({"ulimits": [{"name": "nofile", "soft": 10, "hard": 1}]})),
+            "ulimits[0]",
+            "soft",
+        );
+        refused(
+            with(
+                json!({"ulimits": [{"name": "core", "soft": 0, "hard": 0}, {"name": "core", "soft": 0, "hard": 0}]}),
+            ),
+            "ulimits[1].name",
+            "twice",
+        );
+        refused(
+            with(json!({"log_config": {"type": "syslog"}})),
+            "log_config.type",
+            "json-file",
+        );
+        refused(
+            with(json!({"healthcheck": {"test": ["BOGUS"]}})),
+            "healthcheck.test",
+            "CMD",
+        );
+        refused(
+            with(json!({"healthcheck": {"test": ["CMD"]}})),
+            "healthcheck.test",
+            "CMD",
+        );
+        refused(
+            with(json!({"healthcheck": {"test": "x", "retries": -1}})),
+            "healthcheck.retries",
+            "negative",
+        );
+        refused(
+            with(json!({"cap_add": ["NOT_A_CAP"]})),
+            "cap_add[0]",
+            "unknown capability",
+        );
+        refused(
+            with(json!({"cap_drop": ["BOGUS"]})),
+            "cap_drop[0]",
+            "unknown capability",
+        );
+        parse(with(json!({"cap_add": ["cap_net_admin", "chown"]}))).unwrap();
+        refused(
+            with(json!({"device_requests": [{"count": -2}]})),
+            "device_requests[0].count",
+            "-1",
+        );
+        refused(with(json!({"user": "root; rm"})), "user", "uid");
+        refused(with(json!({"user": "a:b:c"})), "user", "uid");
+        refused(
+            with(json!({"security_opt": [""]})),
+            "security_opt[0]",
+            "1 to 4096",
+        );
+    }
+
+    #[test]
+    fn network_rules() {
+        refused(
+            with(json!({"network_mode": "container:abc"})),
+            "network_mode",
+            "not supported",
+        );
+        refused(
+            with(json!({"network_mode": "bad name"})),
+            "network_mode",
+            "bridge",
+        );
+        refused(with(json!({"network": "host"})), "network", "network_mode");
+        refused(
+            with(json!({"network": "a", "network_mode": "b"})),
+            "network",
+            "not both",
+        );
+        refused(
+            with(json!({"network_mode": "none", "ports": ["80"]})),
+            "ports",
+            "none",
+        );
+        refused(with(json!({"pid_mode": "container:x"})), "pid_mode", "host");
+        refused(
+            with(json!({"ipc_mode": "container:x"})),
+            "ipc_mode",
+            "shareable",
+        );
+        refused(with(json!({"uts_mode": "private"})), "uts_mode", "host");
+        refused(with(json!({"userns_mode": "x"})), "userns_mode", "host");
+        refused(
+            with(json!({"ports": [{"container_port": 80, "host_ip": "nope"}]})),
+            "ports[0].host_ip",
+            "IP",
+        );
+        refused(with(json!({"hostname": "-bad"})), "hostname", "RFC 1123");
+        refused(with(json!({"dns": ["dns.google"]})), "dns[0]", "IP");
+        refused(
+            with(json!({"extra_hosts": ["nohost"]})),
+            "extra_hosts[0]",
+            "name:ip",
+        );
+        refused(
+            with(json!({"extra_hosts": ["a:notip"]})),
+            "extra_hosts[0]",
+            "name:ip",
+        );
+        let p = parse(with(json!({"ports": ["[::1]:8080:80/tcp", ":80"]})));
+        assert!(p.is_err(), "empty host ip must not parse as an IP");
+        let p = parse(with(json!({"ports": ["[::1]:8080:80/tcp"]}))).unwrap();
+        assert_eq!(p.ports[0].host_ip.as_deref(), Some("::1"));
+        assert_eq!(p.ports[0].host_port, Some(8080));
+    }
+
+    #[test]
+    fn schema_is_generated() {
+        let s = params_json_schema();
+        assert_eq!(s["additionalProperties"], json!(false));
+        assert_eq!(s["required"], json!(["image"]));
+        let props = s["properties"].as_object().unwrap();
+        for f in [
+            "image",
+            "command",
+            "environment",
+            "memory_limit",
+            "cpu_limit",
+            "inputs",
+            "outputs",
+            "secrets",
+            "timeout",
+            "stop_grace",
+            "pull_policy",
+            "retention",
+            "detach_ttl",
+        ] {
+            assert!(props.contains_key(f), "schema lacks {f}");
+        }
+        let text = s.to_string();
+        assert!(text.contains("\"artifact\""), "input file schema present");
+    }
+
+    #[test]
+    fn result_shape() {
+        let r = DockerRunResult {
+            container_id: "c".repeat(64),
+            short_id: "c".repeat(12),
+            status: RunStatus::TimedOut,
+            exit_code: Some(137),
+            stdout: "out".into(),
+            stderr: String::new(),
+            logs_truncated: false,
+            duration_ms: 12,
+            image: "busybox:latest".into(),
+            oom_killed: false,
+            warnings: vec!["w".into()],
+            outputs: Some(ArtifactRef {
+                id: Uuid::nil(),
+                size_bytes: 10,
+                sha256: "0".repeat(64),
+                paths: vec!["/out".into()],
+            }),
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["status"], json!("timed_out"));
+        assert_eq!(v["outputs"]["size_bytes"], json!(10));
+        assert_eq!(serde_json::from_value::<DockerRunResult>(v).unwrap(), r);
+    }
+
+    #[test]
+    fn path_helpers() {
+        assert_eq!(normal_path("/a//b/./c/"), "/a/b/c");
+        assert_eq!(normal_path("/"), "/");
+        assert!(is_under("/a/b", "/a"));
+        assert!(is_under("/a", "/a/"));
+        assert!(!is_under("/ab", "/a"));
+        assert!(is_under("/anything", "/"));
+        assert_eq!(normalize_capability("cap_net_admin"), Some("NET_ADMIN"));
+        assert_eq!(normalize_capability("NET_ADMIN"), Some("NET_ADMIN"));
+        assert_eq!(normalize_capability("ALL"), None);
+    }
 }

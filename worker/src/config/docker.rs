@@ -104,34 +104,36 @@ pub struct DockerConfig {
 #[derive(Args, Debug, Clone, PartialEq)]
 pub struct SecurityPolicy {
     /// Allow `privileged: true`.
-    #[arg(long, env = "HIGHWAY_DOCKER_ALLOW_PRIVILEGED", default_value_t = false)]
+    #[arg(long, env = "HIGHWAY_DOCKER_ALLOW_PRIVILEGED", default_value_t = false, value_parser = boolish())]
     pub allow_privileged: bool,
 
     /// Allow `network_mode: host`.
     #[arg(
         long,
         env = "HIGHWAY_DOCKER_ALLOW_HOST_NETWORK",
-        default_value_t = false
+        default_value_t = false,
+        value_parser = boolish()
     )]
     pub allow_host_network: bool,
 
     /// Allow `pid_mode: host`.
-    #[arg(long, env = "HIGHWAY_DOCKER_ALLOW_HOST_PID", default_value_t = false)]
+    #[arg(long, env = "HIGHWAY_DOCKER_ALLOW_HOST_PID", default_value_t = false, value_parser = boolish())]
     pub allow_host_pid: bool,
 
     /// Allow `ipc_mode: host`.
-    #[arg(long, env = "HIGHWAY_DOCKER_ALLOW_HOST_IPC", default_value_t = false)]
+    #[arg(long, env = "HIGHWAY_DOCKER_ALLOW_HOST_IPC", default_value_t = false, value_parser = boolish())]
     pub allow_host_ipc: bool,
 
     /// Allow `uts_mode: host`.
-    #[arg(long, env = "HIGHWAY_DOCKER_ALLOW_HOST_UTS", default_value_t = false)]
+    #[arg(long, env = "HIGHWAY_DOCKER_ALLOW_HOST_UTS", default_value_t = false, value_parser = boolish())]
     pub allow_host_uts: bool,
 
     /// Allow `userns_mode: host`.
     #[arg(
         long,
         env = "HIGHWAY_DOCKER_ALLOW_HOST_USERNS",
-        default_value_t = false
+        default_value_t = false,
+        value_parser = boolish()
     )]
     pub allow_host_userns: bool,
 
@@ -154,12 +156,13 @@ pub struct SecurityPolicy {
     #[arg(
         long,
         env = "HIGHWAY_DOCKER_ALLOW_NAMED_VOLUMES",
-        default_value_t = false
+        default_value_t = false,
+        value_parser = boolish()
     )]
     pub allow_named_volumes: bool,
 
     /// Allow host `devices` and `device_requests` (GPUs).
-    #[arg(long, env = "HIGHWAY_DOCKER_ALLOW_DEVICES", default_value_t = false)]
+    #[arg(long, env = "HIGHWAY_DOCKER_ALLOW_DEVICES", default_value_t = false, value_parser = boolish())]
     pub allow_devices: bool,
 
     /// Image patterns tenants may run (comma-separated; `*` matches any run of
@@ -173,7 +176,8 @@ pub struct SecurityPolicy {
     #[arg(
         long,
         env = "HIGHWAY_DOCKER_ALLOW_UNCONFINED_SECURITY_OPTS",
-        default_value_t = false
+        default_value_t = false,
+        value_parser = boolish()
     )]
     pub allow_unconfined_security_opts: bool,
 
@@ -181,7 +185,8 @@ pub struct SecurityPolicy {
     #[arg(
         long,
         env = "HIGHWAY_DOCKER_ALLOW_OOM_KILL_DISABLE",
-        default_value_t = false
+        default_value_t = false,
+        value_parser = boolish()
     )]
     pub allow_oom_kill_disable: bool,
 
@@ -254,7 +259,8 @@ impl DockerConfig {
                 "HIGHWAY_DOCKER_DEFAULT_PIDS must be between 1 and HIGHWAY_DOCKER_MAX_PIDS".into(),
             );
         }
-        for c in &p.cap_add_allowlist {
+        // An empty environment variable reads as one empty entry: ignore those.
+        for c in p.cap_add_allowlist.iter().filter(|c| !c.trim().is_empty()) {
             if highway_workflows::docker::normalize_capability(c).is_none()
                 && !c.eq_ignore_ascii_case("ALL")
             {
@@ -263,7 +269,11 @@ impl DockerConfig {
                 ));
             }
         }
-        for b in &p.bind_allowed_prefixes {
+        for b in p
+            .bind_allowed_prefixes
+            .iter()
+            .filter(|b| !b.trim().is_empty())
+        {
             if !b.starts_with('/') || b.split('/').any(|c| c == "..") {
                 return Err(format!(
                     "HIGHWAY_DOCKER_BIND_ALLOWED_PREFIXES: {b:?} must be an absolute path without `..`"
@@ -283,6 +293,12 @@ impl DockerConfig {
 }
 
 const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+
+/// Boolean flags also read `1`/`0`, `yes`/`no`, `on`/`off` from the environment, as
+/// operators write them in compose files and unit files.
+fn boolish() -> clap::builder::BoolishValueParser {
+    clap::builder::BoolishValueParser::new()
+}
 
 /// Parses only the Docker flags, for `Default` and tests.
 #[derive(Parser)]
@@ -349,5 +365,123 @@ impl Default for SecurityPolicy {
             max_cpus: Cpus::from_millis(4000),
             max_pids: 4096,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_is_clean() -> bool {
+        !std::env::vars()
+            .any(|(k, _)| k.starts_with("HIGHWAY_DOCKER_") || k == "HIGHWAY_DEPLOYMENT")
+    }
+
+    #[test]
+    fn defaults_are_secure_and_documented() {
+        let c = DockerConfig::default();
+        assert_eq!(c.host, "unix:///var/run/docker.sock");
+        assert_eq!(c.deployment, "default");
+        assert_eq!(c.capture_bytes, ByteSize::mib(1));
+        assert_eq!(c.stop_grace, HumanDuration::from_secs(10));
+        let p = &c.policy;
+        assert!(!p.allow_privileged && !p.allow_host_network && !p.allow_host_pid);
+        assert!(!p.allow_host_ipc && !p.allow_host_uts && !p.allow_host_userns);
+        assert!(!p.allow_devices && !p.allow_named_volumes);
+        assert!(!p.allow_unconfined_security_opts && !p.allow_oom_kill_disable);
+        assert!(p.cap_add_allowlist.is_empty() && p.bind_allowed_prefixes.is_empty());
+        assert!(p.allowed_images.is_empty());
+        assert_eq!(p.default_memory, ByteSize::mib(512));
+        assert_eq!(p.default_cpus.nano_cpus(), 1_000_000_000);
+        assert_eq!(p.default_pids, 512);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn clap_defaults_match_default() {
+        if !env_is_clean() {
+            return; // the surrounding environment overrides some settings
+        }
+        assert_eq!(
+            DockerConfig::from_args(Vec::<String>::new()).unwrap(),
+            DockerConfig::default()
+        );
+    }
+
+    #[test]
+    fn flags_parse_human_units_and_lists() {
+        let c = DockerConfig::from_args([
+            "--docker-host=tcp://127.0.0.1:2375",
+            "--deployment=staging",
+            "--docker-capture-bytes=64k",
+            "--docker-pull-timeout=30s",
+            "--allow-privileged",
+            "--cap-add-allowlist=NET_BIND_SERVICE,chown",
+            "--bind-allowed-prefixes=/srv/data,/mnt/shared",
+            "--allowed-images=highway-test/*,busybox:*",
+            "--default-memory=256m",
+            "--default-cpus=0.5",
+            "--max-memory=2g",
+        ])
+        .unwrap();
+        assert_eq!(c.host, "tcp://127.0.0.1:2375");
+        assert_eq!(c.deployment, "staging");
+        assert_eq!(c.capture_bytes.0, 64 * 1024);
+        assert_eq!(c.pull_timeout, HumanDuration::from_secs(30));
+        assert!(c.policy.allow_privileged);
+        assert_eq!(c.policy.cap_add_allowlist, ["NET_BIND_SERVICE", "chown"]);
+        assert_eq!(c.policy.bind_allowed_prefixes, ["/srv/data", "/mnt/shared"]);
+        assert_eq!(c.policy.allowed_images, ["highway-test/*", "busybox:*"]);
+        assert_eq!(c.policy.default_memory, ByteSize::mib(256));
+        assert_eq!(c.policy.default_cpus.nano_cpus(), 500_000_000);
+        c.validate().unwrap();
+        assert!(DockerConfig::from_args(["--default-memory=lots"]).is_err());
+    }
+
+    #[test]
+    fn docker_host_fallback() {
+        let c = DockerConfig::default();
+        let d = Some("tcp://10.0.0.1:2375".to_string());
+        assert_eq!(
+            c.effective_host_with(None, d.clone()),
+            "tcp://10.0.0.1:2375"
+        );
+        assert_eq!(
+            c.effective_host_with(Some(c.host.clone()), d.clone()),
+            c.host
+        );
+        assert_eq!(c.effective_host_with(None, None), c.host);
+        assert_eq!(c.effective_host_with(None, Some(" ".into())), c.host);
+        let explicit = DockerConfig {
+            host: "unix:///tmp/d.sock".into(),
+            ..DockerConfig::default()
+        };
+        assert_eq!(explicit.effective_host_with(None, d), "unix:///tmp/d.sock");
+    }
+
+    #[test]
+    fn validate_refuses_inconsistent_settings() {
+        let bad = |f: &dyn Fn(&mut DockerConfig)| {
+            let mut c = DockerConfig::default();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert!(bad(&|c| c.deployment = "a b".into()).contains("HIGHWAY_DEPLOYMENT"));
+        assert!(bad(&|c| c.deployment = String::new()).contains("HIGHWAY_DEPLOYMENT"));
+        assert!(bad(&|c| c.policy.default_memory = ByteSize::mib(9000)).contains("MAX_MEMORY"));
+        assert!(bad(&|c| {
+            c.policy.default_memory = ByteSize::mib(1);
+        })
+        .contains("6m"));
+        assert!(bad(&|c| c.policy.default_cpus = Cpus::from_millis(8000)).contains("MAX_CPUS"));
+        assert!(bad(&|c| c.policy.default_pids = 0).contains("DEFAULT_PIDS"));
+        assert!(bad(&|c| c.policy.cap_add_allowlist = vec!["NOPE".into()]).contains("NOPE"));
+        assert!(bad(&|c| c.policy.bind_allowed_prefixes = vec!["srv".into()]).contains("absolute"));
+        assert!(
+            bad(&|c| c.policy.bind_allowed_prefixes = vec!["/srv/../etc".into()])
+                .contains("absolute")
+        );
+        assert!(bad(&|c| c.capture_bytes = ByteSize(1)).contains("CAPTURE"));
+        assert!(bad(&|c| c.pull_timeout = HumanDuration::from_millis(10)).contains("PULL_TIMEOUT"));
     }
 }

@@ -441,3 +441,417 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     }
     p[pi..].iter().all(|c| *c == '*')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use highway_workflows::docker::{ByteSize, Cpus};
+    use serde_json::json;
+
+    fn params(extra: serde_json::Value) -> DockerRunParams {
+        let mut v = json!({"image": "busybox", "memory_limit": "256m", "cpu_limit": 1});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        DockerRunParams::from_json(&v).unwrap_or_else(|e| panic!("{v}: {e}"))
+    }
+
+    fn refused_with(
+        extra: serde_json::Value,
+        policy: &SecurityPolicy,
+        refusal: Refusal,
+        field: &str,
+    ) {
+        let e = check(&params(extra.clone()), policy).expect_err(&extra.to_string());
+        assert_eq!((e.refusal, e.field.as_str()), (refusal, field), "{e}");
+        assert_eq!(e.code(), "policy_violation");
+        assert!(e.to_string().contains(field));
+    }
+
+    fn refused(extra: serde_json::Value, refusal: Refusal, field: &str) {
+        refused_with(extra, &SecurityPolicy::default(), refusal, field);
+    }
+
+    fn allowed(extra: serde_json::Value, policy: &SecurityPolicy) {
+        check(&params(extra.clone()), policy).unwrap_or_else(|e| panic!("{extra}: {e}"));
+    }
+
+    #[test]
+    fn a_plain_run_passes_without_warnings() {
+        let w = check(&params(json!({})), &SecurityPolicy::default()).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn missing_limits_warn() {
+        let p = DockerRunParams::new("busybox");
+        let w = check(&p, &SecurityPolicy::default()).unwrap();
+        assert_eq!(
+            w,
+            [
+                "memory_limit not set; applied the default of 512m",
+                "cpu_limit not set; applied the default of 1 CPUs"
+            ]
+        );
+    }
+
+    #[test]
+    fn privileged() {
+        refused(
+            json!({"privileged": true}),
+            Refusal::Privileged,
+            "privileged",
+        );
+        let p = SecurityPolicy {
+            allow_privileged: true,
+            ..Default::default()
+        };
+        allowed(json!({"privileged": true}), &p);
+    }
+
+    #[test]
+    fn host_namespaces() {
+        for (field, flag) in [
+            ("network_mode", "allow_host_network"),
+            ("pid_mode", "allow_host_pid"),
+            ("ipc_mode", "allow_host_ipc"),
+            ("uts_mode", "allow_host_uts"),
+            ("userns_mode", "allow_host_userns"),
+        ] {
+            refused(json!({ field: "host" }), Refusal::HostNamespace, field);
+            let mut p = SecurityPolicy::default();
+            match flag {
+                "allow_host_network" => p.allow_host_network = true,
+                "allow_host_pid" => p.allow_host_pid = true,
+                "allow_host_ipc" => p.allow_host_ipc = true,
+                "allow_host_uts" => p.allow_host_uts = true,
+                _ => p.allow_host_userns = true,
+            }
+            allowed(json!({ field: "host" }), &p);
+        }
+        allowed(
+            json!({"network_mode": "bridge", "ipc_mode": "private"}),
+            &SecurityPolicy::default(),
+        );
+        allowed(json!({"network_mode": "none"}), &SecurityPolicy::default());
+    }
+
+    #[test]
+    fn capabilities() {
+        refused(
+            json!({"cap_add": ["NET_ADMIN"]}),
+            Refusal::Capability,
+            "cap_add[0]",
+        );
+        let p = SecurityPolicy {
+            cap_add_allowlist: vec!["cap_net_bind_service".into(), "".into()],
+            ..Default::default()
+        };
+        allowed(
+            json!({"cap_add": ["NET_BIND_SERVICE", "cap_net_bind_service"]}),
+            &p,
+        );
+        refused_with(
+            json!({"cap_add": ["NET_BIND_SERVICE", "SYS_ADMIN"]}),
+            &p,
+            Refusal::Capability,
+            "cap_add[1]",
+        );
+        refused_with(
+            json!({"cap_add": ["ALL"]}),
+            &p,
+            Refusal::Capability,
+            "cap_add[0]",
+        );
+        let all = SecurityPolicy {
+            cap_add_allowlist: vec!["ALL".into()],
+            ..Default::default()
+        };
+        allowed(json!({"cap_add": ["ALL", "SYS_ADMIN"]}), &all);
+        // Dropping is always fine.
+        allowed(json!({"cap_drop": ["NET_RAW"]}), &SecurityPolicy::default());
+    }
+
+    #[test]
+    fn host_binds() {
+        refused(
+            json!({"volumes": ["/srv/data:/data"]}),
+            Refusal::HostBind,
+            "volumes[0].source",
+        );
+        let p = SecurityPolicy {
+            bind_allowed_prefixes: vec!["/srv/data".into()],
+            ..Default::default()
+        };
+        allowed(
+            json!({"volumes": ["/srv/data:/data:ro", "/srv/data/x/:/x"]}),
+            &p,
+        );
+        refused_with(
+            json!({"volumes": ["/srv/database:/d"]}),
+            &p,
+            Refusal::HostBind,
+            "volumes[0].source",
+        );
+        refused_with(
+            json!({"volumes": ["/srv:/d"]}),
+            &p,
+            Refusal::HostBind,
+            "volumes[0].source",
+        );
+        // Anonymous volumes are always fine.
+        allowed(
+            json!({"volumes": ["/scratch", {"target": "/out"}]}),
+            &SecurityPolicy::default(),
+        );
+    }
+
+    #[test]
+    fn named_volumes() {
+        refused(
+            json!({"volumes": ["cache:/cache"]}),
+            Refusal::NamedVolume,
+            "volumes[0].source",
+        );
+        let p = SecurityPolicy {
+            allow_named_volumes: true,
+            ..Default::default()
+        };
+        allowed(json!({"volumes": ["cache:/cache"]}), &p);
+    }
+
+    #[test]
+    fn docker_socket_in_any_form() {
+        // Even an operator who allows binds from `/` cannot hand out the socket.
+        let p = SecurityPolicy {
+            bind_allowed_prefixes: vec!["/".into()],
+            allow_devices: true,
+            allow_named_volumes: true,
+            ..Default::default()
+        };
+        for src in [
+            "/var/run/docker.sock",
+            "/run/docker.sock",
+            "/var/run",
+            "/run",
+            "/var",
+            "/",
+            "/run/containerd/containerd.sock",
+            "/var/lib/docker/volumes",
+            "/home/me/.docker/run/docker.sock",
+            "/var//run/./docker.sock",
+        ] {
+            refused_with(
+                json!({ "volumes": [format!("{src}:/mnt")] }),
+                &p,
+                Refusal::DockerSocket,
+                "volumes[0].source",
+            );
+        }
+        refused_with(
+            json!({"volumes": ["docker.sock:/x"]}),
+            &p,
+            Refusal::DockerSocket,
+            "volumes[0].source",
+        );
+        refused_with(
+            json!({"volumes": ["/srv:/var/run/docker.sock"]}),
+            &p,
+            Refusal::DockerSocket,
+            "volumes[0].target",
+        );
+        refused_with(
+            json!({"devices": ["/var/run/docker.sock:/dev/d"]}),
+            &p,
+            Refusal::DockerSocket,
+            "devices[0].host_path",
+        );
+        for (name, value) in [
+            ("DOCKER_HOST", "unix:///var/run/docker.sock"),
+            ("DOCKER_HOST", "unix:///custom/path"),
+            ("SOCK", "/run/docker.sock"),
+        ] {
+            let e = check(&params(json!({ "environment": { name: value } })), &p).unwrap_err();
+            assert_eq!(e.refusal, Refusal::DockerSocket);
+            assert_eq!(e.field, format!("environment.{name}"));
+            assert!(!e.to_string().contains(value), "values stay out of errors");
+        }
+        allowed(
+            json!({"environment": {"DOCKER_HOST": "tcp://dind:2375"}}),
+            &p,
+        );
+        allowed(json!({"volumes": ["/srv/data:/data"]}), &p);
+    }
+
+    #[test]
+    fn devices() {
+        refused(
+            json!({"devices": ["/dev/fuse"]}),
+            Refusal::Device,
+            "devices",
+        );
+        refused(
+            json!({"device_requests": [{"count": -1, "capabilities": [["gpu"]]}]}),
+            Refusal::Device,
+            "device_requests",
+        );
+        let p = SecurityPolicy {
+            allow_devices: true,
+            ..Default::default()
+        };
+        allowed(
+            json!({"devices": ["/dev/fuse"], "device_requests": [{"count": 1}]}),
+            &p,
+        );
+    }
+
+    #[test]
+    fn security_opts() {
+        for opt in [
+            "seccomp=unconfined",
+            "seccomp:unconfined",
+            "apparmor=unconfined",
+            "apparmor:unconfined",
+            "label=disable",
+            "label:disable",
+            "label=type:spc_t",
+            "systempaths=unconfined",
+            "no-new-privileges=false",
+            "no-new-privileges:false",
+            "seccomp={\"defaultAction\":\"SCMP_ACT_ALLOW\"}",
+            "apparmor=",
+        ] {
+            refused(
+                json!({ "security_opt": [opt] }),
+                Refusal::SecurityOpt,
+                "security_opt[0]",
+            );
+        }
+        allowed(
+            json!({"security_opt": ["no-new-privileges", "no-new-privileges:true", "apparmor=docker-default", "label=level:s0:c100,c200"]}),
+            &SecurityPolicy::default(),
+        );
+        let p = SecurityPolicy {
+            allow_unconfined_security_opts: true,
+            ..Default::default()
+        };
+        allowed(json!({"security_opt": ["seccomp=unconfined"]}), &p);
+    }
+
+    #[test]
+    fn oom_kill_disable() {
+        refused(
+            json!({"oom_kill_disable": true}),
+            Refusal::OomKillDisable,
+            "oom_kill_disable",
+        );
+        let p = SecurityPolicy {
+            allow_oom_kill_disable: true,
+            ..Default::default()
+        };
+        allowed(json!({"oom_kill_disable": true}), &p);
+    }
+
+    #[test]
+    fn image_allow_list() {
+        let p = SecurityPolicy {
+            allowed_images: vec![
+                "highway-test/*".into(),
+                "busybox:1.*".into(),
+                "localhost:5000/*".into(),
+            ],
+            ..Default::default()
+        };
+        for ok in [
+            "highway-test/busybox",
+            "highway-test/busybox:1",
+            "busybox:1.36",
+            "localhost:5000/highway-test/busybox:1",
+        ] {
+            allowed(json!({ "image": ok }), &p);
+        }
+        for bad in ["busybox", "busybox:latest", "evil/highway-test", "alpine:3"] {
+            refused_with(json!({ "image": bad }), &p, Refusal::Image, "image");
+        }
+        // Empty list (or only empty entries from an empty variable): any image.
+        let any = SecurityPolicy {
+            allowed_images: vec!["".into()],
+            ..Default::default()
+        };
+        allowed(json!({"image": "alpine"}), &any);
+    }
+
+    #[test]
+    fn limits_above_maximum() {
+        let p = SecurityPolicy {
+            max_memory: ByteSize::mib(1024),
+            max_cpus: Cpus::from_millis(2000),
+            max_pids: 100,
+            ..Default::default()
+        };
+        refused_with(
+            json!({"memory_limit": "2g"}),
+            &p,
+            Refusal::LimitAboveMaximum,
+            "memory_limit",
+        );
+        refused_with(
+            json!({"cpu_limit": 2.5}),
+            &p,
+            Refusal::LimitAboveMaximum,
+            "cpu_limit",
+        );
+        refused_with(
+            json!({"pids_limit": 101}),
+            &p,
+            Refusal::LimitAboveMaximum,
+            "pids_limit",
+        );
+        refused_with(
+            json!({"shm_size": "2g"}),
+            &p,
+            Refusal::LimitAboveMaximum,
+            "shm_size",
+        );
+        allowed(
+            json!({"memory_limit": "1g", "cpu_limit": 2, "pids_limit": 100, "shm_size": "1g"}),
+            &p,
+        );
+        let e = check(&params(json!({"memory_limit": "2g"})), &p).unwrap_err();
+        assert!(e.reason.contains("2g") && e.reason.contains("1g"), "{e}");
+    }
+
+    #[test]
+    fn refusal_codes_are_distinct() {
+        let all = [
+            Refusal::Privileged,
+            Refusal::HostNamespace,
+            Refusal::Capability,
+            Refusal::HostBind,
+            Refusal::NamedVolume,
+            Refusal::DockerSocket,
+            Refusal::Device,
+            Refusal::SecurityOpt,
+            Refusal::OomKillDisable,
+            Refusal::Image,
+            Refusal::LimitAboveMaximum,
+        ];
+        let codes: std::collections::BTreeSet<_> = all.iter().map(|r| r.as_str()).collect();
+        assert_eq!(codes.len(), all.len());
+    }
+
+    #[test]
+    fn glob() {
+        assert!(glob_match("*", "anything/at:all"));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("a?c", "ac"));
+        assert!(glob_match("*b*", "abc"));
+        assert!(glob_match("a*b*c", "aXbYbZc"));
+        assert!(!glob_match("a*b", "aXc"));
+        assert!(glob_match("", ""));
+        assert!(!glob_match("", "x"));
+        // A hostile pattern stays fast.
+        let p = "*a".repeat(50);
+        assert!(!glob_match(&p, &"a".repeat(40)));
+    }
+}

@@ -416,3 +416,297 @@ fn port_bindings(params: &DockerRunParams) -> HashMap<String, Option<Vec<PortBin
     }
     map
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ident() -> RunIdentity {
+        RunIdentity {
+            activity_id: Uuid::parse_str("0190f1c2-aaaa-7bbb-8ccc-0123456789ab").unwrap(),
+            attempt: 2,
+            tenant_id: "acme".into(),
+            workflow_run_id: Some(Uuid::nil()),
+            worker_id: Uuid::max(),
+            deployment: "prod".into(),
+        }
+    }
+
+    fn build(extra: serde_json::Value) -> (serde_json::Value, Vec<String>) {
+        let mut v = json!({"image": "busybox"});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        let p = DockerRunParams::from_json(&v).unwrap();
+        let env = [
+            ("A".to_string(), "1".to_string()),
+            ("S".to_string(), "x=y".to_string()),
+        ];
+        let (body, w) = container_config(&p, &DockerConfig::default(), &ident(), &env);
+        // Assert on the wire form: the field names the Engine API receives.
+        (serde_json::to_value(&body).unwrap(), w)
+    }
+
+    #[test]
+    fn name_is_deterministic() {
+        let id = ident().activity_id;
+        assert_eq!(
+            container_name(id, 2),
+            "highway-0190f1c2aaaa7bbb8ccc0123456789ab-2"
+        );
+        assert_eq!(container_name(id, 2), container_name(id, 2));
+        assert_ne!(container_name(id, 1), container_name(id, 2));
+    }
+
+    #[test]
+    fn secure_defaults() {
+        let (b, w) = build(json!({}));
+        assert!(w.is_empty(), "{w:?}");
+        let h = &b["HostConfig"];
+        assert_eq!(b["Image"], "busybox:latest");
+        assert_eq!(b["Tty"], false);
+        assert_eq!(b["OpenStdin"], false);
+        assert_eq!(b["AttachStdin"], false);
+        assert_eq!(b["AttachStdout"], true);
+        assert_eq!(b["AttachStderr"], true);
+        assert_eq!(b["StopTimeout"], 10);
+        assert_eq!(b["Env"], json!(["A=1", "S=x=y"]));
+        assert_eq!(h["Privileged"], false);
+        assert_eq!(h["CapDrop"], json!(["ALL"]));
+        assert_eq!(h["CapAdd"], json!([]));
+        assert_eq!(h["SecurityOpt"], json!(["no-new-privileges"]));
+        assert_eq!(h["Init"], true);
+        assert_eq!(h["AutoRemove"], false);
+        assert_eq!(h["RestartPolicy"]["Name"], "no");
+        assert_eq!(h["PidsLimit"], 512);
+        assert_eq!(h["Memory"], 512 * 1024 * 1024);
+        assert_eq!(h["MemorySwap"], 512 * 1024 * 1024);
+        assert_eq!(h["NanoCpus"], 1_000_000_000);
+        assert_eq!(h["ReadonlyRootfs"], false);
+        assert_eq!(
+            h["LogConfig"],
+            json!({"Type": "json-file", "Config": {"max-size": "10m", "max-file": "2"}})
+        );
+        assert!(h.get("OomKillDisable").is_none());
+        assert!(h.get("NetworkMode").is_none());
+        assert_eq!(h["Mounts"], json!([]));
+    }
+
+    #[test]
+    fn labels_identify_the_attempt() {
+        let (b, _) = build(json!({"labels": {"team": "data"}}));
+        let l = &b["Labels"];
+        assert_eq!(l["highway.managed"], "true");
+        assert_eq!(
+            l["highway.activity_id"],
+            "0190f1c2-aaaa-7bbb-8ccc-0123456789ab"
+        );
+        assert_eq!(l["highway.workflow_run_id"], Uuid::nil().to_string());
+        assert_eq!(l["highway.tenant_id"], "acme");
+        assert_eq!(l["highway.worker_id"], Uuid::max().to_string());
+        assert_eq!(l["highway.attempt"], "2");
+        assert_eq!(l["highway.deployment"], "prod");
+        assert_eq!(l["highway.detached"], "false");
+        assert!(l.get("highway.ttl_seconds").is_none());
+        assert_eq!(l["team"], "data");
+
+        let mut p = DockerRunParams::new("busybox");
+        // Even unvalidated params cannot forge our labels.
+        p.labels.insert("highway.tenant_id".into(), "other".into());
+        p.labels.insert("Highway.managed".into(), "false".into());
+        let mut id = ident();
+        id.workflow_run_id = None;
+        let (body, _) = container_config(&p, &DockerConfig::default(), &id, &[]);
+        let l = body.labels.unwrap();
+        assert_eq!(l["highway.tenant_id"], "acme");
+        assert!(!l.contains_key("Highway.managed"));
+        assert!(!l.contains_key("highway.workflow_run_id"));
+    }
+
+    #[test]
+    fn ttl_labels_for_detached_and_kept_runs() {
+        let (b, _) = build(json!({"detach": true, "detach_ttl": "2h"}));
+        assert_eq!(b["Labels"]["highway.detached"], "true");
+        assert_eq!(b["Labels"]["highway.ttl_seconds"], "7200");
+        let (b, _) = build(json!({"auto_remove": false, "retention": "10m"}));
+        assert_eq!(b["Labels"]["highway.ttl_seconds"], "600");
+        assert_eq!(b["HostConfig"]["AutoRemove"], false);
+    }
+
+    #[test]
+    fn explicit_settings_pass_through() {
+        let (b, w) = build(json!({
+            "command": ["echo", "hi"], "entrypoint": ["/bin/sh", "-c"],
+            "user": "65534:65534", "working_dir": "/work", "hostname": "job",
+            "memory_limit": "1g", "cpu_limit": "0.5", "pids_limit": 64,
+            "cap_add": ["cap_chown", "CHOWN", "net_bind_service"],
+            "security_opt": ["no-new-privileges:true", "apparmor=docker-default"],
+            "init": false, "read_only": true, "shm_size": "64m",
+            "tmpfs": {"/tmp": "size=16m"}, "dns": ["1.1.1.1"], "extra_hosts": ["db:10.0.0.1"],
+            "network": "backend", "pid_mode": "host", "ipc_mode": "shareable",
+            "oom_kill_disable": true, "stop_grace": "3s",
+            "ulimits": [{"name": "nofile", "soft": 10, "hard": 20}],
+            "healthcheck": {"test": ["CMD", "true"], "interval": "2s", "retries": 1},
+            "devices": ["/dev/fuse"],
+            "device_requests": [{"driver": "nvidia", "count": -1, "capabilities": [["gpu"]]}],
+        }));
+        assert!(w.is_empty(), "{w:?}");
+        let h = &b["HostConfig"];
+        assert_eq!(b["Cmd"], json!(["echo", "hi"]));
+        assert_eq!(b["Entrypoint"], json!(["/bin/sh", "-c"]));
+        assert_eq!(b["User"], "65534:65534");
+        assert_eq!(b["WorkingDir"], "/work");
+        assert_eq!(b["Hostname"], "job");
+        assert_eq!(b["StopTimeout"], 3);
+        assert_eq!(
+            b["Healthcheck"],
+            json!({"Test": ["CMD", "true"], "Interval": 2_000_000_000i64, "Retries": 1})
+        );
+        assert_eq!(h["Memory"], 1i64 << 30);
+        assert_eq!(h["NanoCpus"], 500_000_000);
+        assert_eq!(h["PidsLimit"], 64);
+        assert_eq!(h["CapAdd"], json!(["CHOWN", "NET_BIND_SERVICE"]));
+        assert_eq!(h["CapDrop"], json!(["ALL"]));
+        assert_eq!(
+            h["SecurityOpt"],
+            json!(["no-new-privileges", "apparmor=docker-default"])
+        );
+        assert_eq!(h["Init"], false);
+        assert_eq!(h["ReadonlyRootfs"], true);
+        assert_eq!(h["ShmSize"], 64 << 20);
+        assert_eq!(h["Tmpfs"], json!({"/tmp": "size=16m"}));
+        assert_eq!(h["Dns"], json!(["1.1.1.1"]));
+        assert_eq!(h["ExtraHosts"], json!(["db:10.0.0.1"]));
+        assert_eq!(h["NetworkMode"], "backend");
+        assert_eq!(h["PidMode"], "host");
+        assert_eq!(h["IpcMode"], "shareable");
+        assert_eq!(h["OomKillDisable"], true);
+        assert_eq!(
+            h["Ulimits"],
+            json!([{"Name": "nofile", "Soft": 10, "Hard": 20}])
+        );
+        assert_eq!(
+            h["Devices"],
+            json!([{"PathOnHost": "/dev/fuse", "PathInContainer": "/dev/fuse", "CgroupPermissions": "rwm"}])
+        );
+        assert_eq!(
+            h["DeviceRequests"],
+            json!([{"Driver": "nvidia", "Count": -1, "Capabilities": [["gpu"]]}])
+        );
+    }
+
+    #[test]
+    fn mounts_are_typed() {
+        let (b, _) = build(json!({"volumes": ["/srv/data:/data:ro", "cache:/cache", "/scratch"]}));
+        assert_eq!(
+            b["HostConfig"]["Mounts"],
+            json!([
+                {"Target": "/data", "Source": "/srv/data", "Type": "bind", "ReadOnly": true},
+                {"Target": "/cache", "Source": "cache", "Type": "volume", "ReadOnly": false},
+                {"Target": "/scratch", "Type": "volume", "ReadOnly": false},
+            ])
+        );
+        assert!(b["HostConfig"].get("Binds").is_none());
+    }
+
+    #[test]
+    fn ports() {
+        let (b, _) = build(json!({"ports": ["8080:80", "127.0.0.1:9000:80", "53/udp"]}));
+        let mut exposed: Vec<String> = serde_json::from_value(serde_json::Value::Array(
+            b["ExposedPorts"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| json!(k))
+                .collect(),
+        ))
+        .unwrap();
+        exposed.sort();
+        assert_eq!(exposed, ["53/udp", "80/tcp"]);
+        let pb = &b["HostConfig"]["PortBindings"];
+        assert_eq!(
+            pb["80/tcp"],
+            json!([{"HostPort": "8080"}, {"HostIp": "127.0.0.1", "HostPort": "9000"}])
+        );
+        assert_eq!(pb["53/udp"], json!([{"HostPort": ""}]));
+    }
+
+    #[test]
+    fn log_caps_are_enforced() {
+        let (b, w) = build(
+            json!({"log_config": {"type": "json-file", "config": {"max-size": "1m", "max-file": "1"}}}),
+        );
+        assert!(w.is_empty());
+        assert_eq!(
+            b["HostConfig"]["LogConfig"]["Config"],
+            json!({"max-size": "1m", "max-file": "1"})
+        );
+        let (b, w) = build(
+            json!({"log_config": {"type": "local", "config": {"max-size": "1g", "max-file": "9", "compress": "true"}}}),
+        );
+        assert_eq!(b["HostConfig"]["LogConfig"]["Type"], "local");
+        assert_eq!(
+            b["HostConfig"]["LogConfig"]["Config"],
+            json!({"max-size": "10m", "max-file": "2"})
+        );
+        assert_eq!(w.len(), 3, "{w:?}");
+        let (b, w) =
+            build(json!({"log_config": {"type": "json-file", "config": {"max-size": "huge"}}}));
+        assert_eq!(b["HostConfig"]["LogConfig"]["Config"]["max-size"], "10m");
+        assert_eq!(w.len(), 1);
+        let (b, _) = build(json!({"log_config": {"type": "none"}}));
+        assert_eq!(b["HostConfig"]["LogConfig"], json!({"Type": "none"}));
+    }
+
+    #[test]
+    fn restart_policy_only_for_detached() {
+        let (b, _) = build(
+            json!({"restart_policy": {"name": "on-failure", "maximum_retry_count": 3}, "detach": true}),
+        );
+        assert_eq!(
+            b["HostConfig"]["RestartPolicy"],
+            json!({"Name": "on-failure", "MaximumRetryCount": 3})
+        );
+        let (b, _) = build(json!({"restart_policy": "unless-stopped", "detach": true}));
+        assert_eq!(b["HostConfig"]["RestartPolicy"]["Name"], "unless-stopped");
+        // Unvalidated params asking for a restart on a managed run still get `no`.
+        let mut p = DockerRunParams::new("busybox");
+        p.restart_policy = Some(highway_workflows::docker::RestartPolicy {
+            name: RestartPolicyName::Always,
+            maximum_retry_count: None,
+        });
+        let (body, _) = container_config(&p, &DockerConfig::default(), &ident(), &[]);
+        let rp = body.host_config.unwrap().restart_policy.unwrap();
+        assert_eq!(rp.name, Some(RestartPolicyNameEnum::NO));
+    }
+
+    #[test]
+    fn nproc_warns() {
+        let (_, w) = build(json!({"ulimits": [{"name": "nproc", "soft": 10, "hard": 10}]}));
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("pids_limit"));
+    }
+
+    #[test]
+    fn unit_helpers() {
+        assert_eq!(parse_memory("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_memory("1g").unwrap(), 1 << 30);
+        assert!(parse_memory("x").is_err());
+        assert_eq!(parse_cpus("1.5").unwrap(), 1_500_000_000);
+        assert!(parse_cpus("0").is_err());
+    }
+
+    #[test]
+    fn operator_defaults_apply() {
+        let mut cfg = DockerConfig::default();
+        cfg.policy.default_memory = ByteSize::mib(128);
+        cfg.policy.default_pids = 64;
+        cfg.log_max_size = ByteSize::mib(1);
+        let (body, _) = container_config(&DockerRunParams::new("busybox"), &cfg, &ident(), &[]);
+        let h = body.host_config.unwrap();
+        assert_eq!(h.memory, Some(128 << 20));
+        assert_eq!(h.pids_limit, Some(64));
+        assert_eq!(h.log_config.unwrap().config.unwrap()["max-size"], "1m");
+    }
+}
