@@ -4,16 +4,38 @@
 //! # Layout
 //! - [`client`]: the one bollard client; every call has a deadline and goes through
 //!   `DockerClient::call` (where the monitor / circuit breaker hook in).
-//! - [`secrets`]: resolving `{"secret": name}` references and redacting their values.
-//! - [`tario`]: input tar building, output tar validation (never extracted on the host).
+//! - [`policy`]: the operator's security policy (what tenants may ask for).
+//! - [`spec`]: validated params → the Engine API create body, labels, container name.
+//! - [`run`]: the `tools.docker.run` handler (the whole lifecycle, cleanup on every path).
+//! - [`runtime`]: [`DockerRuntime`], what the handlers share.
+//! - [`tracking`]: SQL of `highway.docker_containers` and the audit rows of our Docker
+//!   operations.
 //! - [`logs`]: attach reader (bounded head/tail capture) and the `activity_logs` writer.
+//! - [`tario`]: input tar building, output tar validation (never extracted on the host).
+//! - [`artifacts`]: output tars on disk + `highway.artifacts`, read back as inputs.
+//! - [`secrets`]: resolving `{"secret": name}` references and redacting their values.
 //!
 //! Architecture Invariant: only this module imports bollard, and inside it only
 //! `client.rs` issues requests.
 
+pub mod artifacts;
 pub mod client;
 pub mod logs;
 pub mod policy;
+pub mod run;
+pub mod runtime;
 pub mod secrets;
 pub mod spec;
 pub mod tario;
+pub mod tracking;
+
+pub use run::RunHandler;
+pub use runtime::DockerRuntime;
+
+use crate::executor::Registry;
+use std::sync::Arc;
+
+/// Registers the `tools.docker.*` kinds.
+pub fn register(registry: &mut Registry, runtime: Arc<DockerRuntime>) {
+    registry.register(highway_workflows::docker::KIND, RunHandler::new(runtime));
+}

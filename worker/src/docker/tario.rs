@@ -190,6 +190,7 @@ fn copy_validated<R: Read, W: Write>(
     totals: &mut Totals,
     seen: &mut HashSet<String>,
     listing: &mut Listing,
+    owner: Option<(u64, u64)>,
 ) -> Result<(), TarError> {
     let mut archive = tar::Archive::new(src);
     for entry in archive.entries()? {
@@ -209,8 +210,7 @@ fn copy_validated<R: Read, W: Write>(
         let header = entry.header();
         let mode = header.mode().unwrap_or(0o644) & 0o777; // no setuid/setgid/sticky
         let mtime = header.mtime().unwrap_or(0);
-        let uid = header.uid().unwrap_or(0);
-        let gid = header.gid().unwrap_or(0);
+        let (uid, gid) = owner.unwrap_or((header.uid().unwrap_or(0), header.gid().unwrap_or(0)));
         let mut h = tar::Header::new_gnu();
         h.set_mode(mode);
         h.set_mtime(mtime);
@@ -383,6 +383,9 @@ pub struct InputFile {
     pub path: String,
     /// File mode for inline content (default 0644).
     pub mode: Option<u32>,
+    /// Numeric owner `(uid, gid)` of the placed files; default root. Set to the run's
+    /// numeric `user` so a non-root process can read a 0400 secret file.
+    pub owner: Option<(u64, u64)>,
     pub data: InputData,
 }
 
@@ -420,8 +423,9 @@ fn write_input_tar<W: Write>(
                 h.set_mode(input.mode.unwrap_or(0o644) & 0o777);
                 h.set_size(bytes.len() as u64);
                 h.set_mtime(mtime);
-                h.set_uid(0);
-                h.set_gid(0);
+                let (uid, gid) = input.owner.unwrap_or((0, 0));
+                h.set_uid(uid);
+                h.set_gid(gid);
                 builder.append_data(&mut h, &rel, &bytes[..])?;
                 seen.insert(rel);
             }
@@ -438,6 +442,7 @@ fn write_input_tar<W: Write>(
                     &mut totals,
                     &mut seen,
                     &mut listing,
+                    input.owner,
                 )?;
             }
         }
@@ -578,6 +583,67 @@ pub struct OutputSummary {
     pub entries_omitted: u64,
 }
 
+type ArtifactBuilder = tar::Builder<HashingWriter<io::BufWriter<std::fs::File>>>;
+
+fn new_artifact_builder(file: std::fs::File) -> ArtifactBuilder {
+    tar::Builder::new(HashingWriter {
+        inner: io::BufWriter::with_capacity(CHUNK, file),
+        hasher: <sha2::Sha256 as sha2::Digest>::new(),
+        written: 0,
+    })
+}
+
+/// Writes the end-of-archive marker, syncs the file and reports what it holds.
+fn finish_artifact(
+    builder: ArtifactBuilder,
+    totals: Totals,
+    listing: Listing,
+) -> Result<OutputSummary, TarError> {
+    use sha2::Digest;
+    let mut hw = builder.into_inner()?;
+    hw.flush()?;
+    let sha = hex::encode(hw.hasher.finalize_reset());
+    hw.inner
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()?;
+    Ok(OutputSummary {
+        tar_bytes: hw.written,
+        sha256: sha,
+        entry_count: totals.entries,
+        content_bytes: totals.bytes,
+        entries: listing.entries,
+        entries_omitted: listing.omitted,
+    })
+}
+
+/// Validates a tenant-supplied tar and rewrites it into `dst` (blocking; run it on a
+/// blocking thread). Compressed archives are refused, not decompressed (S19).
+pub fn import_archive<R: Read>(
+    src: R,
+    dst: std::fs::File,
+    limits: &TarLimits,
+) -> Result<OutputSummary, TarError> {
+    use io::BufRead;
+    let mut src = io::BufReader::with_capacity(CHUNK, src);
+    check_not_compressed(src.fill_buf()?)?;
+    let mut builder = new_artifact_builder(dst);
+    let mut totals = Totals::default();
+    let mut listing = Listing::new(LISTING_CAP);
+    copy_validated(
+        src,
+        &mut builder,
+        &|n: &str| n.to_string(),
+        "",
+        limits,
+        &mut totals,
+        &mut HashSet::new(),
+        &mut listing,
+        None,
+    )?;
+    finish_artifact(builder, totals, listing)
+}
+
 /// The blocking task that turns downloaded archives into one artifact tar.
 /// Feed it with `start` / `data` / `end` per declared output, then `finish`.
 pub struct OutputTarWriter {
@@ -589,12 +655,7 @@ impl OutputTarWriter {
     pub fn spawn(file: std::fs::File, limits: TarLimits) -> Self {
         let (tx, mut rx) = mpsc::channel::<OutMsg>(8);
         let handle = tokio::task::spawn_blocking(move || {
-            let hw = HashingWriter {
-                inner: io::BufWriter::with_capacity(CHUNK, file),
-                hasher: <sha2::Sha256 as sha2::Digest>::new(),
-                written: 0,
-            };
-            let mut builder = tar::Builder::new(hw);
+            let mut builder = new_artifact_builder(file);
             let mut totals = Totals::default();
             let mut seen = HashSet::new();
             let mut listing = Listing::new(LISTING_CAP);
@@ -636,6 +697,7 @@ impl OutputTarWriter {
                     &mut totals,
                     &mut seen,
                     &mut listing,
+                    None,
                 );
                 if let Err(e) = copied {
                     return Err(match reader.compressed {
@@ -658,22 +720,7 @@ impl OutputTarWriter {
                     }
                 }
             }
-            let mut hw = builder.into_inner()?;
-            hw.flush()?;
-            use sha2::Digest;
-            let sha = hex::encode(hw.hasher.finalize_reset());
-            hw.inner
-                .into_inner()
-                .map_err(|e| e.into_error())?
-                .sync_all()?;
-            Ok(OutputSummary {
-                tar_bytes: hw.written,
-                sha256: sha,
-                entry_count: totals.entries,
-                content_bytes: totals.bytes,
-                entries: listing.entries,
-                entries_omitted: listing.omitted,
-            })
+            finish_artifact(builder, totals, listing)
         });
         Self { tx, handle }
     }
@@ -762,6 +809,7 @@ mod tests {
             &mut Totals::default(),
             &mut HashSet::new(),
             &mut listing,
+            None,
         )?;
         Ok(listing.entries)
     }
@@ -848,6 +896,7 @@ mod tests {
         let inputs = vec![InputFile {
             path: "/in/data.bin".into(),
             mode: Some(0o755),
+            owner: None,
             data: InputData::Bytes(Bytes::from_static(&[0, 1, 2, 255])),
         }];
         let bytes = build_input_tar_bytes(&inputs, &LIM).unwrap();

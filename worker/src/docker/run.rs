@@ -1,0 +1,1416 @@
+//! The `tools.docker.run` handler: one attempt = one container, through the whole
+//! lifecycle of DOCKER-NOTES "Recommended run sequence": validate → policy → secrets →
+//! image per `pull_policy` → remove older attempts' containers → tracking row → create
+//! (deterministic name, adopt on 409) → upload inputs → attach → start → wait (racing
+//! timeout, cancellation, lease loss) → stop with grace → inspect → outputs → remove.
+//!
+//! Owns: the order of those steps, error classification (`HandlerError` types callers
+//! branch on), and the cleanup guarantee: every path out of [`RunHandler::run`] — success,
+//! non-zero exit, timeout, cancellation, an error at any step, or a panic — goes through
+//! [`cleanup`], which stops (with grace) and removes the container with `force, v` and
+//! closes its tracking row. If the handler future itself is dropped mid-run, a guard hands
+//! the same cleanup to the runtime's task tracker.
+//! Must not: speak SQL (that is `tracking`, `logs`, `artifacts`) or call bollard directly
+//! (that is `client`).
+//!
+//! Error types returned (all `HandlerError::error_type`):
+//! `InvalidParams`, `PolicyViolation`, `SecretNotFound` (non-retryable);
+//! `ImageNotFound` (non-retryable: `never` and absent), `ImagePullFailed`;
+//! `ArtifactNotFound`, `InvalidInput`, `InputUploadFailed`, `CreateFailed`,
+//! `StartFailed`, `OutputsRefused` (non-retryable when the request is at fault);
+//! `NonZeroExit` and `Timeout` (retryable, the run result in `details`);
+//! `Cancelled` (non-retryable); `LeaseLost`, `Shutdown`, `DockerUnavailable`,
+//! `DatabaseUnavailable`, `PreviousAttemptLive`, `StaleAttempt`, `NameConflict`
+//! (infrastructure: retried without burning an attempt); `HandlerPanic`.
+
+use crate::docker::artifacts::{self, Producer};
+use crate::docker::client::{self, Removed, WaitExit};
+use crate::docker::logs::{self, LogSender, Reader};
+use crate::docker::policy;
+use crate::docker::runtime::DockerRuntime;
+use crate::docker::secrets::{Redactor, SecretError, SecretValue};
+use crate::docker::spec::{self, labels, RunIdentity};
+use crate::docker::tario::{self, InputData, OutputTarWriter, TarError};
+use crate::docker::tracking::{self, AuditEvent, ContainerRow};
+use crate::executor::{ActivityContext, CancelReason, Handler, HandlerError, HandlerResult};
+use async_trait::async_trait;
+use futures::{FutureExt, StreamExt};
+use highway_workflows::docker::{
+    error_code, ArtifactRef, DockerRunParams, DockerRunResult, EnvValue, InputSource, PullPolicy,
+    RunStatus,
+};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+/// The handler registered as `tools.docker.run`.
+#[derive(Debug, Clone)]
+pub struct RunHandler {
+    rt: Arc<DockerRuntime>,
+}
+
+impl RunHandler {
+    pub fn new(rt: Arc<DockerRuntime>) -> Self {
+        Self { rt }
+    }
+}
+
+/// What cleanup needs to know, updated as the attempt progresses. Behind a `Mutex` so
+/// the cleanup sees the latest state even after a panic unwound the attempt.
+#[derive(Debug, Default, Clone)]
+struct RunState {
+    /// The deterministic name, set just before the first create call: from then on a
+    /// container may exist even if we never learnt its id (a lost create reply).
+    name: Option<String>,
+    /// The placeholder tracking row was written.
+    pending_row: bool,
+    container_id: Option<String>,
+    /// Start was (possibly) sent: cleanup stops with grace before removing.
+    started: bool,
+    exited: bool,
+    /// `auto_remove: false` and the run finished: keep the container this long.
+    keep: Option<Duration>,
+    /// A detached run that started: the container outlives the attempt.
+    detached: bool,
+    stop_grace: Duration,
+    /// Why the container is removed (`removed_reason`).
+    reason: String,
+    redactor: Redactor,
+}
+
+fn update(state: &Mutex<RunState>, f: impl FnOnce(&mut RunState)) {
+    f(&mut state.lock().unwrap_or_else(|p| p.into_inner()));
+}
+
+fn snapshot(state: &Mutex<RunState>) -> RunState {
+    state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Hands the cleanup to the runtime's tracker if the handler future is dropped before
+/// it ran the cleanup itself (the executor should never do that, but a container must
+/// not leak if it does).
+struct CleanupGuard {
+    rt: Arc<DockerRuntime>,
+    ctx: ActivityContext,
+    state: Arc<Mutex<RunState>>,
+    armed: bool,
+}
+
+impl Drop for CleanupGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (rt, ctx, state) = (self.rt.clone(), self.ctx.clone(), self.state.clone());
+        update(&state, |s| {
+            if s.reason.is_empty() {
+                s.reason = "handler_dropped".into();
+            }
+        });
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let tracker = rt.tracker().clone();
+            let _entered = handle.enter();
+            tracker.spawn(async move { cleanup(&rt, &ctx, &state).await });
+        }
+    }
+}
+
+/// How the wait ended.
+#[derive(Debug)]
+enum Ending {
+    Exited(WaitExit),
+    TimedOut,
+    Cancelled(CancelReason),
+}
+
+#[async_trait]
+impl Handler for RunHandler {
+    async fn run(&self, ctx: ActivityContext, params: Value) -> HandlerResult {
+        let span = tracing::info_span!(
+            "docker.run",
+            activity_id = %ctx.activity_id,
+            attempt = ctx.attempt,
+            kind = %ctx.kind,
+            container_id = tracing::field::Empty,
+        );
+        let state = Arc::new(Mutex::new(RunState::default()));
+        let mut guard = CleanupGuard {
+            rt: self.rt.clone(),
+            ctx: ctx.clone(),
+            state: state.clone(),
+            armed: true,
+        };
+        let attempt = Attempt {
+            rt: &self.rt,
+            ctx: &ctx,
+            state: &state,
+            span: span.clone(),
+        };
+        let outcome = AssertUnwindSafe(attempt.run(params))
+            .catch_unwind()
+            .instrument(span.clone())
+            .await;
+        let outcome = match outcome {
+            Ok(r) => r,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                let what = snapshot(&state).redactor.redact(&what);
+                tracing::error!(parent: &span, panic = %what, "docker run handler panicked");
+                update(&state, |s| s.reason = "handler_panic".into());
+                Err(HandlerError::retryable(
+                    "HandlerPanic",
+                    format!("the docker run handler panicked: {what}"),
+                ))
+            }
+        };
+        cleanup(&self.rt, &ctx, &state).instrument(span).await;
+        guard.armed = false;
+        outcome
+    }
+
+    fn ready(&self) -> bool {
+        self.rt.is_ready()
+    }
+}
+
+/// One attempt, borrowed pieces.
+struct Attempt<'a> {
+    rt: &'a Arc<DockerRuntime>,
+    ctx: &'a ActivityContext,
+    state: &'a Arc<Mutex<RunState>>,
+    span: tracing::Span,
+}
+
+/// Everything resolved before any Docker call.
+struct Prepared {
+    params: DockerRunParams,
+    image: String,
+    warnings: Vec<String>,
+    secrets: BTreeMap<String, SecretValue>,
+    env: Vec<(String, String)>,
+}
+
+impl Attempt<'_> {
+    async fn run(self, raw: Value) -> HandlerResult {
+        self.ctx.record_heartbeat(json!({"phase": "validating"}));
+        let prepared = self.prepare(&raw).await?;
+        update(self.state, |s| {
+            s.stop_grace = prepared.params.stop_grace.0;
+            s.reason = "failed".into();
+        });
+        let writer = logs::Writer::spawn(
+            self.rt.pool.clone(),
+            self.ctx.activity_id,
+            self.ctx.attempt,
+            &self.rt.settings.logs,
+        );
+        let sys = writer.sender();
+        let mut reader_slot: Option<Reader> = None;
+        let res = AssertUnwindSafe(self.lifecycle(&prepared, &sys, &mut reader_slot))
+            .catch_unwind()
+            .await;
+        if let Some(reader) = reader_slot.take() {
+            // An early exit: the container may still be running; stop reading now.
+            reader.finish(Duration::ZERO).await;
+        }
+        let res = match res {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        match &res {
+            Ok(_) => sys.system("highway: run finished"),
+            Err(e) => sys.system(format!("highway: run failed: {}", e.error_type)),
+        }
+        drop(sys);
+        let stats = writer.finish(self.rt.settings.log_flush_timeout).await;
+        if stats.lines_dropped > 0 || stats.lines_over_cap > 0 {
+            tracing::info!(
+                lines_stored = stats.lines_stored,
+                lines_over_cap = stats.lines_over_cap,
+                lines_dropped = stats.lines_dropped,
+                "activity log capped"
+            );
+        }
+        res
+    }
+
+    /// Validation, policy and secret resolution: pure refusals before any side effect.
+    async fn prepare(&self, raw: &Value) -> Result<Prepared, HandlerError> {
+        let params = DockerRunParams::from_json(raw).map_err(|e| {
+            HandlerError::invalid_params(format!("`{}`: {}", e.field, e.reason))
+                .with_details(json!({"code": error_code(&e), "field": e.field}))
+        })?;
+        let warnings = policy::check(&params, &self.rt.config.policy).map_err(|e| {
+            HandlerError::non_retryable("PolicyViolation", e.to_string()).with_details(json!({
+                "code": e.code(),
+                "refusal": e.refusal.as_str(),
+                "field": e.field,
+            }))
+        })?;
+        let image = params
+            .image_ref()
+            .map(|r| r.to_string())
+            .map_err(|e| HandlerError::invalid_params(format!("`image`: {e}")))?;
+        let mut secrets = BTreeMap::new();
+        for name in params.secret_names() {
+            let v = self
+                .rt
+                .secrets
+                .resolve(&self.ctx.tenant_id, name)
+                .await
+                .map_err(|e| match e {
+                    SecretError::Unavailable(_) => {
+                        HandlerError::infrastructure("SecretStoreUnavailable", e.to_string())
+                    }
+                    _ => HandlerError::non_retryable("SecretNotFound", e.to_string()),
+                })?;
+            secrets.insert(name.to_string(), v);
+        }
+        let env = params
+            .environment
+            .iter()
+            .map(|(k, v)| match v {
+                EnvValue::Plain(s) => (k.clone(), s.clone()),
+                EnvValue::Secret(n) => (
+                    k.clone(),
+                    secrets
+                        .get(n)
+                        .map(|s| s.expose().to_string())
+                        .unwrap_or_default(),
+                ),
+            })
+            .collect();
+        let redactor = Redactor::new(secrets.values());
+        update(self.state, |s| s.redactor = redactor);
+        Ok(Prepared {
+            params,
+            image,
+            warnings,
+            secrets,
+            env,
+        })
+    }
+
+    fn redactor(&self) -> Redactor {
+        snapshot(self.state).redactor
+    }
+
+    fn check_cancelled(&self) -> Result<(), HandlerError> {
+        if self.ctx.is_cancelled() {
+            Err(cancel_error(self.ctx.cancel_reason()))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn audit_event<'e>(
+        &'e self,
+        actor: &'e str,
+        action: &'e str,
+        target: Option<&'e str>,
+        outcome: &'e str,
+        details: Value,
+    ) -> AuditEvent<'e> {
+        AuditEvent {
+            tenant_id: &self.ctx.tenant_id,
+            actor,
+            action,
+            target,
+            activity_id: Some(self.ctx.activity_id),
+            workflow_run_id: self.ctx.workflow_run_id,
+            outcome,
+            details,
+        }
+    }
+
+    async fn audit(&self, action: &str, target: Option<&str>, outcome: &str, details: Value) {
+        let actor = self.rt.actor();
+        let ev = self.audit_event(&actor, action, target, outcome, details);
+        if let Err(e) = tracking::audit(&self.rt.pool, &ev).await {
+            tracing::warn!(error = %e, action, "audit row not written");
+        }
+    }
+
+    /// Everything from the image to the result. Anything it creates is cleaned by the
+    /// caller's `cleanup`, whatever it returns.
+    async fn lifecycle(
+        &self,
+        p: &Prepared,
+        sys: &LogSender,
+        reader_slot: &mut Option<Reader>,
+    ) -> HandlerResult {
+        let rt = self.rt;
+        let ctx = self.ctx;
+        let params = &p.params;
+        let mut warnings = p.warnings.clone();
+
+        let daemon_id = rt
+            .client
+            .daemon_id()
+            .await
+            .map_err(|e| docker_error("CreateFailed", e, &self.redactor()))?;
+
+        self.check_cancelled()?;
+        self.ensure_image(&p.image, params.pull_policy, sys).await?;
+
+        self.check_cancelled()?;
+        self.remove_older_attempts(&daemon_id).await?;
+
+        // Tracking row first: a crash between here and create leaves a trace.
+        let ident = RunIdentity {
+            activity_id: ctx.activity_id,
+            attempt: ctx.attempt,
+            tenant_id: ctx.tenant_id.clone(),
+            workflow_run_id: ctx.workflow_run_id,
+            worker_id: rt.worker_id,
+            deployment: rt.deployment.clone(),
+        };
+        let (body, spec_warnings) = spec::container_config(params, &rt.config, &ident, &p.env);
+        warnings.extend(spec_warnings);
+        let name = spec::container_name(ctx.activity_id, ctx.attempt);
+        let row = ContainerRow {
+            name: name.clone(),
+            activity_id: ctx.activity_id,
+            workflow_run_id: ctx.workflow_run_id,
+            tenant_id: ctx.tenant_id.clone(),
+            image: p.image.clone(),
+            labels: json!(body.labels.clone().unwrap_or_default()),
+            worker_id: rt.worker_id,
+            daemon_id: daemon_id.clone(),
+            attempt: ctx.attempt,
+        };
+        tracking::insert_pending(&rt.pool, &row)
+            .await
+            .map_err(db_error)?;
+        update(self.state, |s| {
+            s.pending_row = true;
+            s.name = Some(name.clone());
+        });
+
+        self.check_cancelled()?;
+        ctx.record_heartbeat(json!({"phase": "creating", "name": name}));
+        let (id, create_warnings) = self.create(&name, body).await?;
+        warnings.extend(create_warnings.into_iter().map(|w| format!("docker: {w}")));
+        update(self.state, |s| s.container_id = Some(id.clone()));
+        self.span.record("container_id", id.as_str());
+        tracking::record_created(&rt.pool, &row, &id)
+            .await
+            .map_err(db_error)?;
+        self.audit(
+            "container.create",
+            Some(&id),
+            "ok",
+            json!({"name": name, "image": p.image}),
+        )
+        .await;
+        let short: String = id.chars().take(12).collect();
+        sys.system(format!("highway: created container {short} ({})", p.image));
+
+        self.check_cancelled()?;
+        self.upload_inputs(&id, p).await?;
+
+        // Attach before start (nothing is lost), and drain it from now on (F10).
+        let stream = rt
+            .client
+            .attach(&id)
+            .await
+            .map_err(|e| docker_error("StartFailed", e, &self.redactor()))?;
+        *reader_slot = Some(Reader::spawn(
+            stream,
+            self.redactor(),
+            &rt.settings.logs,
+            Some(sys.clone()),
+        ));
+
+        self.check_cancelled()?;
+        update(self.state, |s| s.started = true);
+        rt.client
+            .start_container(&id)
+            .await
+            .map_err(|e| docker_error("StartFailed", e, &self.redactor()))?;
+        let started = Instant::now();
+        tracking::mark_running(&rt.pool, &id)
+            .await
+            .map_err(db_error)?;
+        sys.system("highway: container started");
+        tracing::info!(container_id = %id, image = %p.image, "container started");
+
+        if params.detach {
+            let ttl = params.detach_ttl.0;
+            tracking::mark_detached(&rt.pool, &id, ttl)
+                .await
+                .map_err(db_error)?;
+            update(self.state, |s| s.detached = true);
+            self.audit(
+                "container.detach",
+                Some(&id),
+                "ok",
+                json!({"ttl_seconds": ttl.as_secs()}),
+            )
+            .await;
+            let captured = match reader_slot.take() {
+                Some(r) => r.finish(Duration::ZERO).await,
+                None => logs::Captured::default(),
+            };
+            let result = DockerRunResult {
+                container_id: id.clone(),
+                short_id: short,
+                status: RunStatus::Running,
+                exit_code: None,
+                stdout: captured.stdout,
+                stderr: captured.stderr,
+                logs_truncated: captured.truncated,
+                duration_ms: started.elapsed().as_millis() as u64,
+                image: p.image.clone(),
+                oom_killed: false,
+                warnings: redact_all(&self.redactor(), warnings),
+                outputs: None,
+            };
+            return Ok(to_json(&result));
+        }
+
+        ctx.record_heartbeat(json!({"phase": "running", "container_id": id}));
+        let ending = self.wait(&id, params, started).await?;
+        let stop_reason = match &ending {
+            Ending::Exited(_) => None,
+            Ending::TimedOut => Some("timeout".to_string()),
+            Ending::Cancelled(r) => Some(format!("{r:?}").to_lowercase()),
+        };
+        if let Some(why) = &stop_reason {
+            let grace = params.stop_grace.0;
+            sys.system(format!(
+                "highway: stopping container ({why}): SIGTERM, SIGKILL after {}s",
+                grace.as_secs()
+            ));
+            ctx.record_heartbeat(json!({"phase": "stopping", "container_id": id, "reason": why}));
+            self.stop(&id, grace).await;
+        }
+        let duration_ms = started.elapsed().as_millis() as u64;
+
+        let captured = match reader_slot.take() {
+            Some(r) => r.finish(rt.settings.attach_drain_grace).await,
+            None => logs::Captured::default(),
+        };
+        if let Some(e) = &captured.stream_error {
+            warnings.push(format!("log stream ended with an error: {e}"));
+        }
+        if captured.lines_dropped > 0 {
+            warnings.push(format!(
+                "{} log lines were not stored because the log writer fell behind",
+                captured.lines_dropped
+            ));
+        }
+
+        // Exit code and OOM from inspect (authoritative); wait's code as a fallback.
+        let (exit_code, oom_killed) = self.inspect_exit(&id, &ending).await;
+        update(self.state, |s| {
+            s.exited = true;
+            s.reason = match &ending {
+                Ending::Exited(_) if exit_code == Some(0) => "completed".into(),
+                Ending::Exited(_) => "exited_non_zero".into(),
+                Ending::TimedOut => "timed_out".into(),
+                Ending::Cancelled(r) => format!("{r:?}").to_lowercase(),
+            };
+        });
+        if let Err(e) = tracking::mark_exited(&rt.pool, &id, exit_code, oom_killed, None).await {
+            tracing::warn!(error = %e, "tracking row not marked exited");
+        }
+        match exit_code {
+            Some(c) => sys.system(format!(
+                "highway: container exited with code {c}{}",
+                if oom_killed { " (OOM killed)" } else { "" }
+            )),
+            None => sys.system("highway: container exit code unknown"),
+        }
+
+        // Outputs, even after a non-zero exit or a timeout; not for a cancelled run.
+        let mut outputs: Option<ArtifactRef> = None;
+        let mut outputs_refused: Option<String> = None;
+        if !params.outputs.is_empty() && !matches!(ending, Ending::Cancelled(_)) {
+            ctx.record_heartbeat(json!({"phase": "collecting_outputs", "container_id": id}));
+            match self.collect_outputs(&id, &params.outputs).await {
+                Ok(o) => outputs = o,
+                Err(e) if e.is_content_error() => {
+                    let msg = self.redactor().redact(&e.to_string());
+                    warnings.push(format!("outputs refused: {msg}"));
+                    outputs_refused = Some(msg);
+                }
+                Err(e) => {
+                    let msg = self.redactor().redact(&e.to_string());
+                    warnings.push(format!("outputs not collected: {msg}"));
+                    outputs_refused = Some(msg);
+                }
+            }
+        }
+
+        if !params.auto_remove && matches!(ending, Ending::Exited(_) | Ending::TimedOut) {
+            let keep = params
+                .retention
+                .map(|r| r.0)
+                .unwrap_or(rt.settings.default_retention);
+            update(self.state, |s| s.keep = Some(keep));
+        }
+
+        let status = match &ending {
+            Ending::Exited(_) => RunStatus::Exited,
+            Ending::TimedOut => RunStatus::TimedOut,
+            Ending::Cancelled(_) => RunStatus::Cancelled,
+        };
+        let result = DockerRunResult {
+            container_id: id.clone(),
+            short_id: short,
+            status,
+            exit_code,
+            stdout: captured.stdout,
+            stderr: captured.stderr,
+            logs_truncated: captured.truncated,
+            duration_ms,
+            image: p.image.clone(),
+            oom_killed,
+            warnings: redact_all(&self.redactor(), warnings),
+            outputs,
+        };
+        let details = to_json(&result);
+        match ending {
+            Ending::Cancelled(reason) => Err(cancel_error(Some(reason)).with_details(details)),
+            Ending::TimedOut => Err(HandlerError::retryable(
+                "Timeout",
+                format!(
+                    "container did not finish within {}s and was stopped",
+                    params.timeout.0.as_secs()
+                ),
+            )
+            .with_details(details)),
+            Ending::Exited(_) => match exit_code {
+                Some(0) => match outputs_refused {
+                    None => Ok(details),
+                    Some(msg) => Err(HandlerError::non_retryable(
+                        "OutputsRefused",
+                        format!("the container succeeded but its outputs were refused: {msg}"),
+                    )
+                    .with_details(details)),
+                },
+                code => Err(HandlerError::retryable(
+                    "NonZeroExit",
+                    match code {
+                        Some(c) if oom_killed => {
+                            format!("container exited with code {c} (killed by the OOM killer)")
+                        }
+                        Some(c) => format!("container exited with code {c}"),
+                        None => "container exit code unknown".to_string(),
+                    },
+                )
+                .with_details(details)),
+            },
+        }
+    }
+
+    /// Image per `pull_policy`; the pull consumes the whole progress stream (trap 23:
+    /// always with a tag or digest).
+    async fn ensure_image(
+        &self,
+        image: &str,
+        policy: PullPolicy,
+        sys: &LogSender,
+    ) -> Result<(), HandlerError> {
+        let client = &self.rt.client;
+        let present = client
+            .inspect_image(image)
+            .await
+            .map_err(|e| docker_error("ImagePullFailed", e, &self.redactor()))?
+            .is_some();
+        match (policy, present) {
+            (PullPolicy::Never, false) => {
+                return Err(HandlerError::non_retryable(
+                    "ImageNotFound",
+                    format!(
+                        "image {image} is not present on the Docker daemon and pull_policy is \
+                         `never`: no pull was attempted"
+                    ),
+                ))
+            }
+            (PullPolicy::Never, true) | (PullPolicy::IfNotPresent, true) => return Ok(()),
+            _ => {}
+        }
+        sys.system(format!("highway: pulling image {image}"));
+        self.ctx
+            .record_heartbeat(json!({"phase": "pulling", "image": image}));
+        let ctx = self.ctx;
+        let mut last_beat = std::time::Instant::now();
+        let mut items: u64 = 0;
+        let image_owned = image.to_string();
+        let pull = client.pull_image(image, |info| {
+            items += 1;
+            // Heartbeat details carry the latest progress, at most once a second.
+            if last_beat.elapsed() >= Duration::from_secs(1) {
+                last_beat = std::time::Instant::now();
+                ctx.record_heartbeat(json!({
+                    "phase": "pulling",
+                    "image": image_owned,
+                    "status": info.status,
+                    "layer": info.id,
+                    "progress_items": items,
+                }));
+            }
+        });
+        let res = tokio::select! {
+            r = pull => r,
+            _ = ctx.cancelled() => return Err(cancel_error(ctx.cancel_reason())),
+        };
+        match res {
+            Ok(()) => {
+                self.audit("image.pull", Some(image), "ok", json!({})).await;
+            }
+            Err(e) => {
+                let msg = self.redactor().redact(&e.to_string());
+                self.audit("image.pull", Some(image), "failed", json!({"error": msg}))
+                    .await;
+                return Err(pull_error(image, e, &msg));
+            }
+        }
+        match client.inspect_image(image).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(HandlerError::retryable(
+                "ImagePullFailed",
+                format!("pull of {image} finished but the image is not on the daemon"),
+            )),
+            Err(e) => Err(docker_error("ImagePullFailed", e, &self.redactor())),
+        }
+    }
+
+    /// At most one live container per activity: before this attempt creates its
+    /// container, every container of an older attempt on this daemon is removed, and an
+    /// older attempt still live on another daemon makes this attempt wait (retried as
+    /// infrastructure, no attempt burned) until that daemon's GC removed it.
+    async fn remove_older_attempts(&self, daemon_id: &str) -> Result<(), HandlerError> {
+        let rt = self.rt;
+        let ctx = self.ctx;
+        let filters = vec![
+            format!("{}=true", labels::MANAGED),
+            format!("{}={}", labels::ACTIVITY_ID, ctx.activity_id),
+        ];
+        let found = rt
+            .client
+            .list_by_labels(&filters)
+            .await
+            .map_err(|e| docker_error("CreateFailed", e, &self.redactor()))?;
+        let actor = rt.actor();
+        let mut on_daemon = std::collections::HashSet::new();
+        for c in found {
+            let Some(id) = c.id.clone() else { continue };
+            let attempt = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(labels::ATTEMPT))
+                .and_then(|a| a.parse::<i32>().ok());
+            let deployment = c.labels.as_ref().and_then(|l| l.get(labels::DEPLOYMENT));
+            if deployment.map(String::as_str) != Some(rt.deployment.as_str()) {
+                continue;
+            }
+            on_daemon.insert(id.clone());
+            match attempt {
+                Some(a) if a > ctx.attempt => {
+                    return Err(HandlerError::infrastructure(
+                        "StaleAttempt",
+                        format!(
+                            "attempt {a} of this activity already has a container; attempt {} is stale",
+                            ctx.attempt
+                        ),
+                    ));
+                }
+                // Same attempt: the deterministic name makes create adopt it.
+                Some(a) if a == ctx.attempt => continue,
+                _ => {}
+            }
+            tracing::info!(container_id = %id, old_attempt = ?attempt, "removing an older attempt's container");
+            let _ = rt.client.kill_container(&id).await;
+            match rt.client.remove_container(&id).await {
+                Ok(_) => {
+                    let _ = tracking::mark_removed(&rt.pool, &id, &actor, "older_attempt").await;
+                    self.audit(
+                        "container.remove",
+                        Some(&id),
+                        "ok",
+                        json!({"reason": "older_attempt", "attempt": attempt}),
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    return Err(HandlerError::infrastructure(
+                        "PreviousAttemptLive",
+                        format!("could not remove the container of an older attempt: {e}"),
+                    ))
+                }
+            }
+        }
+        // The tracking table knows about containers on other daemons, and about rows whose
+        // container vanished behind our back.
+        let rows = tracking::live_rows_of_activity(&rt.pool, ctx.activity_id)
+            .await
+            .map_err(db_error)?;
+        for row in rows {
+            if row.attempt.unwrap_or(0) >= ctx.attempt {
+                continue;
+            }
+            if row.daemon_id.as_deref() == Some(daemon_id) {
+                if !on_daemon.contains(&row.container_id) {
+                    let _ = tracking::mark_missing(
+                        &rt.pool,
+                        &row.container_id,
+                        &actor,
+                        "older_attempt_not_on_daemon",
+                    )
+                    .await;
+                }
+            } else {
+                return Err(HandlerError::infrastructure(
+                    "PreviousAttemptLive",
+                    format!(
+                        "attempt {} of this activity may still have a live container on another \
+                         Docker daemon; waiting for it to be removed",
+                        row.attempt.unwrap_or(0)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Create with the deterministic name. A timed-out create is retried: if the first
+    /// one did happen, the retry gets 409 and adopts it (R15).
+    async fn create(
+        &self,
+        name: &str,
+        body: bollard::models::ContainerCreateBody,
+    ) -> Result<(String, Vec<String>), HandlerError> {
+        let client = &self.rt.client;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match client.create_container(name, body.clone()).await {
+                Ok(r) => return Ok((r.id, r.warnings)),
+                Err(e) if e.is_conflict() => match self.adopt(name).await? {
+                    Some(id) => {
+                        return Ok((id, vec![format!("adopted the existing container {name}")]))
+                    }
+                    None if tries < 3 => continue,
+                    None => {
+                        return Err(HandlerError::infrastructure(
+                            "NameConflict",
+                            format!("container name {name} stays in use"),
+                        ))
+                    }
+                },
+                Err(e @ (client::Error::Timeout { .. } | client::Error::Unavailable { .. }))
+                    if tries < 3 =>
+                {
+                    tracing::warn!(error = %e, "create failed; retrying (a lost reply is adopted)");
+                    tokio::time::sleep(Duration::from_millis(250 * tries)).await;
+                }
+                Err(e) => return Err(docker_error("CreateFailed", e, &self.redactor())),
+            }
+        }
+    }
+
+    /// On 409: the container under our name is adopted only if its labels say it is this
+    /// very attempt of this activity in this deployment, and it never started.
+    async fn adopt(&self, name: &str) -> Result<Option<String>, HandlerError> {
+        let client = &self.rt.client;
+        let Some(c) = client
+            .inspect_container(name)
+            .await
+            .map_err(|e| docker_error("CreateFailed", e, &self.redactor()))?
+        else {
+            return Ok(None); // removed in between: create again
+        };
+        let l = c
+            .config
+            .as_ref()
+            .and_then(|cfg| cfg.labels.clone())
+            .unwrap_or_default();
+        let ours = l.get(labels::ACTIVITY_ID).map(String::as_str)
+            == Some(self.ctx.activity_id.to_string().as_str())
+            && l.get(labels::ATTEMPT).map(String::as_str)
+                == Some(self.ctx.attempt.to_string().as_str())
+            && l.get(labels::DEPLOYMENT).map(String::as_str) == Some(self.rt.deployment.as_str());
+        let Some(id) = c.id.clone() else {
+            return Ok(None);
+        };
+        if !ours {
+            return Err(HandlerError::infrastructure(
+                "NameConflict",
+                format!(
+                    "a container named {name} exists that highway did not create for this attempt"
+                ),
+            ));
+        }
+        let never_started = matches!(
+            c.state.as_ref().and_then(|s| s.status),
+            Some(bollard::models::ContainerStateStatusEnum::CREATED)
+        );
+        if never_started {
+            tracing::info!(container_id = %id, "adopting the container of this attempt (409)");
+            return Ok(Some(id));
+        }
+        // It ran already (an earlier try of this attempt that we lost track of): its output
+        // is not ours to reuse. Remove it and create afresh.
+        let _ = client.kill_container(&id).await;
+        client
+            .remove_container(&id)
+            .await
+            .map_err(|e| docker_error("CreateFailed", e, &self.redactor()))?;
+        let _ = tracking::mark_removed(&self.rt.pool, &id, &self.rt.actor(), "stale_same_attempt")
+            .await;
+        Ok(None)
+    }
+
+    /// Inputs and secret files as one uncompressed tar, extracted at `/` before start.
+    async fn upload_inputs(&self, id: &str, p: &Prepared) -> Result<(), HandlerError> {
+        let params = &p.params;
+        if params.inputs.is_empty() && params.secrets.is_empty() {
+            return Ok(());
+        }
+        let rt = self.rt;
+        let owner = numeric_owner(params.user.as_deref());
+        let mut files = Vec::new();
+        for (i, input) in params.inputs.iter().enumerate() {
+            let data = match &input.source {
+                InputSource::Artifact(aid) => {
+                    let a =
+                        rt.artifacts
+                            .load(&rt.pool, &self.ctx.tenant_id, *aid)
+                            .await
+                            .map_err(|e| match e {
+                                artifacts::Error::NotFound(_)
+                                | artifacts::Error::Corrupt { .. } => HandlerError::non_retryable(
+                                    "ArtifactNotFound",
+                                    format!("`inputs[{i}].artifact`: {e}"),
+                                ),
+                                other => HandlerError::retryable(
+                                    "InputUploadFailed",
+                                    format!("`inputs[{i}].artifact`: {other}"),
+                                ),
+                            })?;
+                    InputData::ArtifactTar(a.path)
+                }
+                _ => InputData::Bytes(bytes::Bytes::copy_from_slice(
+                    input.inline_bytes().unwrap_or_default(),
+                )),
+            };
+            files.push(tario::InputFile {
+                path: input.path.clone(),
+                mode: input.mode.map(|m| m.0),
+                owner,
+                data,
+            });
+        }
+        for s in &params.secrets {
+            let value = p
+                .secrets
+                .get(&s.name)
+                .map(|v| v.expose())
+                .unwrap_or_default();
+            files.push(tario::InputFile {
+                path: s.target(),
+                mode: Some(s.mode.map(|m| m.0).unwrap_or(0o400)),
+                owner,
+                data: InputData::Bytes(bytes::Bytes::copy_from_slice(value.as_bytes())),
+            });
+        }
+        self.ctx
+            .record_heartbeat(json!({"phase": "uploading_inputs", "container_id": id}));
+        let (rx, handle) = tario::spawn_input_tar(files, rt.settings.input_limits);
+        let body = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let uploaded = rt.client.upload_archive(id, "/", body).await;
+        let built = handle.await.map_err(|e| {
+            HandlerError::retryable("InputUploadFailed", format!("input tar task failed: {e}"))
+        })?;
+        match (built, uploaded) {
+            (Err(e), _) if e.is_content_error() => Err(HandlerError::non_retryable(
+                "InvalidInput",
+                self.redactor().redact(&e.to_string()),
+            )),
+            (Err(e), _) => Err(HandlerError::retryable(
+                "InputUploadFailed",
+                self.redactor().redact(&e.to_string()),
+            )),
+            (Ok(_), Err(e)) => Err(docker_error("InputUploadFailed", e, &self.redactor())),
+            (Ok(stats), Ok(())) => {
+                tracing::info!(
+                    entries = stats.entries,
+                    bytes = stats.bytes,
+                    "inputs uploaded"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits for the container to stop by itself, racing the run timeout, the attempt's
+    /// deadline and cancellation. A periodic inspect guards against a wait stream that
+    /// hangs or breaks (the daemon restarting, a proxy cutting it).
+    async fn wait(
+        &self,
+        id: &str,
+        params: &DockerRunParams,
+        started: Instant,
+    ) -> Result<Ending, HandlerError> {
+        let rt = self.rt;
+        let ctx = self.ctx;
+        let mut deadline = started + params.timeout.0;
+        if let Some(d) = ctx.deadline {
+            deadline = deadline.min(Instant::from_std(d));
+        }
+        let wait = rt
+            .client
+            .wait_container(id, params.timeout.0 + Duration::from_secs(60));
+        tokio::pin!(wait);
+        let mut wait_active = true;
+        let period = rt.settings.liveness_interval;
+        let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+        let mut failures = 0u32;
+        loop {
+            tokio::select! {
+                r = &mut wait, if wait_active => match r {
+                    Ok(exit) => return Ok(Ending::Exited(exit)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "wait stream failed; falling back to inspect");
+                        wait_active = false;
+                        tick = tokio::time::interval(Duration::from_secs(1));
+                    }
+                },
+                _ = tick.tick() => match rt.client.inspect_container(id).await {
+                    Ok(Some(c)) => {
+                        failures = 0;
+                        let st = c.state.unwrap_or_default();
+                        let running = st.running.unwrap_or(false)
+                            || st.restarting.unwrap_or(false)
+                            || st.paused.unwrap_or(false);
+                        if !running {
+                            return Ok(Ending::Exited(WaitExit {
+                                code: st.exit_code.unwrap_or(-1),
+                                error: st.error.filter(|e| !e.is_empty()),
+                            }));
+                        }
+                    }
+                    Ok(None) => {
+                        return Err(HandlerError::infrastructure(
+                            "DockerUnavailable",
+                            "the container vanished while running (removed outside highway)",
+                        ));
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(error = %e, failures, "inspect during wait failed");
+                        if !wait_active && failures >= 30 {
+                            return Err(docker_error("DockerUnavailable", e, &self.redactor()));
+                        }
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline) => return Ok(Ending::TimedOut),
+                _ = ctx.cancelled() => {
+                    let reason = ctx.cancel_reason().unwrap_or(CancelReason::Requested);
+                    return Ok(if reason == CancelReason::Timeout {
+                        Ending::TimedOut
+                    } else {
+                        Ending::Cancelled(reason)
+                    });
+                }
+            }
+        }
+    }
+
+    /// SIGTERM, grace, SIGKILL (the daemon does it; trap 5: the call's deadline covers
+    /// the grace). If stop fails, kill.
+    async fn stop(&self, id: &str, grace: Duration) {
+        if let Err(e) = self.rt.client.stop_container(id, grace).await {
+            tracing::warn!(error = %e, "stop failed; killing");
+            if let Err(e) = self.rt.client.kill_container(id).await {
+                tracing::warn!(error = %e, "kill failed");
+            }
+        }
+    }
+
+    /// Exit code and OOM flag from inspect. OOM comes only from `OOMKilled` (trap 18):
+    /// never from 137, which our own SIGKILL after the grace also produces.
+    async fn inspect_exit(&self, id: &str, ending: &Ending) -> (Option<i64>, bool) {
+        let wait_code = match ending {
+            Ending::Exited(e) => Some(e.code),
+            _ => None,
+        };
+        match self.rt.client.inspect_container(id).await {
+            Ok(Some(c)) => {
+                let st = c.state.unwrap_or_default();
+                (st.exit_code.or(wait_code), st.oom_killed.unwrap_or(false))
+            }
+            Ok(None) => (wait_code, false),
+            Err(e) => {
+                tracing::warn!(error = %e, "inspect after exit failed");
+                (wait_code, false)
+            }
+        }
+    }
+
+    /// Downloads every declared output path into one validated artifact tar. Paths that
+    /// do not exist are skipped (a failed run may not have written them). `Ok(None)` when
+    /// none exists.
+    async fn collect_outputs(
+        &self,
+        id: &str,
+        paths: &[String],
+    ) -> Result<Option<ArtifactRef>, TarError> {
+        let rt = self.rt;
+        let pending = rt
+            .artifacts
+            .begin()
+            .await
+            .map_err(|e| TarError::Io(std::io::Error::other(e.to_string())))?;
+        let file = pending.open()?;
+        let writer = OutputTarWriter::spawn(file, rt.settings.output_limits);
+        let mut found = Vec::new();
+        let mut failure: Option<TarError> = None;
+        'paths: for path in paths {
+            match rt.client.path_exists(id, path).await {
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(e) => {
+                    failure = Some(TarError::Io(std::io::Error::other(e.to_string())));
+                    break;
+                }
+            }
+            let mut stream = match rt.client.download_archive(id, path) {
+                Ok(s) => s,
+                Err(e) => {
+                    failure = Some(TarError::Io(std::io::Error::other(e.to_string())));
+                    break;
+                }
+            };
+            if writer.start(path).await.is_err() {
+                break;
+            }
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(chunk) => {
+                        if writer.data(chunk).await.is_err() {
+                            // The validator stopped (refused entry, cap); `finish` says why.
+                            break 'paths;
+                        }
+                    }
+                    Err(e) => {
+                        writer.fail(e.to_string()).await;
+                        break 'paths;
+                    }
+                }
+            }
+            if writer.end().await.is_err() {
+                break;
+            }
+            found.push(path.clone());
+        }
+        // Dropping the stream (if any is left) releases the container lock (trap 15).
+        let summary = writer.finish().await;
+        let summary = match (summary, failure) {
+            (Ok(s), None) => s,
+            (Err(e), _) | (Ok(_), Some(e)) => {
+                rt.artifacts.discard(pending).await;
+                return Err(e);
+            }
+        };
+        if found.is_empty() {
+            rt.artifacts.discard(pending).await;
+            return Ok(None);
+        }
+        let producer = Producer {
+            tenant_id: &self.ctx.tenant_id,
+            activity_id: Some(self.ctx.activity_id),
+            attempt: Some(self.ctx.attempt),
+        };
+        let stored = rt
+            .artifacts
+            .commit(&rt.pool, pending, producer, "outputs", &summary, found)
+            .await
+            .map_err(|e| TarError::Io(std::io::Error::other(e.to_string())))?;
+        tracing::info!(
+            artifact_id = %stored.id,
+            bytes = stored.size_bytes,
+            entries = summary.entry_count,
+            "outputs stored"
+        );
+        Ok(Some(stored.to_ref()))
+    }
+}
+
+/// The finally of every attempt: stop (with grace) if it may be running, remove with
+/// `force, v` (404 and 409-in-progress are done), close the tracking row and audit.
+/// A detached container is left alone; a kept one gets its retention.
+async fn cleanup(rt: &DockerRuntime, ctx: &ActivityContext, state: &Mutex<RunState>) {
+    let s = snapshot(state);
+    let actor = rt.actor();
+    let reason = if s.reason.is_empty() {
+        "failed".to_string()
+    } else {
+        s.reason.clone()
+    };
+    if s.detached {
+        return;
+    }
+    let audit = |action: &'static str, target: String, outcome: &'static str, details: Value| {
+        let actor = actor.clone();
+        let tenant = ctx.tenant_id.clone();
+        async move {
+            let ev = AuditEvent {
+                tenant_id: &tenant,
+                actor: &actor,
+                action,
+                target: Some(&target),
+                activity_id: Some(ctx.activity_id),
+                workflow_run_id: ctx.workflow_run_id,
+                outcome,
+                details,
+            };
+            if let Err(e) = tracking::audit(&rt.pool, &ev).await {
+                tracing::warn!(error = %e, "audit row not written");
+            }
+        }
+    };
+    let id = match (&s.container_id, &s.name) {
+        (Some(id), _) => Some(id.clone()),
+        (None, Some(name)) => {
+            // Create was attempted but no id came back: the container may exist (lost
+            // reply). Look it up by name; remove it only if it is ours.
+            match rt.client.inspect_container(name).await {
+                Ok(Some(c)) => {
+                    let l = c
+                        .config
+                        .as_ref()
+                        .and_then(|cfg| cfg.labels.clone())
+                        .unwrap_or_default();
+                    let ours = l.get(labels::ACTIVITY_ID).map(String::as_str)
+                        == Some(ctx.activity_id.to_string().as_str())
+                        && l.get(labels::ATTEMPT).map(String::as_str)
+                            == Some(ctx.attempt.to_string().as_str());
+                    if ours {
+                        c.id
+                    } else {
+                        None
+                    }
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    // Daemon unreachable: leave the placeholder row open for the GC.
+                    tracing::warn!(error = %e, "cleanup could not look up the container by name");
+                    return;
+                }
+            }
+        }
+        (None, None) => None,
+    };
+    let Some(id) = id else {
+        if let Some(name) = &s.name {
+            if s.pending_row {
+                let _ = tracking::close_pending(&rt.pool, name, &actor, "create_failed").await;
+            }
+        }
+        return;
+    };
+    if let (Some(keep), true) = (s.keep, s.exited) {
+        match tracking::mark_kept(&rt.pool, &id, keep).await {
+            Ok(_) => {
+                audit(
+                    "container.keep",
+                    id.clone(),
+                    "ok",
+                    json!({"retention_seconds": keep.as_secs()}),
+                )
+                .await;
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not record retention; removing instead"),
+        }
+    }
+    if s.started && !s.exited {
+        // An error or panic while it may be running: stop with grace first (trap 6:
+        // removing a running container with force skips the grace).
+        if let Err(e) = rt.client.stop_container(&id, s.stop_grace).await {
+            tracing::warn!(error = %e, "stop during cleanup failed");
+        }
+    }
+    let mut last_err = None;
+    for attempt in 0..3u32 {
+        match rt.client.remove_container(&id).await {
+            Ok(outcome) => {
+                last_err = None;
+                let why = match outcome {
+                    Removed::Removed => reason.clone(),
+                    Removed::AlreadyGone => format!("{reason} (already gone)"),
+                };
+                if let Err(e) = tracking::mark_removed(&rt.pool, &id, &actor, &why).await {
+                    tracing::warn!(error = %e, "tracking row not marked removed");
+                }
+                if s.container_id.is_none() {
+                    if let Some(name) = &s.name {
+                        let _ = tracking::close_pending(
+                            &rt.pool,
+                            name,
+                            &actor,
+                            "create_reply_lost_removed",
+                        )
+                        .await;
+                    }
+                }
+                audit("container.remove", id.clone(), "ok", json!({"reason": why})).await;
+                tracing::info!(container_id = %id, reason = %why, "container removed");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, "remove failed");
+                last_err = Some(e);
+                tokio::time::sleep(Duration::from_millis(500 * (u64::from(attempt) + 1))).await;
+            }
+        }
+    }
+    if let Some(e) = last_err {
+        // The garbage collector removes it later (the tracking row stays open).
+        tracing::error!(container_id = %id, error = %e, "container could not be removed");
+        audit(
+            "container.remove",
+            id,
+            "failed",
+            json!({"reason": reason, "error": s.redactor.redact(&e.to_string())}),
+        )
+        .await;
+    }
+}
+
+fn cancel_error(reason: Option<CancelReason>) -> HandlerError {
+    match reason {
+        Some(CancelReason::Timeout) => {
+            HandlerError::retryable("Timeout", "the attempt's deadline passed")
+        }
+        Some(CancelReason::LeaseLost) => HandlerError::infrastructure(
+            "LeaseLost",
+            "the worker lost the lease; the container was stopped and removed",
+        ),
+        Some(CancelReason::Shutdown) => HandlerError::infrastructure(
+            "Shutdown",
+            "the worker is shutting down; the container was stopped and removed",
+        ),
+        Some(CancelReason::Requested) | None => {
+            HandlerError::non_retryable("Cancelled", "the activity was cancelled")
+        }
+    }
+}
+
+/// Maps a Docker error of a step: the daemon failing is infrastructure (no attempt
+/// burned); a 4xx is the request's fault (not retried); anything else is retried.
+fn docker_error(step_type: &str, e: client::Error, redactor: &Redactor) -> HandlerError {
+    let msg = redactor.redact(&e.to_string());
+    match &e {
+        _ if e.is_daemon_failure() => HandlerError::infrastructure("DockerUnavailable", msg),
+        client::Error::NotFound { .. } => HandlerError::non_retryable(step_type, msg),
+        client::Error::Api { status, .. } if (400..500).contains(status) => {
+            HandlerError::non_retryable(step_type, msg)
+        }
+        _ => HandlerError::retryable(step_type, msg),
+    }
+}
+
+/// A pull that the registry refused for good (unknown image, no access) is not retried;
+/// an unreachable registry or a stalled stream is.
+fn pull_error(image: &str, e: client::Error, msg: &str) -> HandlerError {
+    let lower = msg.to_lowercase();
+    let permanent = matches!(e, client::Error::NotFound { .. })
+        || [
+            "manifest unknown",
+            "not found",
+            "denied",
+            "unauthorized",
+            "does not exist",
+        ]
+        .iter()
+        .any(|p| lower.contains(p));
+    let text = format!("pulling {image} failed: {msg}");
+    match e {
+        client::Error::Unavailable { .. } | client::Error::Rejected { .. } => {
+            HandlerError::infrastructure("DockerUnavailable", text)
+        }
+        _ if permanent => HandlerError::non_retryable("ImagePullFailed", text),
+        _ => HandlerError::retryable("ImagePullFailed", text),
+    }
+}
+
+fn db_error(e: sqlx::Error) -> HandlerError {
+    HandlerError::infrastructure("DatabaseUnavailable", format!("tracking table: {e}"))
+}
+
+/// `"1000"` or `"1000:1000"` → the owner of uploaded files; names are not resolved.
+fn numeric_owner(user: Option<&str>) -> Option<(u64, u64)> {
+    let user = user?;
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let uid = u.parse::<u64>().ok()?;
+    let gid = match g {
+        Some(g) => g.parse::<u64>().ok()?,
+        None => uid,
+    };
+    Some((uid, gid))
+}
+
+fn redact_all(r: &Redactor, v: Vec<String>) -> Vec<String> {
+    v.into_iter().map(|s| r.redact(&s)).collect()
+}
+
+fn to_json(result: &DockerRunResult) -> Value {
+    serde_json::to_value(result).unwrap_or_else(|e| json!({"error": e.to_string()}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners() {
+        assert_eq!(numeric_owner(Some("65534")), Some((65534, 65534)));
+        assert_eq!(numeric_owner(Some("1:2")), Some((1, 2)));
+        assert_eq!(numeric_owner(Some("nobody")), None);
+        assert_eq!(numeric_owner(None), None);
+    }
+
+    #[test]
+    fn error_classes() {
+        let r = Redactor::default();
+        let e = docker_error(
+            "CreateFailed",
+            client::Error::Api {
+                op: "create_container",
+                status: 400,
+                message: "bad".into(),
+            },
+            &r,
+        );
+        assert!(!e.retryable);
+        let e = docker_error(
+            "CreateFailed",
+            client::Error::Timeout {
+                op: "create_container",
+                after: Duration::from_secs(5),
+            },
+            &r,
+        );
+        assert!(e.infrastructure);
+        assert_eq!(cancel_error(None).error_type, "Cancelled");
+        assert!(!cancel_error(Some(CancelReason::Requested)).retryable);
+    }
+}

@@ -1,0 +1,164 @@
+//! [`DockerRuntime`]: what every `tools.docker.*` handler shares — the bollard client,
+//! the Postgres pool, the Docker settings, this worker's identity and deployment, the
+//! secret resolver, the artifact store, and the tracker of background cleanups.
+//!
+//! Owns: turning `DockerConfig` into the concrete limits of the run handler
+//! ([`RunSettings`]), and the readiness flag the status monitor will drive.
+//! Must not: start anything at construction (the daemon may be down, F5).
+
+use crate::config::docker::DockerConfig;
+use crate::docker::artifacts::ArtifactStore;
+use crate::docker::client::{ClientSettings, DockerClient};
+use crate::docker::logs::LogSettings;
+use crate::docker::secrets::{EnvSecretResolver, SecretResolver};
+use crate::docker::tario::TarLimits;
+use sqlx::PgPool;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+/// Limits and intervals of one run, derived from [`DockerConfig`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSettings {
+    pub logs: LogSettings,
+    pub input_limits: TarLimits,
+    pub output_limits: TarLimits,
+    /// After the container exited, how long the attach stream may take to end by itself
+    /// (bollard#251) before the reader is stopped.
+    pub attach_drain_grace: Duration,
+    /// How often the wait loop also inspects the container (a hung wait stream must not
+    /// hang the run; the inspect has its own short deadline).
+    pub liveness_interval: Duration,
+    /// Longest wait for queued log lines to be written at the end of a run.
+    pub log_flush_timeout: Duration,
+    /// `auto_remove: false` without `retention`: how long the container is kept.
+    pub default_retention: Duration,
+    /// Default stop grace when a run does not set one.
+    pub stop_grace: Duration,
+}
+
+impl RunSettings {
+    pub fn from_config(cfg: &DockerConfig) -> Self {
+        let capture = usize::try_from(cfg.capture_bytes.0).unwrap_or(usize::MAX);
+        Self {
+            logs: LogSettings {
+                capture_bytes: capture,
+                max_stored_lines: cfg.activity_log_lines,
+                ..LogSettings::default()
+            },
+            input_limits: TarLimits {
+                max_bytes: cfg.input_max_bytes.0,
+                max_entries: 100_000,
+            },
+            output_limits: TarLimits {
+                max_bytes: cfg.output_max_bytes.0,
+                max_entries: 100_000,
+            },
+            attach_drain_grace: Duration::from_secs(2),
+            liveness_interval: Duration::from_secs(10),
+            log_flush_timeout: Duration::from_secs(10),
+            default_retention: Duration::from_secs(3600),
+            stop_grace: cfg.stop_grace.0,
+        }
+    }
+}
+
+/// Shared by the `tools.docker.*` handlers; build one per worker and pass an `Arc` to
+/// [`crate::docker::register`].
+pub struct DockerRuntime {
+    pub client: DockerClient,
+    pub pool: PgPool,
+    pub config: DockerConfig,
+    pub worker_id: Uuid,
+    /// `highway.deployment` label value: the GC only touches its own deployment.
+    pub deployment: String,
+    pub secrets: Arc<dyn SecretResolver>,
+    pub artifacts: ArtifactStore,
+    pub settings: RunSettings,
+    /// Cleanups that had to outlive their handler (a handler future dropped mid-run).
+    /// `drain` waits for them, so none is ever abandoned at shutdown.
+    tracker: TaskTracker,
+    /// False while the daemon is known to be down: the worker stops claiming docker
+    /// kinds. Driven by the status monitor; true until it says otherwise.
+    ready: AtomicBool,
+}
+
+impl std::fmt::Debug for DockerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerRuntime")
+            .field("client", &self.client)
+            .field("worker_id", &self.worker_id)
+            .field("deployment", &self.deployment)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DockerRuntime {
+    /// A runtime with the environment secret resolver. `artifact_dir` holds output tars.
+    pub fn new(config: DockerConfig, pool: PgPool, worker_id: Uuid, artifact_dir: PathBuf) -> Self {
+        let client = DockerClient::new(ClientSettings {
+            host: config.effective_host(),
+            pull_timeout: config.pull_timeout.0,
+            ..ClientSettings::default()
+        });
+        Self::with_client(config, client, pool, worker_id, artifact_dir)
+    }
+
+    /// Same, with a client built by the caller (tests point it at a fault proxy).
+    pub fn with_client(
+        config: DockerConfig,
+        client: DockerClient,
+        pool: PgPool,
+        worker_id: Uuid,
+        artifact_dir: PathBuf,
+    ) -> Self {
+        Self {
+            settings: RunSettings::from_config(&config),
+            deployment: config.deployment.clone(),
+            client,
+            pool,
+            config,
+            worker_id,
+            secrets: Arc::new(EnvSecretResolver::new()),
+            artifacts: ArtifactStore::new(artifact_dir),
+            tracker: TaskTracker::new(),
+            ready: AtomicBool::new(true),
+        }
+    }
+
+    pub fn with_secrets(mut self, secrets: Arc<dyn SecretResolver>) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    pub fn with_settings(mut self, settings: RunSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// `worker:<id>`, the actor of our audit rows and `removed_by`.
+    pub fn actor(&self) -> String {
+        format!("worker:{}", self.worker_id)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub(crate) fn tracker(&self) -> &TaskTracker {
+        &self.tracker
+    }
+
+    /// Waits for every background cleanup to finish (call during shutdown).
+    pub async fn drain(&self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
