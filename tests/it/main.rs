@@ -4,5 +4,6 @@
 //! - `queue`: enqueue, claim races, retries, rescuer, fencing, cancellation, timeouts.
 //! - `process`: the `highway` binary as a child: SIGTERM drain, kill -9 and rescue.
 
+mod docker_run;
 mod process;
 mod queue;

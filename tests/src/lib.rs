@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod docker;
+
 const TEMPLATE: &str = "highway_test_template";
 
 /// The admin URL of the test cluster, or a panic telling how to get one.

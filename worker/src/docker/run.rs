@@ -27,7 +27,7 @@ use crate::docker::artifacts::{self, Producer};
 use crate::docker::client::{self, Removed, WaitExit};
 use crate::docker::logs::{self, LogSender, Reader};
 use crate::docker::policy;
-use crate::docker::runtime::DockerRuntime;
+use crate::docker::runtime::{DockerRuntime, Failpoint};
 use crate::docker::secrets::{Redactor, SecretError, SecretValue};
 use crate::docker::spec::{self, labels, RunIdentity};
 use crate::docker::tario::{self, InputData, OutputTarWriter, TarError};
@@ -413,6 +413,9 @@ impl Attempt<'_> {
         .await;
         let short: String = id.chars().take(12).collect();
         sys.system(format!("highway: created container {short} ({})", p.image));
+        if rt.settings.failpoint == Some(Failpoint::PanicAfterCreate) {
+            panic!("failpoint: panic after create");
+        }
 
         self.check_cancelled()?;
         self.upload_inputs(&id, p).await?;
@@ -441,6 +444,9 @@ impl Attempt<'_> {
             .await
             .map_err(db_error)?;
         sys.system("highway: container started");
+        if rt.settings.failpoint == Some(Failpoint::PanicAfterStart) {
+            panic!("failpoint: panic after start");
+        }
         tracing::info!(container_id = %id, image = %p.image, "container started");
 
         if params.detach {

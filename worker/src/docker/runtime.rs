@@ -38,6 +38,18 @@ pub struct RunSettings {
     pub default_retention: Duration,
     /// Default stop grace when a run does not set one.
     pub stop_grace: Duration,
+    /// Test hook: make the handler panic at a step, to prove cleanup covers panics.
+    /// Always `None` outside tests.
+    pub failpoint: Option<Failpoint>,
+}
+
+/// Where [`RunSettings::failpoint`] panics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failpoint {
+    /// Right after the container was created and recorded.
+    PanicAfterCreate,
+    /// Right after the container started.
+    PanicAfterStart,
 }
 
 impl RunSettings {
@@ -62,6 +74,7 @@ impl RunSettings {
             log_flush_timeout: Duration::from_secs(10),
             default_retention: Duration::from_secs(3600),
             stop_grace: cfg.stop_grace.0,
+            failpoint: None,
         }
     }
 }

@@ -1,0 +1,303 @@
+//! Docker helpers of the integration tests: a checked connection to the real daemon
+//! (unreachable = a failing test with a clear message, never a skip), the offline test
+//! image, a `DockerRuntime` + `RunHandler` wired to a test database, the labelled
+//! containers of an activity, and a private `docker-registry` on loopback for pull tests.
+
+use bollard::models::ContainerSummary;
+use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+use bollard::Docker;
+use highway_worker::config::docker::DockerConfig;
+use highway_worker::docker::runtime::RunSettings;
+use highway_worker::docker::secrets::EnvSecretResolver;
+use highway_worker::docker::{DockerRuntime, RunHandler};
+use highway_worker::executor::{ActivityContext, Handler, HandlerResult};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// The image `scripts/build-test-image.sh` builds (static busybox, no registry).
+pub const TEST_IMAGE: &str = "highway-test/busybox:1";
+
+/// Prefix of the secret variables the tests' resolver reads (never the real environment).
+pub const SECRET_PREFIX: &str = "HIGHWAY_TEST_SECRET_";
+
+/// A connection to the machine's daemon; panics with a clear message when it is down.
+pub async fn docker() -> Docker {
+    let d = Docker::connect_with_local_defaults().unwrap_or_else(|e| {
+        panic!("Docker daemon unreachable (these tests need it; they never skip): {e}")
+    });
+    if let Err(e) = d.ping().await {
+        panic!("Docker daemon unreachable (these tests need it; they never skip): {e}");
+    }
+    d
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Builds the test image once per process (the script is idempotent).
+pub fn ensure_test_image() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let out = Command::new(repo_root().join("scripts/build-test-image.sh"))
+            .output()
+            .expect("run scripts/build-test-image.sh");
+        assert!(
+            out.status.success(),
+            "scripts/build-test-image.sh failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// Every container (any state) labelled as ours for this activity.
+pub async fn managed_containers(docker: &Docker, activity_id: Uuid) -> Vec<ContainerSummary> {
+    let mut filters = HashMap::new();
+    filters.insert(
+        "label".to_string(),
+        vec![
+            "highway.managed=true".to_string(),
+            format!("highway.activity_id={activity_id}"),
+        ],
+    );
+    let opts = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    docker
+        .list_containers(Some(opts))
+        .await
+        .expect("list containers")
+}
+
+/// Force-removes whatever a failed test left behind, then fails if anything was left.
+pub async fn assert_no_containers(docker: &Docker, activity_id: Uuid) {
+    let left = managed_containers(docker, activity_id).await;
+    for c in &left {
+        if let Some(id) = &c.id {
+            let _ = docker
+                .remove_container(
+                    id,
+                    Some(
+                        RemoveContainerOptionsBuilder::default()
+                            .force(true)
+                            .v(true)
+                            .build(),
+                    ),
+                )
+                .await;
+        }
+    }
+    assert!(
+        left.is_empty(),
+        "containers of activity {activity_id} left behind: {:?}",
+        left.iter()
+            .map(|c| (c.id.clone(), c.state))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// Waits until a container of the activity is running; returns its id.
+pub async fn wait_running(docker: &Docker, activity_id: Uuid, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        for c in managed_containers(docker, activity_id).await {
+            if c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING) {
+                return c.id.expect("container id");
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no running container for activity {activity_id} within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A run handler on a fresh database, with a private artifact directory.
+pub struct DockerHarness {
+    pub db: crate::TestDb,
+    pub runtime: Arc<DockerRuntime>,
+    pub handler: RunHandler,
+    pub docker: Docker,
+    pub worker_id: Uuid,
+    pub tenant: String,
+    artifact_dir: PathBuf,
+}
+
+impl DockerHarness {
+    pub async fn new() -> Self {
+        Self::with(|_, _| {}).await
+    }
+
+    /// `tweak` adjusts the config and run settings before the runtime is built.
+    pub async fn with(tweak: impl FnOnce(&mut DockerConfig, &mut RunSettings)) -> Self {
+        let docker = docker().await;
+        ensure_test_image();
+        let db = crate::TestDb::new().await;
+        let worker_id = Uuid::new_v4();
+        let artifact_dir =
+            std::env::temp_dir().join(format!("highway-artifacts-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&artifact_dir).expect("artifact dir");
+        let mut config = DockerConfig::default();
+        let mut settings = RunSettings::from_config(&config);
+        tweak(&mut config, &mut settings);
+        let runtime = DockerRuntime::new(config, db.pool.clone(), worker_id, artifact_dir.clone())
+            .with_secrets(Arc::new(EnvSecretResolver::with_prefix(SECRET_PREFIX)))
+            .with_settings(settings);
+        let runtime = Arc::new(runtime);
+        Self {
+            handler: RunHandler::new(runtime.clone()),
+            runtime,
+            db,
+            docker,
+            worker_id,
+            tenant: "tenant-a".to_string(),
+            artifact_dir,
+        }
+    }
+
+    /// Inserts an activity row (log lines reference it) and returns its id.
+    pub async fn activity(&self) -> Uuid {
+        let id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO highway.activities (id, tenant_id, kind, params) VALUES ($1, $2, $3, '{}')",
+        )
+        .bind(id)
+        .bind(&self.tenant)
+        .bind("tools.docker.run")
+        .execute(&self.db.pool)
+        .await
+        .expect("insert activity");
+        id
+    }
+
+    pub fn ctx(&self, activity_id: Uuid, attempt: i32) -> ActivityContext {
+        ActivityContext::new(
+            activity_id,
+            attempt,
+            "tools.docker.run".to_string(),
+            self.tenant.clone(),
+            None,
+            self.worker_id,
+            "default".to_string(),
+            None,
+        )
+    }
+
+    pub async fn run(&self, ctx: ActivityContext, params: serde_json::Value) -> HandlerResult {
+        self.handler.run(ctx, params).await
+    }
+
+    /// Lines stored for an activity, in order: (stream, line).
+    pub async fn log_lines(&self, activity_id: Uuid) -> Vec<(String, String)> {
+        sqlx::query_as(
+            "SELECT stream, line FROM highway.activity_logs WHERE activity_id = $1 ORDER BY seq",
+        )
+        .bind(activity_id)
+        .fetch_all(&self.db.pool)
+        .await
+        .expect("read activity_logs")
+    }
+}
+
+impl Drop for DockerHarness {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.artifact_dir);
+    }
+}
+
+/// A private `docker-registry` (Debian package) on 127.0.0.1 with its own config and
+/// storage; stopped (by its pid) and deleted on drop.
+pub struct LocalRegistry {
+    child: Child,
+    dir: PathBuf,
+    pub addr: String,
+}
+
+impl LocalRegistry {
+    pub async fn start() -> Self {
+        let bin = "/usr/bin/docker-registry";
+        assert!(
+            Path::new(bin).exists(),
+            "{bin} missing: install the Debian package docker-registry (scripts/test.sh does)"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let dir = std::env::temp_dir().join(format!("highway-registry-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(dir.join("data")).expect("registry dir");
+        let addr = format!("127.0.0.1:{port}");
+        let config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            dir.join("data").display()
+        );
+        std::fs::write(dir.join("config.yml"), config).expect("registry config");
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(dir.join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let reg = Self { child, dir, addr };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if tokio::net::TcpStream::connect(&reg.addr).await.is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not listen on {}",
+                reg.addr
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        reg
+    }
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs the docker CLI (tests only; the worker never shells out) and returns stdout.
+pub fn docker_cli(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run the docker CLI");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `sha256sum` of a host file (the host's coreutils).
+pub fn sha256_file(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("run sha256sum");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
