@@ -61,10 +61,13 @@ CREATE TABLE highway.activities (
     started_at                  timestamptz,
     finished_at                 timestamptz,
     cancel_requested_at         timestamptz,
-    CONSTRAINT activities_idempotency_key_uniq UNIQUE (tenant_id, idempotency_key),
     CONSTRAINT activities_lease_when_running CHECK (status <> 'running' OR lease_owner IS NOT NULL)
 );
 
+-- Idempotent enqueue: one activity per (tenant, key). Partial: most activities carry no
+-- key, and every (non-HOT) update of a row would otherwise write an entry here too.
+CREATE UNIQUE INDEX activities_idempotency_key_uniq ON highway.activities (tenant_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 -- The claim query: WHERE status = 'scheduled' AND queue = $1 AND run_at <= now()
 -- ORDER BY priority, run_at, id. Partial, so finished rows never enter the hot path, and
 -- ordered exactly like the claim so the keyset hint `(priority, run_at, id) > (...)` is

@@ -49,7 +49,10 @@ async fn sigterm_lets_running_work_finish_then_exits_zero() {
     let wid = Uuid::new_v4();
     let mut p = spawn_worker(&db, wid, "10s", "20s");
     let e = client
-        .enqueue(&EnqueueRequest::new("highway.sleep", json!({"duration": "1500ms"})))
+        .enqueue(&EnqueueRequest::new(
+            "highway.sleep",
+            json!({"duration": "1500ms"}),
+        ))
         .await
         .unwrap();
     wait_running_on(&db, e.id, wid).await;
@@ -57,7 +60,10 @@ async fn sigterm_lets_running_work_finish_then_exits_zero() {
     // Let the signal be delivered and handled (the process is asynchronous to us).
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Enqueued after the signal: never claimed by this worker.
-    let late = client.enqueue(&EnqueueRequest::new("highway.noop", json!({}))).await.unwrap();
+    let late = client
+        .enqueue(&EnqueueRequest::new("highway.noop", json!({})))
+        .await
+        .unwrap();
     assert_eq!(p.wait_exit(WAIT).await, Some(0));
     assert_eq!(status_of(&db.pool, e.id).await, ("succeeded".into(), 1));
     assert_eq!(status_of(&db.pool, late.id).await, ("scheduled".into(), 0));
@@ -103,7 +109,10 @@ async fn a_second_signal_escalates_at_once() {
     let wid = Uuid::new_v4();
     let mut p = spawn_worker(&db, wid, "10s", "1h");
     let e = client
-        .enqueue(&EnqueueRequest::new("highway.sleep", json!({"duration": "60s"})))
+        .enqueue(&EnqueueRequest::new(
+            "highway.sleep",
+            json!({"duration": "60s"}),
+        ))
         .await
         .unwrap();
     wait_running_on(&db, e.id, wid).await;
@@ -122,7 +131,10 @@ async fn kill_9_is_rescued_and_retried_by_another_worker() {
     let client = db.client();
     let wid = Uuid::new_v4();
     let mut p = spawn_worker(&db, wid, "3s", "10s");
-    let mut req = EnqueueRequest::new("highway.sleep", json!({"duration": "2s", "fail_until_attempt": 0}));
+    let mut req = EnqueueRequest::new(
+        "highway.sleep",
+        json!({"duration": "2s", "fail_until_attempt": 0}),
+    );
     req.retry_policy.initial_interval = HumanDuration::from_millis(10);
     let e = client.enqueue(&req).await.unwrap();
     wait_running_on(&db, e.id, wid).await;
@@ -133,7 +145,11 @@ async fn kill_9_is_rescued_and_retried_by_another_worker() {
     let a = client.wait(e.id, None, WAIT).await.unwrap();
     assert_eq!((a.status.as_str(), a.attempt), ("succeeded", 2));
     // Not before the 3 s lease ran out.
-    assert!(killed_at.elapsed() >= Duration::from_secs(2), "{:?}", killed_at.elapsed());
+    assert!(
+        killed_at.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        killed_at.elapsed()
+    );
     w.stop().await;
 }
 
@@ -162,7 +178,11 @@ async fn a_paused_worker_records_nothing_after_resume() {
     // Give the resumed worker time to finish its sleep and try to record it.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let a = client.get(e.id, None).await.unwrap();
-    assert_eq!((a.status.as_str(), a.attempt), ("scheduled", 1), "the late attempt recorded nothing");
+    assert_eq!(
+        (a.status.as_str(), a.attempt),
+        ("scheduled", 1),
+        "the late attempt recorded nothing"
+    );
     assert_eq!(a.error.unwrap()["type"], "HeartbeatTimeout");
     p.signal(libc::SIGTERM);
     assert_eq!(p.wait_exit(WAIT).await, Some(0));
@@ -176,26 +196,47 @@ async fn cli_enqueue_wait_json() {
     let w = TestWorker::start(&db.pool, TestWorker::fast_options(2), |_| {});
     let bin = highway_tests::highway_bin();
     let out = tokio::process::Command::new(&bin)
-        .args(["enqueue", "highway.noop", "--params", r#"{"a":1}"#, "--wait", "--json"])
+        .args([
+            "enqueue",
+            "highway.noop",
+            "--params",
+            r#"{"a":1}"#,
+            "--wait",
+            "--json",
+        ])
         .env("DATABASE_URL", &db.url)
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["status"], "succeeded");
     assert_eq!(v["attempt"], 1);
     assert_eq!(v["result"], json!({"echo": {"a": 1}}));
     assert!(v["id"].as_str().unwrap().parse::<Uuid>().is_ok());
     let out = tokio::process::Command::new(&bin)
-        .args(["enqueue", "highway.sleep", "--params", r#"{"duration":"1ms","fail_with":"X","retryable":false}"#, "--wait", "--json"])
+        .args([
+            "enqueue",
+            "highway.sleep",
+            "--params",
+            r#"{"duration":"1ms","fail_with":"X","retryable":false}"#,
+            "--wait",
+            "--json",
+        ])
         .env("DATABASE_URL", &db.url)
         .output()
         .await
         .unwrap();
     assert!(!out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((v["status"].as_str(), v["error"]["type"].as_str()), (Some("failed"), Some("X")));
+    assert_eq!(
+        (v["status"].as_str(), v["error"]["type"].as_str()),
+        (Some("failed"), Some("X"))
+    );
     // Bad params JSON: a clear error naming the flag.
     let out = tokio::process::Command::new(&bin)
         .args(["enqueue", "highway.noop", "--params", "{nope"])

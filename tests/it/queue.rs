@@ -49,7 +49,10 @@ async fn idempotent_enqueue_returns_the_original_and_refuses_a_different_body() 
     assert_eq!((again.id, again.created), (first.id, false));
     // Same key, different body: refused.
     let other = EnqueueRequest::new(NOOP, json!({"a": 2})).idempotency_key("k1");
-    assert!(matches!(client.enqueue(&other).await, Err(Error::IdempotencyConflict { .. })));
+    assert!(matches!(
+        client.enqueue(&other).await,
+        Err(Error::IdempotencyConflict { .. })
+    ));
     // Another tenant may use the same key.
     let t2 = client.enqueue(&other.clone().tenant("t2")).await.unwrap();
     assert!(t2.created);
@@ -62,10 +65,12 @@ async fn idempotent_enqueue_returns_the_original_and_refuses_a_different_body() 
     }))
     .await;
     assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 1);
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM highway.activities WHERE idempotency_key = 'race'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM highway.activities WHERE idempotency_key = 'race'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(n, 1);
 }
 
@@ -90,7 +95,9 @@ async fn bad_requests_name_the_field() {
 async fn batched_enqueue_inside_a_caller_transaction() {
     let db = TestDb::new().await;
     let client = db.client();
-    let reqs: Vec<EnqueueRequest> = (0..50).map(|i| EnqueueRequest::new(NOOP, json!({"i": i}))).collect();
+    let reqs: Vec<EnqueueRequest> = (0..50)
+        .map(|i| EnqueueRequest::new(NOOP, json!({"i": i})))
+        .collect();
     let mut tx = db.pool.begin().await.unwrap();
     let out = client.enqueue_many_tx(&mut tx, &reqs).await.unwrap();
     assert_eq!(out.len(), 50);
@@ -121,7 +128,11 @@ async fn retries_with_backoff_then_fails_with_the_last_error() {
     assert_eq!(err["type"], "Boom");
     assert_eq!(err["attempt"], 3);
     // Two backoffs: 200 ms then 400 ms.
-    assert!(t0.elapsed() >= Duration::from_millis(600), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        t0.elapsed()
+    );
 
     // A long initial interval: after the first failure the retry waits, by the database's clock.
     let mut req = sleep_req(json!({"duration": "10ms", "fail_with": "Boom"}));
@@ -149,7 +160,9 @@ async fn non_retryable_errors_and_listed_types_fail_at_once() {
     let client = db.client();
     let w = TestWorker::start(&db.pool, TestWorker::fast_options(2), |_| {});
     let e = client
-        .enqueue(&sleep_req(json!({"duration": "1ms", "fail_with": "Fatal", "retryable": false})))
+        .enqueue(&sleep_req(
+            json!({"duration": "1ms", "fail_with": "Fatal", "retryable": false}),
+        ))
         .await
         .unwrap();
     let a = client.wait(e.id, None, WAIT).await.unwrap();
@@ -163,11 +176,20 @@ async fn non_retryable_errors_and_listed_types_fail_at_once() {
     assert_eq!((a.status.as_str(), a.attempt), ("failed", 1));
 
     // Bad params are non-retryable too, and the message names the field.
-    let e = client.enqueue(&sleep_req(json!({"durration": "1s"}))).await.unwrap();
+    let e = client
+        .enqueue(&sleep_req(json!({"durration": "1s"})))
+        .await
+        .unwrap();
     let a = client.wait(e.id, None, WAIT).await.unwrap();
     let err = a.error.unwrap();
-    assert_eq!((a.status.as_str(), err["type"].as_str()), ("failed", Some("InvalidParams")));
-    assert!(err["message"].as_str().unwrap().contains("durration"), "{err}");
+    assert_eq!(
+        (a.status.as_str(), err["type"].as_str()),
+        ("failed", Some("InvalidParams"))
+    );
+    assert!(
+        err["message"].as_str().unwrap().contains("durration"),
+        "{err}"
+    );
     w.stop().await;
 }
 
@@ -191,7 +213,9 @@ async fn a_retry_that_succeeds_records_success() {
 async fn eight_workers_claim_each_activity_exactly_once() {
     let db = TestDb::with_max_connections(40).await;
     let client = db.client();
-    let reqs: Vec<EnqueueRequest> = (0..1000).map(|i| EnqueueRequest::new(NOOP, json!({"i": i}))).collect();
+    let reqs: Vec<EnqueueRequest> = (0..1000)
+        .map(|i| EnqueueRequest::new(NOOP, json!({"i": i})))
+        .collect();
     for chunk in reqs.chunks(250) {
         client.enqueue_many(chunk).await.unwrap();
     }
@@ -203,10 +227,12 @@ async fn eight_workers_claim_each_activity_exactly_once() {
         })
         .collect();
     eventually("all 1000 succeed", Duration::from_secs(60), || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM highway.activities WHERE status = 'succeeded'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM highway.activities WHERE status = 'succeeded'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
         (n == 1000).then_some(())
     })
     .await;
@@ -238,43 +264,83 @@ async fn late_completion_after_rescue_is_rejected() {
     let e = client.enqueue(&req).await.unwrap();
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     let kinds = vec![NOOP.to_string()];
-    let claimed = store::claim(&db.pool, a, "default", &kinds, 10, None, 1000).await.unwrap();
+    let claimed = store::claim(&db.pool, a, "default", &kinds, 10, None, 1000)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].attempt, 1);
     // Worker A stops heartbeating ("paused"); its 1 s lease expires by Postgres' clock.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let rescued = Rescuer::new(db.pool.clone(), Duration::from_secs(1)).run_once().await.unwrap();
-    assert_eq!(rescued.retried, 1);
-    let err: serde_json::Value = sqlx::query_scalar("SELECT error FROM highway.activities WHERE id = $1")
-        .bind(e.id)
-        .fetch_one(&db.pool)
+    let rescued = Rescuer::new(db.pool.clone(), Duration::from_secs(1))
+        .run_once()
         .await
         .unwrap();
+    assert_eq!(rescued.retried, 1);
+    let err: serde_json::Value =
+        sqlx::query_scalar("SELECT error FROM highway.activities WHERE id = $1")
+            .bind(e.id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(err["type"], "HeartbeatTimeout");
     let claimed_b = eventually("attempt 2 claimable", WAIT, || async {
-        let c = store::claim(&db.pool, b, "default", &kinds, 10, None, 30_000).await.unwrap();
+        let c = store::claim(&db.pool, b, "default", &kinds, 10, None, 30_000)
+            .await
+            .unwrap();
         (!c.is_empty()).then_some(c)
     })
     .await;
     assert_eq!(claimed_b[0].attempt, 2);
     // A resumes: its heartbeat and its completion affect 0 rows.
-    let held = store::heartbeat(&db.pool, a, 1000, &[(e.id, 1, None)]).await.unwrap();
-    assert!(held.is_empty());
-    let done = store::complete(&db.pool, a, 20, &[Completion { id: e.id, attempt: 1, outcome: Outcome::Succeeded(json!("late")) }])
+    let held = store::heartbeat(&db.pool, a, 1000, &[(e.id, 1, None)])
         .await
         .unwrap();
+    assert!(held.is_empty());
+    let done = store::complete(
+        &db.pool,
+        a,
+        20,
+        &[Completion {
+            id: e.id,
+            attempt: 1,
+            outcome: Outcome::Succeeded(json!("late")),
+        }],
+    )
+    .await
+    .unwrap();
     assert!(done.is_empty(), "late result must not be recorded");
     // Even A presenting attempt 2 is refused: it is not the lease owner.
-    let done = store::complete(&db.pool, a, 20, &[Completion { id: e.id, attempt: 2, outcome: Outcome::Succeeded(json!("late")) }])
-        .await
-        .unwrap();
+    let done = store::complete(
+        &db.pool,
+        a,
+        20,
+        &[Completion {
+            id: e.id,
+            attempt: 2,
+            outcome: Outcome::Succeeded(json!("late")),
+        }],
+    )
+    .await
+    .unwrap();
     assert!(done.is_empty());
-    let done = store::complete(&db.pool, b, 20, &[Completion { id: e.id, attempt: 2, outcome: Outcome::Succeeded(json!("b")) }])
-        .await
-        .unwrap();
+    let done = store::complete(
+        &db.pool,
+        b,
+        20,
+        &[Completion {
+            id: e.id,
+            attempt: 2,
+            outcome: Outcome::Succeeded(json!("b")),
+        }],
+    )
+    .await
+    .unwrap();
     assert_eq!(done.len(), 1);
     let a_row = client.get(e.id, None).await.unwrap();
-    assert_eq!((a_row.status.as_str(), a_row.result), ("succeeded", Some(json!("b"))));
+    assert_eq!(
+        (a_row.status.as_str(), a_row.result),
+        ("succeeded", Some(json!("b")))
+    );
 }
 
 #[tokio::test]
@@ -282,43 +348,81 @@ async fn cancellation_in_each_state() {
     let db = TestDb::new().await;
     let client = db.client();
     // Scheduled (no worker yet): cancelled at once.
-    let queued = client.enqueue(&sleep_req(json!({"duration": "60s"}))).await.unwrap();
-    assert_eq!(client.cancel(queued.id, None).await.unwrap(), CancelOutcome::Cancelled);
+    let queued = client
+        .enqueue(&sleep_req(json!({"duration": "60s"})))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.cancel(queued.id, None).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
     assert_eq!(status_of(&db.pool, queued.id).await.0, "cancelled");
     // Another tenant cannot see or cancel it.
-    assert!(matches!(client.cancel(queued.id, Some("other")).await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        client.cancel(queued.id, Some("other")).await,
+        Err(Error::NotFound(_))
+    ));
 
     let w = TestWorker::start(&db.pool, TestWorker::fast_options(4), |_| {});
     // Running: the worker is told through NOTIFY and stops it.
-    let running = client.enqueue(&sleep_req(json!({"duration": "60s"}))).await.unwrap();
-    eventually("running", WAIT, || async { (status_of(&db.pool, running.id).await.0 == "running").then_some(()) }).await;
+    let running = client
+        .enqueue(&sleep_req(json!({"duration": "60s"})))
+        .await
+        .unwrap();
+    eventually("running", WAIT, || async {
+        (status_of(&db.pool, running.id).await.0 == "running").then_some(())
+    })
+    .await;
     let t0 = std::time::Instant::now();
-    assert_eq!(client.cancel(running.id, None).await.unwrap(), CancelOutcome::Requested);
+    assert_eq!(
+        client.cancel(running.id, None).await.unwrap(),
+        CancelOutcome::Requested
+    );
     let a = client.wait(running.id, None, WAIT).await.unwrap();
     assert_eq!(a.status, "cancelled");
-    assert!(t0.elapsed() < Duration::from_secs(2), "cancel took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "cancel took {:?}",
+        t0.elapsed()
+    );
     // Finished: nothing changes.
-    let done = client.enqueue(&EnqueueRequest::new(NOOP, json!({}))).await.unwrap();
+    let done = client
+        .enqueue(&EnqueueRequest::new(NOOP, json!({})))
+        .await
+        .unwrap();
     client.wait(done.id, None, WAIT).await.unwrap();
-    assert_eq!(client.cancel(done.id, None).await.unwrap(), CancelOutcome::AlreadyFinished);
+    assert_eq!(
+        client.cancel(done.id, None).await.unwrap(),
+        CancelOutcome::AlreadyFinished
+    );
     assert_eq!(status_of(&db.pool, done.id).await.0, "succeeded");
     // A workflow run: scheduled and running activities all end cancelled, and the run too.
     let run = client.create_run("default", "r", &json!({})).await.unwrap();
-    let r1 = client.enqueue(&sleep_req(json!({"duration": "60s"})).workflow_run(run)).await.unwrap();
+    let r1 = client
+        .enqueue(&sleep_req(json!({"duration": "60s"})).workflow_run(run))
+        .await
+        .unwrap();
     let mut later = sleep_req(json!({"duration": "60s"})).workflow_run(run);
     later.delay = Some(HumanDuration::from_secs(600));
     let r2 = client.enqueue(&later).await.unwrap();
-    eventually("run step running", WAIT, || async { (status_of(&db.pool, r1.id).await.0 == "running").then_some(()) }).await;
+    eventually("run step running", WAIT, || async {
+        (status_of(&db.pool, r1.id).await.0 == "running").then_some(())
+    })
+    .await;
     client.cancel_run(run, None).await.unwrap();
     for id in [r1.id, r2.id] {
-        assert_eq!(client.wait(id, None, WAIT).await.unwrap().status, "cancelled");
+        assert_eq!(
+            client.wait(id, None, WAIT).await.unwrap().status,
+            "cancelled"
+        );
     }
     eventually("run cancelled", WAIT, || async {
-        let s: String = sqlx::query_scalar("SELECT status FROM highway.workflow_runs WHERE id = $1")
-            .bind(run)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+        let s: String =
+            sqlx::query_scalar("SELECT status FROM highway.workflow_runs WHERE id = $1")
+                .bind(run)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
         (s == "cancelled").then_some(())
     })
     .await;
@@ -330,16 +434,47 @@ async fn cancellation_in_each_state() {
 async fn a_late_success_after_cancel_is_refused() {
     let db = TestDb::new().await;
     let client = db.client();
-    let e = client.enqueue(&EnqueueRequest::new(NOOP, json!({}))).await.unwrap();
-    let me = Uuid::new_v4();
-    let c = store::claim(&db.pool, me, "default", &[NOOP.to_string()], 1, None, 30_000).await.unwrap();
-    assert_eq!(c.len(), 1);
-    assert_eq!(client.cancel(e.id, None).await.unwrap(), CancelOutcome::Requested);
-    let held = store::heartbeat(&db.pool, me, 30_000, &[(e.id, 1, None)]).await.unwrap();
-    assert_eq!(held, vec![(e.id, true)], "the heartbeat reports the cancellation");
-    store::complete(&db.pool, me, 20, &[Completion { id: e.id, attempt: 1, outcome: Outcome::Succeeded(json!(1)) }])
+    let e = client
+        .enqueue(&EnqueueRequest::new(NOOP, json!({})))
         .await
         .unwrap();
+    let me = Uuid::new_v4();
+    let c = store::claim(
+        &db.pool,
+        me,
+        "default",
+        &[NOOP.to_string()],
+        1,
+        None,
+        30_000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.len(), 1);
+    assert_eq!(
+        client.cancel(e.id, None).await.unwrap(),
+        CancelOutcome::Requested
+    );
+    let held = store::heartbeat(&db.pool, me, 30_000, &[(e.id, 1, None)])
+        .await
+        .unwrap();
+    assert_eq!(
+        held,
+        vec![(e.id, true)],
+        "the heartbeat reports the cancellation"
+    );
+    store::complete(
+        &db.pool,
+        me,
+        20,
+        &[Completion {
+            id: e.id,
+            attempt: 1,
+            outcome: Outcome::Succeeded(json!(1)),
+        }],
+    )
+    .await
+    .unwrap();
     let a = client.get(e.id, None).await.unwrap();
     assert_eq!(a.status, "cancelled");
     assert!(a.result.is_none());
@@ -370,10 +505,16 @@ async fn schedule_to_start_and_schedule_to_close_timeouts() {
     req.timeouts.schedule_to_start = Some(HumanDuration::from_millis(200));
     let e = client.enqueue(&req).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let c = Rescuer::new(db.pool.clone(), Duration::from_secs(1)).run_once().await.unwrap();
+    let c = Rescuer::new(db.pool.clone(), Duration::from_secs(1))
+        .run_once()
+        .await
+        .unwrap();
     assert_eq!(c.expired_waiting, 1);
     let a = client.get(e.id, None).await.unwrap();
-    assert_eq!((a.status.as_str(), a.error.unwrap()["type"].as_str()), ("timed_out", Some("ScheduleToStartTimeout")));
+    assert_eq!(
+        (a.status.as_str(), a.error.unwrap()["type"].as_str()),
+        ("timed_out", Some("ScheduleToStartTimeout"))
+    );
 
     // Retries keep failing; the whole activity is bounded by schedule-to-close.
     let w = TestWorker::start(&db.pool, TestWorker::fast_options(2), |_| {});
@@ -401,7 +542,14 @@ async fn terminated_connections_do_not_surface_errors() {
         let reqs: Vec<EnqueueRequest> = (0..40)
             .map(|_| sleep_req(json!({"duration": "20ms"})))
             .collect();
-        ids.extend(client.enqueue_many(&reqs).await.unwrap().into_iter().map(|e| e.id));
+        ids.extend(
+            client
+                .enqueue_many(&reqs)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.id),
+        );
         // Kill every backend of this database but none of the cluster's others.
         let killer = TestDb::admin_pool().await;
         let killed: i64 = sqlx::query_scalar(
@@ -417,7 +565,10 @@ async fn terminated_connections_do_not_surface_errors() {
     }
     // The test's own pool lost its connections too; reads still work.
     for id in &ids {
-        let a = client.wait(*id, None, Duration::from_secs(60)).await.unwrap();
+        let a = client
+            .wait(*id, None, Duration::from_secs(60))
+            .await
+            .unwrap();
         assert_eq!(a.status, "succeeded", "{a:?}");
     }
     w.stop().await;

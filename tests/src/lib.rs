@@ -29,7 +29,9 @@ pub fn admin_url() -> String {
 
 fn url_for(db: &str) -> String {
     let admin = admin_url();
-    let (base, _) = admin.rsplit_once('/').expect("admin URL has a database path");
+    let (base, _) = admin
+        .rsplit_once('/')
+        .expect("admin URL has a database path");
     format!("{base}/{db}")
 }
 
@@ -38,9 +40,14 @@ fn template() -> &'static str {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         std::thread::spawn(|| {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
-                let mut admin = PgConnection::connect(&admin_url()).await.expect("connect to test cluster");
+                let mut admin = PgConnection::connect(&admin_url())
+                    .await
+                    .expect("connect to test cluster");
                 // A stale template from an older schema would hide migration bugs: rebuild.
                 sqlx::query(&format!("DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)"))
                     .execute(&mut admin)
@@ -51,7 +58,10 @@ fn template() -> &'static str {
                     .await
                     .unwrap();
                 let mut conn = PgConnection::connect(&url_for(TEMPLATE)).await.unwrap();
-                highway_worker::db::MIGRATOR.run(&mut conn).await.expect("migrations apply");
+                highway_worker::db::MIGRATOR
+                    .run(&mut conn)
+                    .await
+                    .expect("migrations apply");
                 conn.close().await.unwrap();
             });
         })
@@ -77,7 +87,9 @@ impl TestDb {
     pub async fn with_max_connections(max: u32) -> Self {
         let tmpl = template();
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(&admin_url()).await.expect("connect to test cluster");
+        let mut admin = PgConnection::connect(&admin_url())
+            .await
+            .expect("connect to test cluster");
         sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {tmpl}"))
             .execute(&mut admin)
             .await
@@ -157,7 +169,10 @@ impl Process {
         let mut cmd = Command::new(highway_bin());
         cmd.args(args)
             .env("DATABASE_URL", db_url)
-            .env("RUST_LOG", std::env::var("HIGHWAY_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("HIGHWAY_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
@@ -225,12 +240,17 @@ impl TestWorker {
         let shutdown = highway_worker::executor::Shutdown::new();
         let w = highway_worker::executor::Worker::new(opts, pool.clone(), pool.clone(), registry);
         let handle = tokio::spawn(w.run(shutdown.clone()));
-        Self { id, shutdown, handle }
+        Self {
+            id,
+            shutdown,
+            handle,
+        }
     }
 
     /// Fast timings for tests: short polls, leases and rescue passes.
     pub fn fast_options(concurrency: usize) -> highway_worker::executor::WorkerOptions {
-        let mut o = highway_worker::executor::WorkerOptions::new(vec!["default".into()], concurrency);
+        let mut o =
+            highway_worker::executor::WorkerOptions::new(vec!["default".into()], concurrency);
         o.poll_interval = Duration::from_millis(100);
         o.lease = Duration::from_secs(3);
         o.heartbeat_interval = Duration::from_millis(500);

@@ -97,9 +97,18 @@ pub fn classify_db_error(e: &sqlx::Error) -> String {
 }
 
 /// Probes Postgres every `interval` while up and every second while down.
-pub async fn postgres_monitor(pool: PgPool, dep: Dependency, interval: Duration, stop: CancellationToken) {
+pub async fn postgres_monitor(
+    pool: PgPool,
+    dep: Dependency,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     loop {
-        let res = tokio::time::timeout(Duration::from_secs(3), sqlx::query("SELECT 1").execute(&pool)).await;
+        let res = tokio::time::timeout(
+            Duration::from_secs(3),
+            sqlx::query("SELECT 1").execute(&pool),
+        )
+        .await;
         let was = dep.snapshot().status;
         let wait = match res {
             Ok(Ok(_)) => {
@@ -111,7 +120,10 @@ pub async fn postgres_monitor(pool: PgPool, dep: Dependency, interval: Duration,
             }
             Ok(Err(e)) => {
                 let retry = Duration::from_secs(1);
-                let n = dep.failure(classify_db_error(&e), Some(Utc::now() + chrono::Duration::from_std(retry).unwrap_or_default()));
+                let n = dep.failure(
+                    classify_db_error(&e),
+                    Some(Utc::now() + chrono::Duration::from_std(retry).unwrap_or_default()),
+                );
                 warn!(dependency = "postgres", error_code = "unreachable", message = %classify_db_error(&e),
                       retry_in_ms = retry.as_millis() as u64, consecutive_failures = n, "postgres probe failed");
                 retry
@@ -119,8 +131,13 @@ pub async fn postgres_monitor(pool: PgPool, dep: Dependency, interval: Duration,
             Err(_) => {
                 let retry = Duration::from_secs(1);
                 let n = dep.failure("probe timed out".into(), None);
-                warn!(dependency = "postgres", error_code = "timeout", retry_in_ms = retry.as_millis() as u64,
-                      consecutive_failures = n, "postgres probe timed out");
+                warn!(
+                    dependency = "postgres",
+                    error_code = "timeout",
+                    retry_in_ms = retry.as_millis() as u64,
+                    consecutive_failures = n,
+                    "postgres probe timed out"
+                );
                 retry
             }
         };

@@ -27,7 +27,12 @@ pub struct RunOptions {
 }
 
 /// First signal: soft shutdown, then hard after `grace`. Second signal: hard at once.
-pub fn handle_signals(shutdown: Shutdown, grace: Duration, tracker: &TaskTracker, done: CancellationToken) {
+pub fn handle_signals(
+    shutdown: Shutdown,
+    grace: Duration,
+    tracker: &TaskTracker,
+    done: CancellationToken,
+) {
     tracker.spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
@@ -53,7 +58,12 @@ pub fn handle_signals(shutdown: Shutdown, grace: Duration, tracker: &TaskTracker
 }
 
 /// Runs the configured services until shutdown completes.
-pub async fn run(opts: RunOptions, registry: Registry, health: Health, shutdown: Shutdown) -> anyhow::Result<WorkerSummary> {
+pub async fn run(
+    opts: RunOptions,
+    registry: Registry,
+    health: Health,
+    shutdown: Shutdown,
+) -> anyhow::Result<WorkerSummary> {
     let pool = db::lazy_pool(&opts.database_url, &opts.pool)?;
     let maint_pool = db::lazy_pool(
         &opts.database_url,
@@ -65,7 +75,12 @@ pub async fn run(opts: RunOptions, registry: Registry, health: Health, shutdown:
     )?;
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
-    handle_signals(shutdown.clone(), opts.shutdown_grace, &tracker, stop.clone());
+    handle_signals(
+        shutdown.clone(),
+        opts.shutdown_grace,
+        &tracker,
+        stop.clone(),
+    );
 
     // Migrations at start; a database that is down at start is waited for.
     let mut delay = Duration::from_millis(200);
@@ -114,13 +129,18 @@ pub async fn run(opts: RunOptions, registry: Registry, health: Health, shutdown:
         };
         let stop = stop.clone();
         tracker.spawn(async move {
-            if let Err(e) = api::serve(listener, state, async move { stop.cancelled().await }).await {
+            if let Err(e) = api::serve(listener, state, async move { stop.cancelled().await }).await
+            {
                 warn!(error = %e, "http server failed");
             }
         });
     }
     let summary = match opts.worker {
-        Some(w) => Worker::new(w, pool.clone(), maint_pool.clone(), registry).run(shutdown.clone()).await,
+        Some(w) => {
+            Worker::new(w, pool.clone(), maint_pool.clone(), registry)
+                .run(shutdown.clone())
+                .await
+        }
         None => {
             shutdown.soft.cancelled().await;
             WorkerSummary::default()

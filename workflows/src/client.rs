@@ -85,24 +85,49 @@ impl Client {
         &self.pool
     }
 
-    /// Enqueues one activity in its own transaction.
+    /// Enqueues one activity in its own transaction. A connection lost mid-call is
+    /// retried with the same activity id, so a commit whose answer was lost is found
+    /// rather than duplicated.
     pub async fn enqueue(&self, req: &EnqueueRequest) -> Result<Enqueued> {
-        let mut conn = self.pool.acquire().await?;
-        self.enqueue_with(&mut conn, req).await
+        let id = Uuid::now_v7();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let res = async {
+                let mut conn = self.pool.acquire().await?;
+                self.enqueue_with(&mut conn, id, req).await
+            }
+            .await;
+            match res {
+                Err(Error::Database(e)) if tries < 3 && is_connection_lost(&e) => {
+                    tracing::debug!(error = %e, "enqueue: connection lost; retrying with the same id");
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Enqueues inside the caller's transaction (or on any connection): the activity
     /// exists exactly when the caller's transaction commits.
-    pub async fn enqueue_tx(&self, conn: &mut PgConnection, req: &EnqueueRequest) -> Result<Enqueued> {
-        self.enqueue_with(conn, req).await
+    pub async fn enqueue_tx(
+        &self,
+        conn: &mut PgConnection,
+        req: &EnqueueRequest,
+    ) -> Result<Enqueued> {
+        self.enqueue_with(conn, Uuid::now_v7(), req).await
     }
 
-    async fn enqueue_with(&self, conn: &mut PgConnection, req: &EnqueueRequest) -> Result<Enqueued> {
+    async fn enqueue_with(
+        &self,
+        conn: &mut PgConnection,
+        id: Uuid,
+        req: &EnqueueRequest,
+    ) -> Result<Enqueued> {
         req.validate()?;
         let hash = request_hash(req);
         let notify = self.should_notify(&req.queue);
         let row: Option<(Uuid,)> = sqlx::query_as(INSERT_ONE)
-            .bind(Uuid::now_v7())
+            .bind(id)
             .bind(req.workflow_run_id)
             .bind(&req.tenant_id)
             .bind(&req.kind)
@@ -126,6 +151,15 @@ impl Client {
             .fetch_optional(&mut *conn)
             .await?;
         if let Some((id,)) = row {
+            return Ok(Enqueued { id, created: true });
+        }
+        // Our own earlier try committed but its answer was lost.
+        let mine: Option<(Uuid,)> =
+            sqlx::query_as("SELECT id FROM highway.activities WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if mine.is_some() {
             return Ok(Enqueued { id, created: true });
         }
         // Conflict on (tenant_id, idempotency_key): the same request returns the original.
@@ -154,7 +188,11 @@ impl Client {
     }
 
     /// `enqueue_many` inside the caller's transaction.
-    pub async fn enqueue_many_tx(&self, conn: &mut PgConnection, reqs: &[EnqueueRequest]) -> Result<Vec<Enqueued>> {
+    pub async fn enqueue_many_tx(
+        &self,
+        conn: &mut PgConnection,
+        reqs: &[EnqueueRequest],
+    ) -> Result<Vec<Enqueued>> {
         if reqs.is_empty() {
             return Ok(Vec::new());
         }
@@ -186,7 +224,8 @@ impl Client {
             .bind(&cols.hash)
             .fetch_all(&mut *conn)
             .await?;
-        let created: std::collections::HashSet<Uuid> = inserted.into_iter().map(|(id,)| id).collect();
+        let created: std::collections::HashSet<Uuid> =
+            inserted.into_iter().map(|(id,)| id).collect();
         let mut out = Vec::with_capacity(reqs.len());
         for (i, r) in reqs.iter().enumerate() {
             let id = cols.id[i];
@@ -261,7 +300,12 @@ impl Client {
     /// Waits until the activity is terminal, polling with a growing interval (10 ms to
     /// 250 ms). Database errors while waiting are retried until the deadline, so a
     /// short outage does not surface to the caller.
-    pub async fn wait(&self, id: Uuid, tenant: Option<&str>, timeout: Duration) -> Result<Activity> {
+    pub async fn wait(
+        &self,
+        id: Uuid,
+        tenant: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Activity> {
         let deadline = Instant::now() + timeout;
         let mut interval = Duration::from_millis(10);
         loop {
@@ -275,7 +319,8 @@ impl Client {
             if Instant::now() >= deadline {
                 return Err(Error::WaitTimeout(timeout));
             }
-            tokio::time::sleep(interval.min(deadline.saturating_duration_since(Instant::now()))).await;
+            tokio::time::sleep(interval.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
             interval = (interval * 2).min(Duration::from_millis(250));
         }
     }
@@ -389,9 +434,30 @@ impl Client {
     }
 }
 
+/// The connection died under the call (terminated backend, restart): safe to retry
+/// with the same id.
+fn is_connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .map(|c| c.starts_with("57P0") || c.starts_with("08"))
+            .unwrap_or(false),
+        _ => false,
+    }
+}
+
 fn check_field(field: &'static str, v: &str) -> Result<(), FieldError> {
-    if v.is_empty() || v.len() > 64 || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        return Err(FieldError::new(field, "must be 1 to 64 letters, digits, '_' or '-'"));
+    if v.is_empty()
+        || v.len() > 64
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(FieldError::new(
+            field,
+            "must be 1 to 64 letters, digits, '_' or '-'",
+        ));
     }
     Ok(())
 }
@@ -441,17 +507,25 @@ impl BatchColumns {
         self.params.push(r.params.clone());
         self.queue.push(r.queue.clone());
         self.priority.push(r.priority);
-        self.max_attempts.push(r.retry_policy.maximum_attempts as i32);
-        self.initial.push(r.retry_policy.initial_interval.as_millis_i64());
+        self.max_attempts
+            .push(r.retry_policy.maximum_attempts as i32);
+        self.initial
+            .push(r.retry_policy.initial_interval.as_millis_i64());
         self.coef.push(r.retry_policy.backoff_coefficient);
-        self.max_interval.push(r.retry_policy.maximum_interval.as_millis_i64());
-        self.non_retryable.push(json!(r.retry_policy.non_retryable_error_types));
+        self.max_interval
+            .push(r.retry_policy.maximum_interval.as_millis_i64());
+        self.non_retryable
+            .push(json!(r.retry_policy.non_retryable_error_types));
         self.run_at.push(r.run_at);
         self.delay.push(r.delay.map(|d| d.as_millis_i64()));
-        self.s2s.push(r.timeouts.schedule_to_start.map(|d| d.as_millis_i64()));
-        self.s2c.push(r.timeouts.start_to_close.map(|d| d.as_millis_i64()));
-        self.sc.push(r.timeouts.schedule_to_close.map(|d| d.as_millis_i64()));
-        self.hb.push(r.timeouts.heartbeat.map(|d| d.as_millis_i64()));
+        self.s2s
+            .push(r.timeouts.schedule_to_start.map(|d| d.as_millis_i64()));
+        self.s2c
+            .push(r.timeouts.start_to_close.map(|d| d.as_millis_i64()));
+        self.sc
+            .push(r.timeouts.schedule_to_close.map(|d| d.as_millis_i64()));
+        self.hb
+            .push(r.timeouts.heartbeat.map(|d| d.as_millis_i64()));
         self.key.push(r.idempotency_key.clone());
         self.hash.push(request_hash(r));
     }
@@ -469,7 +543,7 @@ WITH ins AS (
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
             COALESCE($13, now() + make_interval(secs => COALESCE($14, 0)::double precision / 1000)),
             $15, $16, $17, $18, $19, $20)
-    ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+    ON CONFLICT DO NOTHING
     RETURNING id, queue
 )
 SELECT ins.id FROM ins
@@ -493,7 +567,7 @@ FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::tex
             $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::text[], $20::text[])
      AS u(id, run, tenant, kind, params, queue, priority, max_attempts, initial, coef, max_interval,
           non_retryable, run_at, delay, s2s, s2c, sc, hb, key, hash)
-ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+ON CONFLICT DO NOTHING
 RETURNING id
 "#;
 

@@ -37,7 +37,9 @@ impl From<HumanDuration> for Duration {
 
 /// Why a duration string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {input:?}: {reason} (examples: \"500ms\", \"30s\", \"5m\", \"1h30m\", 30)")]
+#[error(
+    "invalid duration {input:?}: {reason} (examples: \"500ms\", \"30s\", \"5m\", \"1h30m\", 30)"
+)]
 pub struct ParseDurationError {
     pub input: String,
     pub reason: &'static str,
@@ -94,7 +96,7 @@ impl FromStr for HumanDuration {
 }
 
 fn secs_f64(v: f64) -> Option<Duration> {
-    if !v.is_finite() || v < 0.0 || v > 1e12 {
+    if !v.is_finite() || !(0.0..=1e12).contains(&v) {
         return None;
     }
     Some(Duration::from_secs_f64(v))
@@ -128,9 +130,9 @@ impl<'de> Deserialize<'de> for HumanDuration {
             Str(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Num(n) => secs_f64(n)
-                .map(Self)
-                .ok_or_else(|| serde::de::Error::custom(format!("invalid duration {n}: out of range"))),
+            Raw::Num(n) => secs_f64(n).map(Self).ok_or_else(|| {
+                serde::de::Error::custom(format!("invalid duration {n}: out of range"))
+            }),
             Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
         }
     }

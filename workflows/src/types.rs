@@ -207,7 +207,9 @@ impl EnqueueRequest {
         if !self.params.is_object() {
             return Err(FieldError::new("params", "must be a JSON object"));
         }
-        let size = serde_json::to_vec(&self.params).map(|v| v.len()).unwrap_or(0);
+        let size = serde_json::to_vec(&self.params)
+            .map(|v| v.len())
+            .unwrap_or(0);
         if size > MAX_PARAMS_BYTES {
             return Err(FieldError::new(
                 "params",
@@ -224,7 +226,8 @@ impl EnqueueRequest {
                 "must be between 1 and 1000",
             ));
         }
-        if !(rp.backoff_coefficient.is_finite() && (1.0..=100.0).contains(&rp.backoff_coefficient)) {
+        if !(rp.backoff_coefficient.is_finite() && (1.0..=100.0).contains(&rp.backoff_coefficient))
+        {
             return Err(FieldError::new(
                 "retry_policy.backoff_coefficient",
                 "must be between 1.0 and 100.0",
@@ -237,9 +240,15 @@ impl EnqueueRequest {
             ));
         }
         for (name, t) in [
-            ("timeouts.schedule_to_start", self.timeouts.schedule_to_start),
+            (
+                "timeouts.schedule_to_start",
+                self.timeouts.schedule_to_start,
+            ),
             ("timeouts.start_to_close", self.timeouts.start_to_close),
-            ("timeouts.schedule_to_close", self.timeouts.schedule_to_close),
+            (
+                "timeouts.schedule_to_close",
+                self.timeouts.schedule_to_close,
+            ),
             ("timeouts.heartbeat", self.timeouts.heartbeat),
         ] {
             if let Some(t) = t {
@@ -270,14 +279,24 @@ impl EnqueueRequest {
 
 fn check_name(field: &'static str, v: &str, max: usize, dots: bool) -> Result<(), FieldError> {
     if v.is_empty() || v.len() > max {
-        return Err(FieldError::new(field, format!("must be 1 to {max} characters")));
+        return Err(FieldError::new(
+            field,
+            format!("must be 1 to {max} characters"),
+        ));
     }
     let ok = v
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || (dots && c == '.'));
     if !ok {
-        let allowed = if dots { "letters, digits, '_', '-', '.'" } else { "letters, digits, '_', '-'" };
-        return Err(FieldError::new(field, format!("may contain only {allowed}")));
+        let allowed = if dots {
+            "letters, digits, '_', '-', '.'"
+        } else {
+            "letters, digits, '_', '-'"
+        };
+        return Err(FieldError::new(
+            field,
+            format!("may contain only {allowed}"),
+        ));
     }
     Ok(())
 }
@@ -396,6 +415,9 @@ mod tests {
         assert_eq!(r.validate().unwrap_err().field, "params");
         let mut r = EnqueueRequest::new("ok", serde_json::json!({}));
         r.retry_policy.maximum_attempts = 0;
-        assert_eq!(r.validate().unwrap_err().field, "retry_policy.maximum_attempts");
+        assert_eq!(
+            r.validate().unwrap_err().field,
+            "retry_policy.maximum_attempts"
+        );
     }
 }

@@ -168,7 +168,10 @@ pub enum PostgresCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -186,8 +189,11 @@ pub fn main() -> ExitCode {
 
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => b.json().try_init(),
         LogFormat::Text => b.try_init(),
@@ -240,7 +246,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             res?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Worker { worker, http, no_http } => {
+        Command::Worker {
+            worker,
+            http,
+            no_http,
+        } => {
             worker.validate()?;
             let url = cli.db.resolve_url()?;
             run_services(url, pool_opts, Some(&worker), (!no_http).then_some(http)).await?;
@@ -254,7 +264,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Enqueue(args) => enqueue(&cli.db, pool_opts, args).await,
         Command::Activities(cmd) => activities(&cli.db, pool_opts, cmd).await,
-        Command::Cancel { id, run, tenant, json } => {
+        Command::Cancel {
+            id,
+            run,
+            tenant,
+            json,
+        } => {
             let client = Client::new(db::connect(&cli.db.resolve_url()?, &pool_opts).await?);
             let outcome = if run {
                 client.cancel_run(id, tenant.as_deref()).await?
@@ -264,7 +279,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", json!({"id": id, "outcome": outcome}));
             } else {
-                println!("{id}: {}", serde_json::to_value(outcome)?.as_str().unwrap_or_default());
+                println!(
+                    "{id}: {}",
+                    serde_json::to_value(outcome)?.as_str().unwrap_or_default()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -297,7 +315,9 @@ async fn run_services(
     http: Option<HttpConfig>,
 ) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
-    let grace = worker.map(|w| w.shutdown_grace.0).unwrap_or(Duration::from_secs(10));
+    let grace = worker
+        .map(|w| w.shutdown_grace.0)
+        .unwrap_or(Duration::from_secs(10));
     let opts = RunOptions {
         database_url: url,
         pool,
@@ -309,11 +329,16 @@ async fn run_services(
     Ok(())
 }
 
-async fn enqueue(db_args: &DatabaseArgs, pool_opts: PoolOptions, a: EnqueueArgs) -> anyhow::Result<ExitCode> {
+async fn enqueue(
+    db_args: &DatabaseArgs,
+    pool_opts: PoolOptions,
+    a: EnqueueArgs,
+) -> anyhow::Result<ExitCode> {
     let req = match &a.request {
         Some(r) => serde_json::from_str::<EnqueueRequest>(r).context("--request")?,
         None => {
-            let params: Value = serde_json::from_str(&a.params).context("--params is not valid JSON")?;
+            let params: Value =
+                serde_json::from_str(&a.params).context("--params is not valid JSON")?;
             let mut req = EnqueueRequest::new(a.kind.clone(), params)
                 .tenant(a.tenant.clone())
                 .queue(a.queue.clone());
@@ -334,7 +359,10 @@ async fn enqueue(db_args: &DatabaseArgs, pool_opts: PoolOptions, a: EnqueueArgs)
     let enq = client.enqueue(&req).await?;
     if !a.wait {
         if a.json {
-            println!("{}", json!({"id": enq.id, "created": enq.created, "status": "scheduled"}));
+            println!(
+                "{}",
+                json!({"id": enq.id, "created": enq.created, "status": "scheduled"})
+            );
         } else {
             println!("{}", enq.id);
         }
@@ -356,10 +384,18 @@ async fn enqueue(db_args: &DatabaseArgs, pool_opts: PoolOptions, a: EnqueueArgs)
             println!("error: {}", serde_json::to_string_pretty(e)?);
         }
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
-async fn activities(db_args: &DatabaseArgs, pool_opts: PoolOptions, cmd: ActivitiesCommand) -> anyhow::Result<ExitCode> {
+async fn activities(
+    db_args: &DatabaseArgs,
+    pool_opts: PoolOptions,
+    cmd: ActivitiesCommand,
+) -> anyhow::Result<ExitCode> {
     let client = Client::new(db::connect(&db_args.resolve_url()?, &pool_opts).await?);
     match cmd {
         ActivitiesCommand::Ls {
@@ -372,7 +408,10 @@ async fn activities(db_args: &DatabaseArgs, pool_opts: PoolOptions, cmd: Activit
             json,
         } => {
             let status = status
-                .map(|s| s.parse::<ActivityStatus>().map_err(|e| anyhow::anyhow!("--status: {e}")))
+                .map(|s| {
+                    s.parse::<ActivityStatus>()
+                        .map_err(|e| anyhow::anyhow!("--status: {e}"))
+                })
                 .transpose()?;
             let rows = client
                 .list(&ActivityFilter {
@@ -387,7 +426,10 @@ async fn activities(db_args: &DatabaseArgs, pool_opts: PoolOptions, cmd: Activit
             if json {
                 println!("{}", serde_json::to_string(&rows)?);
             } else {
-                println!("{:<36}  {:<10}  {:>3}  {:<20}  {:<10}  CREATED", "ID", "STATUS", "ATT", "KIND", "TENANT");
+                println!(
+                    "{:<36}  {:<10}  {:>3}  {:<20}  {:<10}  CREATED",
+                    "ID", "STATUS", "ATT", "KIND", "TENANT"
+                );
                 for a in rows {
                     println!(
                         "{:<36}  {:<10}  {:>3}  {:<20}  {:<10}  {}",

@@ -36,11 +36,21 @@ pub struct DatabaseArgs {
     pub database_url: Option<String>,
 
     /// State directory of `highway up`: private Postgres cluster, logs, artifacts.
-    #[arg(long, env = "HIGHWAY_STATE_DIR", default_value = ".highway", global = true)]
+    #[arg(
+        long,
+        env = "HIGHWAY_STATE_DIR",
+        default_value = ".highway",
+        global = true
+    )]
     pub state_dir: PathBuf,
 
     /// Connections in the work pool (claims, heartbeats, completions, API).
-    #[arg(long, env = "HIGHWAY_DB_MAX_CONNECTIONS", default_value_t = 20, global = true)]
+    #[arg(
+        long,
+        env = "HIGHWAY_DB_MAX_CONNECTIONS",
+        default_value_t = 20,
+        global = true
+    )]
     pub db_max_connections: u32,
 }
 
@@ -70,7 +80,12 @@ impl DatabaseArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct WorkerConfig {
     /// Queues to claim from (comma separated).
-    #[arg(long, env = "HIGHWAY_QUEUES", value_delimiter = ',', default_value = "default")]
+    #[arg(
+        long,
+        env = "HIGHWAY_QUEUES",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
     pub queues: Vec<String>,
 
     /// Activities run at once by this process (slots), across all its queues.
@@ -121,7 +136,10 @@ pub struct WorkerConfig {
 impl WorkerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.queues.is_empty() || self.queues.iter().any(|q| q.is_empty() || q.len() > 64) {
-            return Err(bad("HIGHWAY_QUEUES", "give 1 or more queue names of 1 to 64 characters"));
+            return Err(bad(
+                "HIGHWAY_QUEUES",
+                "give 1 or more queue names of 1 to 64 characters",
+            ));
         }
         if !(1..=10_000).contains(&self.concurrency) {
             return Err(bad("HIGHWAY_CONCURRENCY", "must be between 1 and 10000"));
@@ -142,7 +160,10 @@ impl WorkerConfig {
             return Err(bad("HIGHWAY_COMPLETE_BATCH", "must be between 1 and 10000"));
         }
         if self.max_uncounted_attempts < 0 {
-            return Err(bad("HIGHWAY_MAX_UNCOUNTED_ATTEMPTS", "must not be negative"));
+            return Err(bad(
+                "HIGHWAY_MAX_UNCOUNTED_ATTEMPTS",
+                "must not be negative",
+            ));
         }
         Ok(())
     }
@@ -165,7 +186,12 @@ pub struct HttpConfig {
 #[derive(clap::Args, Debug, Clone)]
 pub struct LogConfig {
     /// Log format: `text` or `json`. Levels come from RUST_LOG (default `info`).
-    #[arg(long, env = "HIGHWAY_LOG_FORMAT", default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "HIGHWAY_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
     pub log_format: LogFormat,
 }
 

@@ -27,6 +27,8 @@ pub struct Cluster {
     /// The same with the `postgres` maintenance database (to create databases).
     pub admin_url: String,
     pub port: u16,
+    /// The generated password of the `postgres` role (also in `postgres/password`, 0600).
+    pub password: String,
     /// False when the cluster was already running (another `highway up`): we leave it be.
     pub started_here: bool,
 }
@@ -64,7 +66,9 @@ pub fn find_bindir() -> Result<PathBuf, Error> {
 }
 
 fn is_root() -> bool {
-    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 /// Runs a server binary, as `postgres` when we are root.
@@ -109,8 +113,11 @@ fn chown_postgres(path: &Path) -> Result<(), Error> {
 }
 
 fn free_port() -> Result<u16, Error> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| Error::Embedded(format!("no free port: {e}")))?;
-    Ok(l.local_addr().map_err(|e| Error::Embedded(e.to_string()))?.port())
+    let l = TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| Error::Embedded(format!("no free port: {e}")))?;
+    Ok(l.local_addr()
+        .map_err(|e| Error::Embedded(e.to_string()))?
+        .port())
 }
 
 fn port_free(port: u16) -> bool {
@@ -147,7 +154,8 @@ impl Cluster {
         let data_dir = root.join("data");
         let sock_dir = root.join("run");
         let bindir = find_bindir()?;
-        fs::create_dir_all(&sock_dir).map_err(|e| Error::Embedded(format!("{}: {e}", root.display())))?;
+        fs::create_dir_all(&sock_dir)
+            .map_err(|e| Error::Embedded(format!("{}: {e}", root.display())))?;
         // The postgres user must be able to traverse to its directories.
         fs::set_permissions(&state_dir, fs::Permissions::from_mode(0o755)).ok();
         let pw_file = root.join("password");
@@ -166,7 +174,15 @@ impl Cluster {
             let mut c = pg_command(&bindir, "initdb");
             c.arg("-D")
                 .arg(&data_dir)
-                .args(["-U", "postgres", "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-instructions"])
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth-local=scram-sha-256",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--no-instructions",
+                ])
                 .arg(format!("--pwfile={}", tmp_pw.display()));
             let res = run(c, "initdb");
             fs::remove_file(&tmp_pw).ok();
@@ -188,7 +204,10 @@ impl Cluster {
             .to_owned();
 
         let running = Self::is_running(&bindir, &data_dir);
-        let port = match fs::read_to_string(&port_file).ok().and_then(|s| s.trim().parse::<u16>().ok()) {
+        let port = match fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u16>().ok())
+        {
             Some(p) if running || port_free(p) => p,
             _ => {
                 let p = free_port()?;
@@ -215,6 +234,7 @@ impl Cluster {
             url: format!("{base}/{DATABASE}"),
             admin_url: format!("{base}/postgres"),
             port,
+            password,
             started_here: !running,
         };
         cluster.create_database(DATABASE)?;
@@ -243,12 +263,15 @@ impl Cluster {
                 .map_err(|e| Error::Embedded(e.to_string()))?;
             rt.block_on(async {
                 use sqlx::Connection;
-                let mut conn = sqlx::PgConnection::connect(&admin).await.map_err(Error::Connect)?;
-                let exists: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1")
-                    .bind(&name)
-                    .fetch_optional(&mut conn)
+                let mut conn = sqlx::PgConnection::connect(&admin)
                     .await
                     .map_err(Error::Connect)?;
+                let exists: Option<(i32,)> =
+                    sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1")
+                        .bind(&name)
+                        .fetch_optional(&mut conn)
+                        .await
+                        .map_err(Error::Connect)?;
                 if exists.is_none() {
                     sqlx::query(&format!("CREATE DATABASE \"{}\"", name.replace('"', "")))
                         .execute(&mut conn)

@@ -63,13 +63,15 @@ pub struct Sleep;
 #[async_trait]
 impl Handler for Sleep {
     async fn run(&self, ctx: ActivityContext, params: Value) -> HandlerResult {
-        let p: SleepParams =
-            serde_json::from_value(params).map_err(|e| HandlerError::invalid_params(e.to_string()))?;
+        let p: SleepParams = serde_json::from_value(params)
+            .map_err(|e| HandlerError::invalid_params(e.to_string()))?;
         let total: Duration = p.duration.into();
         let start = tokio::time::Instant::now();
         let end = start + total;
         loop {
-            let step = tokio::time::sleep_until(end.min(tokio::time::Instant::now() + Duration::from_secs(1)));
+            let step = tokio::time::sleep_until(
+                end.min(tokio::time::Instant::now() + Duration::from_secs(1)),
+            );
             if p.ignore_cancel {
                 step.await;
             } else {

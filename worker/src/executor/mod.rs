@@ -157,7 +157,9 @@ pub struct Worker {
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("opts", &self.opts).finish_non_exhaustive()
+        f.debug_struct("Worker")
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
     }
 }
 
@@ -269,7 +271,10 @@ impl Worker {
         // Phase 1: stop claiming, let running work finish until the hard phase.
         shutdown.soft.cancelled().await;
         fetchers.wait().await;
-        info!(running = running.lock().map(|r| r.len()).unwrap_or(0), "draining: claiming stopped");
+        info!(
+            running = running.lock().map(|r| r.len()).unwrap_or(0),
+            "draining: claiming stopped"
+        );
         tasks.close();
         tokio::select! {
             _ = tasks.wait() => {}
@@ -296,9 +301,13 @@ impl Worker {
         };
         let summary = WorkerSummary {
             claimed: counters.claimed.load(std::sync::atomic::Ordering::Relaxed),
-            completed: counters.completed.load(std::sync::atomic::Ordering::Relaxed),
+            completed: counters
+                .completed
+                .load(std::sync::atomic::Ordering::Relaxed),
             rejected: counters.rejected.load(std::sync::atomic::Ordering::Relaxed),
-            lease_lost: counters.lease_lost.load(std::sync::atomic::Ordering::Relaxed),
+            lease_lost: counters
+                .lease_lost
+                .load(std::sync::atomic::Ordering::Relaxed),
             released,
         };
         info!(?summary, "worker stopped");
@@ -330,6 +339,10 @@ fn jitter(d: Duration, fraction: f64) -> Duration {
 /// producer's NOTIFY is debounced, so enqueues right after a NOTIFY rely on it.
 const LINGER: Duration = Duration::from_millis(150);
 const LINGER_POLL: Duration = Duration::from_millis(5);
+/// Longest a fetch loop waits for more free slots before a claim under backlog.
+const FETCH_GATHER: Duration = Duration::from_millis(2);
+/// Completion statements in flight at once per worker.
+const COMPLETE_IN_FLIGHT: usize = 3;
 
 struct FetchLoop {
     queue: String,
@@ -351,14 +364,33 @@ impl FetchLoop {
         let mut hint_set_at = Instant::now();
         let mut linger_until = Instant::now();
         let mut error_delay = Duration::from_millis(100);
+        // The last claim filled every slot it asked for: more work is probably waiting.
+        let mut backlog = false;
         loop {
             // A free slot first: never claim more than we can run.
             let first = tokio::select! {
                 p = self.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
                 _ = soft.cancelled() => return,
             };
-            let extra = self.slots.available_permits().min(self.opts.fetch_batch.saturating_sub(1));
             let mut permits = first;
+            // Under a backlog, slots free up one by one as tasks finish; claiming each
+            // alone would turn the queue into one round trip per activity. Wait a moment
+            // for a useful batch of slots (half the batch), then take what is free.
+            let target = self.opts.concurrency.min(self.opts.fetch_batch) / 2;
+            if backlog && target > 1 && self.slots.available_permits() + 1 < target {
+                if let Ok(Ok(more)) = tokio::time::timeout(
+                    FETCH_GATHER,
+                    self.slots.clone().acquire_many_owned((target - 1) as u32),
+                )
+                .await
+                {
+                    permits.merge(more);
+                }
+            }
+            let extra = self
+                .slots
+                .available_permits()
+                .min(self.opts.fetch_batch.saturating_sub(permits.num_permits()));
             if extra > 0 {
                 if let Ok(more) = self.slots.clone().try_acquire_many_owned(extra as u32) {
                     permits.merge(more);
@@ -374,6 +406,7 @@ impl FetchLoop {
             if hint_set_at.elapsed() > Duration::from_secs(1) {
                 hint = None;
             }
+            let claim_started = Instant::now();
             let claimed = if kinds.is_empty() {
                 Ok(Vec::new())
             } else {
@@ -402,6 +435,13 @@ impl FetchLoop {
                         hint_set_at = Instant::now();
                     }
                     let n = rows.len();
+                    debug!(
+                        want,
+                        got = n,
+                        elapsed_us = claim_started.elapsed().as_micros() as u64,
+                        "claimed"
+                    );
+                    backlog = n == want;
                     for row in rows {
                         let permit = permits.split(1).expect("one permit per claimed row");
                         self.start(row, permit);
@@ -412,6 +452,7 @@ impl FetchLoop {
                 Err(e) => {
                     drop(permits);
                     hint = None;
+                    backlog = false;
                     warn!(dependency = "postgres", queue = %self.queue, error = %e,
                           retry_in_ms = error_delay.as_millis() as u64, "claim failed");
                     tokio::select! {
@@ -440,9 +481,13 @@ impl FetchLoop {
     }
 
     fn start(&self, row: Claimed, permit: tokio::sync::OwnedSemaphorePermit) {
-        self.counters.claimed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counters
+            .claimed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let now = Instant::now();
-        let s2c = row.start_to_close_ms.map(|ms| Duration::from_millis(ms.max(0) as u64));
+        let s2c = row
+            .start_to_close_ms
+            .map(|ms| Duration::from_millis(ms.max(0) as u64));
         let sched = row
             .schedule_to_close_left_ms
             .map(|ms| Duration::from_millis(ms.max(0) as u64));
@@ -463,15 +508,18 @@ impl FetchLoop {
             deadline,
         );
         // A cancellation racing the claim is seen at the first heartbeat.
-        self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            row.id,
-            Running {
-                attempt: row.attempt,
-                ctx: ctx.clone(),
-                renewed_at: now,
-                lease: Duration::from_millis(row.lease_ms.max(1000) as u64),
-            },
-        );
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                row.id,
+                Running {
+                    attempt: row.attempt,
+                    ctx: ctx.clone(),
+                    renewed_at: now,
+                    lease: Duration::from_millis(row.lease_ms.max(1000) as u64),
+                },
+            );
         if self.hard.is_cancelled() {
             ctx.cancel(CancelReason::Shutdown);
         }
@@ -568,7 +616,10 @@ async fn execute(
         (Err(e), Some(CancelReason::Timeout)) => {
             let mut err = error_json(&e, ctx.attempt);
             err["type"] = json!(deadline_type);
-            err["message"] = json!(format!("{deadline_type}: attempt stopped after {elapsed_ms} ms ({})", e.message));
+            err["message"] = json!(format!(
+                "{deadline_type}: attempt stopped after {elapsed_ms} ms ({})",
+                e.message
+            ));
             Outcome::Failed {
                 error: err,
                 error_type: deadline_type.into(),
@@ -597,16 +648,18 @@ fn error_json(e: &HandlerError, attempt: i32) -> serde_json::Value {
     v
 }
 
-/// Batches results into one fenced statement. Retries a failed write (a Postgres
-/// outage) until it succeeds or the leases would have expired anyway.
+/// Batches results into fenced statements (up to `COMPLETE_IN_FLIGHT` at once, so one
+/// commit's latency does not cap throughput). A failed write (a Postgres outage) is
+/// retried until it succeeds or the leases would have expired anyway.
 async fn completer(
     pool: PgPool,
     opts: Arc<WorkerOptions>,
     mut rx: mpsc::Receiver<Completion>,
     counters: Arc<Counters>,
 ) {
-    let mut buf: Vec<Completion> = Vec::with_capacity(opts.complete_batch);
+    let mut in_flight = tokio::task::JoinSet::new();
     while let Some(first) = rx.recv().await {
+        let mut buf: Vec<Completion> = Vec::with_capacity(opts.complete_batch);
         buf.push(first);
         let flush_at = tokio::time::Instant::now() + opts.complete_flush;
         while buf.len() < opts.complete_batch {
@@ -615,48 +668,71 @@ async fn completer(
                 _ = tokio::time::sleep_until(flush_at) => break,
             }
         }
-        let give_up = Instant::now() + opts.lease * 2;
-        let mut delay = Duration::from_millis(50);
-        loop {
-            match store::complete(&pool, opts.id, opts.max_uncounted_attempts, &buf).await {
-                Ok(rows) => {
-                    let accepted = rows.len() as u64;
-                    counters.completed.fetch_add(accepted, std::sync::atomic::Ordering::Relaxed);
-                    let rejected = buf.len() as u64 - accepted;
-                    if rejected > 0 {
-                        counters.rejected.fetch_add(rejected, std::sync::atomic::Ordering::Relaxed);
-                        let ids: std::collections::HashSet<Uuid> = rows.iter().map(|r| r.0).collect();
-                        for c in buf.iter().filter(|c| !ids.contains(&c.id)) {
-                            warn!(activity_id = %c.id, attempt = c.attempt,
-                                  "result refused: the attempt no longer holds its lease");
-                        }
+        while in_flight.len() >= COMPLETE_IN_FLIGHT {
+            in_flight.join_next().await;
+        }
+        in_flight.spawn(record(pool.clone(), opts.clone(), buf, counters.clone()));
+    }
+    while in_flight.join_next().await.is_some() {}
+}
+
+/// Writes one batch of results.
+async fn record(
+    pool: PgPool,
+    opts: Arc<WorkerOptions>,
+    buf: Vec<Completion>,
+    counters: Arc<Counters>,
+) {
+    let give_up = Instant::now() + opts.lease * 2;
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let t0 = Instant::now();
+        match store::complete(&pool, opts.id, opts.max_uncounted_attempts, &buf).await {
+            Ok(rows) => {
+                debug!(
+                    batch = buf.len(),
+                    elapsed_us = t0.elapsed().as_micros() as u64,
+                    "results recorded"
+                );
+                let accepted = rows.len() as u64;
+                counters
+                    .completed
+                    .fetch_add(accepted, std::sync::atomic::Ordering::Relaxed);
+                let rejected = buf.len() as u64 - accepted;
+                if rejected > 0 {
+                    counters
+                        .rejected
+                        .fetch_add(rejected, std::sync::atomic::Ordering::Relaxed);
+                    let ids: std::collections::HashSet<Uuid> = rows.iter().map(|r| r.0).collect();
+                    for c in buf.iter().filter(|c| !ids.contains(&c.id)) {
+                        warn!(activity_id = %c.id, attempt = c.attempt,
+                              "result refused: the attempt no longer holds its lease");
                     }
-                    let runs: Vec<Uuid> = rows
-                        .iter()
-                        .filter(|r| r.1 != "scheduled")
-                        .filter_map(|r| r.2)
-                        .collect();
-                    if !runs.is_empty() {
-                        if let Err(e) = store::finish_cancelled_runs(&pool, &runs).await {
-                            warn!(error = %e, "could not finish cancelled runs; the rescuer will");
-                        }
+                }
+                let runs: Vec<Uuid> = rows
+                    .iter()
+                    .filter(|r| r.1 != "scheduled")
+                    .filter_map(|r| r.2)
+                    .collect();
+                if !runs.is_empty() {
+                    if let Err(e) = store::finish_cancelled_runs(&pool, &runs).await {
+                        warn!(error = %e, "could not finish cancelled runs; the rescuer will");
                     }
-                    break;
                 }
-                Err(e) if Instant::now() < give_up => {
-                    warn!(dependency = "postgres", error = %e, retry_in_ms = delay.as_millis() as u64,
-                          pending = buf.len(), "recording results failed; retrying");
-                    tokio::time::sleep(jitter(delay, 0.2)).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => {
-                    warn!(error = %e, dropped = buf.len(),
-                          "could not record results within twice the lease; their leases have expired and the rescuer retries them");
-                    break;
-                }
+                return;
+            }
+            Err(e) if Instant::now() < give_up => {
+                warn!(dependency = "postgres", error = %e, retry_in_ms = delay.as_millis() as u64,
+                      pending = buf.len(), "recording results failed; retrying");
+                tokio::time::sleep(jitter(delay, 0.2)).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                warn!(error = %e, dropped = buf.len(),
+                      "could not record results within twice the lease; their leases have expired and the rescuer retries them");
+                return;
             }
         }
-        buf.clear();
     }
 }
 
@@ -688,8 +764,15 @@ async fn heartbeat_loop(
                 .collect()
         };
         if last_worker_beat.elapsed() >= tick {
-            let status = if soft.is_cancelled() { "draining" } else { "running" };
-            if store::worker_heartbeat(&pool, opts.id, status).await.is_ok() {
+            let status = if soft.is_cancelled() {
+                "draining"
+            } else {
+                "running"
+            };
+            if store::worker_heartbeat(&pool, opts.id, status)
+                .await
+                .is_ok()
+            {
                 last_worker_beat = Instant::now();
             }
         }
@@ -777,7 +860,8 @@ async fn listener(
                             w.notify_one();
                         }
                     } else if let Ok(id) = n.payload().parse::<Uuid>() {
-                        if let Some(r) = running.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+                        if let Some(r) = running.lock().unwrap_or_else(|p| p.into_inner()).get(&id)
+                        {
                             info!(activity_id = %id, "cancellation requested");
                             r.ctx.cancel(CancelReason::Requested);
                         }

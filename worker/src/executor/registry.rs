@@ -110,7 +110,10 @@ impl ActivityContext {
 
     /// Takes the pending heartbeat details (the heartbeat loop calls this).
     pub fn take_heartbeat_details(&self) -> Option<Value> {
-        self.details.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.details
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 }
 
@@ -203,7 +206,11 @@ impl Registry {
         self
     }
 
-    pub fn register_arc(&mut self, kind: impl Into<String>, handler: Arc<dyn Handler>) -> &mut Self {
+    pub fn register_arc(
+        &mut self,
+        kind: impl Into<String>,
+        handler: Arc<dyn Handler>,
+    ) -> &mut Self {
         self.kinds.insert(kind.into(), handler);
         self
     }

@@ -39,8 +39,11 @@ impl Rescuer {
             }
             match self.run_once().await {
                 Ok(c) if !c.is_empty() => info!(
-                    retried = c.retried, timed_out = c.timed_out, cancelled = c.cancelled,
-                    expired_waiting = c.expired_waiting, lost_workers = c.lost_workers,
+                    retried = c.retried,
+                    timed_out = c.timed_out,
+                    cancelled = c.cancelled,
+                    expired_waiting = c.expired_waiting,
+                    lost_workers = c.lost_workers,
                     "rescuer: took back expired work"
                 ),
                 Ok(_) => {}

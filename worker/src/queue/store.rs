@@ -66,7 +66,7 @@ pub async fn claim(
         .fetch_all(db)
         .await?;
     // UPDATE ... RETURNING does not keep the CTE's order.
-    rows.sort_by(|a, b| (a.priority, a.run_at, a.id).cmp(&(b.priority, b.run_at, b.id)));
+    rows.sort_by_key(|r| (r.priority, r.run_at, r.id));
     Ok(rows)
 }
 
@@ -76,7 +76,7 @@ SET lease_expires_at = now() + make_interval(secs => COALESCE(a.heartbeat_timeou
     heartbeat_at = now(),
     heartbeat_details = COALESCE(u.details, a.heartbeat_details)
 FROM unnest($3::uuid[], $4::int[], $5::jsonb[]) AS u(id, attempt, details)
-WHERE a.id = u.id AND a.attempt = u.attempt AND a.lease_owner = $1
+WHERE a.id = u.id AND a.id = ANY ($3::uuid[]) AND a.attempt = u.attempt AND a.lease_owner = $1
   AND a.status = 'running' AND a.lease_expires_at > now()
 RETURNING a.id, a.cancel_requested_at IS NOT NULL AS cancel_requested
 "#;
@@ -131,7 +131,9 @@ decided AS (
         END AS new_status
     FROM highway.activities a
     JOIN u ON a.id = u.id
-    WHERE a.attempt = u.attempt AND a.lease_owner = $1 AND a.status = 'running' AND a.lease_expires_at > now()
+    -- `= ANY` lets the planner probe the primary key instead of hashing the table.
+    WHERE a.id = ANY ($2::uuid[])
+      AND a.attempt = u.attempt AND a.lease_owner = $1 AND a.status = 'running' AND a.lease_expires_at > now()
     FOR UPDATE OF a
 )
 UPDATE highway.activities a
@@ -160,7 +162,7 @@ SET status = d.new_status,
     lease_expires_at = NULL,
     finished_at = CASE WHEN d.new_status = 'scheduled' THEN NULL ELSE now() END
 FROM decided d
-WHERE a.id = d.id
+WHERE a.id = d.id AND a.id = ANY ($2::uuid[])
 RETURNING a.id, a.status, a.workflow_run_id
 "#;
 
@@ -191,10 +193,17 @@ pub async fn complete(
                 error_type,
                 retryable,
                 ..
-            } => (None, Some(error.clone()), *retryable, Some(error_type.clone())),
+            } => (
+                None,
+                Some(error.clone()),
+                *retryable,
+                Some(error_type.clone()),
+            ),
             Outcome::Cancelled(e) => (None, Some(e.clone()), false, Some("Cancelled".into())),
             Outcome::Release => (None, None, true, None),
-            Outcome::Infrastructure(e) => (None, Some(e.clone()), true, Some("Infrastructure".into())),
+            Outcome::Infrastructure(e) => {
+                (None, Some(e.clone()), true, Some("Infrastructure".into()))
+            }
         };
         results.push(res);
         errors.push(err);
@@ -287,8 +296,10 @@ RETURNING a.id, a.status, a.workflow_run_id
 pub async fn rescue(pool: &PgPool, limit: i64) -> Result<(RescueCounts, Vec<Uuid>), sqlx::Error> {
     let mut counts = RescueCounts::default();
     let mut finished_runs = Vec::new();
-    let rows: Vec<(Uuid, String, Option<Uuid>)> =
-        sqlx::query_as(RESCUE_EXPIRED).bind(limit).fetch_all(pool).await?;
+    let rows: Vec<(Uuid, String, Option<Uuid>)> = sqlx::query_as(RESCUE_EXPIRED)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
     for (_, status, run) in &rows {
         match status.as_str() {
             "scheduled" => counts.retried += 1,
@@ -299,8 +310,10 @@ pub async fn rescue(pool: &PgPool, limit: i64) -> Result<(RescueCounts, Vec<Uuid
             finished_runs.extend(*run);
         }
     }
-    let rows: Vec<(Uuid, String, Option<Uuid>)> =
-        sqlx::query_as(RESCUE_WAITING).bind(limit).fetch_all(pool).await?;
+    let rows: Vec<(Uuid, String, Option<Uuid>)> = sqlx::query_as(RESCUE_WAITING)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
     counts.expired_waiting += rows.len() as u64;
     finished_runs.extend(rows.into_iter().filter_map(|r| r.2));
     counts.lost_workers = sqlx::query(
@@ -358,7 +371,11 @@ pub async fn register_worker(
 }
 
 /// The worker's own liveness row; `status` is `running` or `draining`.
-pub async fn worker_heartbeat(db: impl PgExecutor<'_>, id: Uuid, status: &str) -> Result<(), sqlx::Error> {
+pub async fn worker_heartbeat(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    status: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE highway.workers SET heartbeat_at = now(), status = $2 WHERE id = $1 AND status <> 'stopped'",
     )
@@ -369,7 +386,11 @@ pub async fn worker_heartbeat(db: impl PgExecutor<'_>, id: Uuid, status: &str) -
     Ok(())
 }
 
-pub async fn set_worker_daemon(db: impl PgExecutor<'_>, id: Uuid, daemon_id: &str) -> Result<(), sqlx::Error> {
+pub async fn set_worker_daemon(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    daemon_id: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE highway.workers SET daemon_id = $2 WHERE id = $1")
         .bind(id)
         .bind(daemon_id)
