@@ -4,10 +4,14 @@
 //! through [`run`].
 
 use crate::api::{self, AppState};
+use crate::config::docker::DockerConfig;
 use crate::db::{self, PoolOptions};
+use crate::docker::{self, DockerRuntime};
 use crate::executor::{Registry, Shutdown, Worker, WorkerOptions, WorkerSummary};
 use crate::health::{self, Health};
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,6 +28,9 @@ pub struct RunOptions {
     pub listen: Option<SocketAddr>,
     /// Soft phase length: running work may finish within it after the first signal.
     pub shutdown_grace: Duration,
+    /// `tools.docker.*`: the Docker settings and the artifact directory, or none (a
+    /// worker without Docker kinds).
+    pub docker: Option<(DockerConfig, PathBuf)>,
 }
 
 /// First signal: soft shutdown, then hard after `grace`. Second signal: hard at once.
@@ -60,7 +67,7 @@ pub fn handle_signals(
 /// Runs the configured services until shutdown completes.
 pub async fn run(
     opts: RunOptions,
-    registry: Registry,
+    mut registry: Registry,
     health: Health,
     shutdown: Shutdown,
 ) -> anyhow::Result<WorkerSummary> {
@@ -135,6 +142,20 @@ pub async fn run(
             }
         });
     }
+    // The Docker runtime connects lazily: a daemon that is down does not stop the start.
+    let docker_runtime = match (&opts.docker, &opts.worker) {
+        (Some((cfg, artifacts)), Some(w)) => {
+            let rt = Arc::new(DockerRuntime::new(
+                cfg.clone(),
+                pool.clone(),
+                w.id,
+                artifacts.clone(),
+            ));
+            docker::register(&mut registry, rt.clone());
+            Some(rt)
+        }
+        _ => None,
+    };
     let summary = match opts.worker {
         Some(w) => {
             Worker::new(w, pool.clone(), maint_pool.clone(), registry)
@@ -146,6 +167,10 @@ pub async fn run(
             WorkerSummary::default()
         }
     };
+    // Cleanups that outlived their handler finish before the pools close.
+    if let Some(rt) = &docker_runtime {
+        rt.drain().await;
+    }
     stop.cancel();
     tracker.close();
     tracker.wait().await;

@@ -235,7 +235,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             println!("  Ctrl-C stops everything.");
-            let res = run_services(url, pool_opts, Some(&worker), Some(http)).await;
+            let res =
+                run_services(url, pool_opts, Some(&worker), Some(http), &cli.db.state_dir).await;
             if let Some(c) = cluster {
                 if c.started_here {
                     // Nobody else should find a URL to a stopped cluster.
@@ -253,7 +254,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             worker.validate()?;
             let url = cli.db.resolve_url()?;
-            run_services(url, pool_opts, Some(&worker), (!no_http).then_some(http)).await?;
+            run_services(
+                url,
+                pool_opts,
+                Some(&worker),
+                (!no_http).then_some(http),
+                &cli.db.state_dir,
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
@@ -313,6 +321,7 @@ async fn run_services(
     pool: PoolOptions,
     worker: Option<&WorkerConfig>,
     http: Option<HttpConfig>,
+    state_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     let grace = worker
@@ -324,6 +333,13 @@ async fn run_services(
         worker: worker.map(WorkerOptions::from_config),
         listen: http.map(|h| h.listen),
         shutdown_grace: grace,
+        docker: worker.map(|w| {
+            let dir = w
+                .artifact_dir
+                .clone()
+                .unwrap_or_else(|| state_dir.join("artifacts"));
+            (w.docker.clone(), dir)
+        }),
     };
     supervisor::run(opts, default_registry(), Health::default(), shutdown).await?;
     Ok(())

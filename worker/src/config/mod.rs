@@ -131,6 +131,14 @@ pub struct WorkerConfig {
     /// This worker's id (random when unset).
     #[arg(long, env = "HIGHWAY_WORKER_ID")]
     pub worker_id: Option<Uuid>,
+
+    /// Where output artifacts (tars collected from containers) are stored. Default:
+    /// `<state dir>/artifacts`.
+    #[arg(long, env = "HIGHWAY_ARTIFACT_DIR")]
+    pub artifact_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub docker: docker::DockerConfig,
 }
 
 impl WorkerConfig {
