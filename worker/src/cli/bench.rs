@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 pub enum BenchCommand {
     /// Queue throughput and latency, with raw-SQL ceilings on the same cluster.
     Queue(QueueBench),
+    /// Container overhead of `tools.docker.run` against raw bollard and the docker CLI.
+    Docker(super::bench_docker::DockerBench),
+    /// Lateness of cron fires (enqueue minus nominal) p50/p99, duplicates and misses.
+    Cron(super::bench_cron::CronBench),
 }
 
 #[derive(clap::Args, Debug)]
@@ -35,6 +39,8 @@ pub struct QueueBench {
 pub async fn run(cmd: BenchCommand, _db: &crate::config::DatabaseArgs) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Queue(b) => queue(b).await,
+        BenchCommand::Docker(b) => super::bench_docker::run(b).await,
+        BenchCommand::Cron(b) => super::bench_cron::run(b).await,
     }
 }
 
