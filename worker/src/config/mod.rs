@@ -4,7 +4,10 @@
 //! Each flag's doc comment is its `--help` text; the README's settings table is
 //! generated from the same source (`highway worker --help`).
 
+pub mod api;
 pub mod docker;
+pub mod gc;
+pub mod scheduler;
 
 use highway_workflows::HumanDuration;
 use std::net::SocketAddr;
@@ -139,6 +142,9 @@ pub struct WorkerConfig {
 
     #[command(flatten)]
     pub docker: docker::DockerConfig,
+
+    #[command(flatten)]
+    pub gc: gc::GcConfig,
 }
 
 impl WorkerConfig {
@@ -188,6 +194,9 @@ pub struct HttpConfig {
     /// Address of the HTTP server (`/health`, `/metrics`, `/v1/...`).
     #[arg(long, env = "HIGHWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub api: api::ApiConfig,
 }
 
 /// Logging.

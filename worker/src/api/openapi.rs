@@ -1,0 +1,318 @@
+//! `GET /v1/openapi.json`: the OpenAPI 3.0 document of the API, built from the code: the
+//! route table below is the same list the router is checked against (a test), and the
+//! component schemas come from `schemars` derives of the wire types. For the two queue
+//! types that live in `highway-workflows` without a schema derive (`EnqueueRequest`,
+//! `Activity`), documented mirrors are kept here, and a test fails when a mirror's
+//! fields drift from what the real type serializes.
+
+use super::{runs, store, AppState};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use schemars::generate::SchemaSettings;
+use schemars::JsonSchema;
+use serde_json::{json, Map, Value};
+use std::sync::OnceLock;
+use uuid::Uuid;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/openapi.json", get(|| async { Json(document().clone()) }))
+}
+
+/// One operation of the API.
+#[derive(Debug, Clone, Copy)]
+pub struct Op {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    /// Query parameters (all optional strings).
+    pub query: &'static [&'static str],
+    /// Component name of the JSON body, if any.
+    pub body: Option<&'static str>,
+    /// Component name (or `None` for a free-form object) of the success answer.
+    pub answer: Option<&'static str>,
+    pub auth: bool,
+}
+
+/// Every operation the router serves.
+pub const OPS: &[Op] = &[
+    Op { method: "get", path: "/health", summary: "Process and dependency status (no auth; no versions, hosts or URLs)", query: &[], body: None, answer: None, auth: false },
+    Op { method: "get", path: "/metrics", summary: "Prometheus metrics (text exposition)", query: &[], body: None, answer: None, auth: false },
+    Op { method: "get", path: "/v1/openapi.json", summary: "This document", query: &[], body: None, answer: None, auth: false },
+    Op { method: "post", path: "/v1/activities", summary: "Enqueue an activity (Idempotency-Key header: same key + same body = same activity, 200; different body = 409)", query: &[], body: Some("EnqueueRequest"), answer: Some("Activity"), auth: true },
+    Op { method: "get", path: "/v1/activities", summary: "List activities, newest first", query: &["status", "kind", "queue", "run", "tenant", "limit"], body: None, answer: None, auth: true },
+    Op { method: "get", path: "/v1/activities/{id}", summary: "Get an activity", query: &[], body: None, answer: Some("Activity"), auth: true },
+    Op { method: "post", path: "/v1/activities/{id}/cancel", summary: "Cancel an activity", query: &[], body: None, answer: None, auth: true },
+    Op { method: "get", path: "/v1/activities/{id}/logs", summary: "Log lines as server-sent events (event `log`, id = seq; then `end`); resume with Last-Event-ID or ?after=", query: &["after", "follow"], body: None, answer: Some("LogRow"), auth: true },
+    Op { method: "get", path: "/v1/containers", summary: "List tracked containers (view=orphans for orphans)", query: &["status", "tenant", "run", "activity", "image", "older_than", "view", "limit"], body: None, answer: None, auth: true },
+    Op { method: "get", path: "/v1/containers/{id}", summary: "Get a container by id, short id or name", query: &[], body: None, answer: Some("Container"), auth: true },
+    Op { method: "post", path: "/v1/runs", summary: "Start a workflow run", query: &[], body: Some("StartRun"), answer: Some("Run"), auth: true },
+    Op { method: "get", path: "/v1/runs/{id}", summary: "Get a workflow run", query: &[], body: None, answer: Some("Run"), auth: true },
+    Op { method: "post", path: "/v1/runs/{id}/cancel", summary: "Cancel a workflow run and its activities", query: &[], body: None, answer: None, auth: true },
+    Op { method: "get", path: "/v1/audit", summary: "Query the audit log, newest first", query: &["tenant", "action", "activity", "run", "since", "before", "limit"], body: None, answer: None, auth: true },
+];
+
+/// Mirror of `highway_workflows::EnqueueRequest` for the schema.
+#[allow(dead_code)] // Only its schema is used.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct EnqueueRequest {
+    /// Registered kind, e.g. `tools.docker.run` (params: `DockerRunParams`).
+    pub kind: String,
+    /// A JSON object; for `tools.docker.run` see `DockerRunParams`.
+    pub params: Option<Value>,
+    /// Default `default`; a tenant token's own tenant.
+    pub tenant_id: Option<String>,
+    pub workflow_run_id: Option<Uuid>,
+    /// Default `default`.
+    pub queue: Option<String>,
+    /// 1 (most urgent) to 9; default 5.
+    pub priority: Option<i16>,
+    pub run_at: Option<DateTime<Utc>>,
+    /// A duration such as `30s`.
+    pub delay: Option<String>,
+    /// `{initial_interval, backoff_coefficient, maximum_interval, maximum_attempts, non_retryable_error_types}`.
+    pub retry_policy: Option<Value>,
+    /// `{schedule_to_start, start_to_close, schedule_to_close, heartbeat}` durations.
+    pub timeouts: Option<Value>,
+    /// Same as the `Idempotency-Key` header.
+    pub idempotency_key: Option<String>,
+}
+
+/// Mirror of `highway_workflows::Activity` for the schema.
+#[allow(dead_code)] // Only its schema is used.
+#[derive(JsonSchema)]
+pub struct Activity {
+    pub id: Uuid,
+    pub workflow_run_id: Option<Uuid>,
+    pub tenant_id: String,
+    pub kind: String,
+    pub params: Value,
+    pub queue: String,
+    pub priority: i16,
+    /// scheduled | running | succeeded | failed | cancelled | timed_out
+    pub status: String,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub uncounted_attempts: i32,
+    pub run_at: DateTime<Utc>,
+    pub lease_owner: Option<Uuid>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub heartbeat_at: Option<DateTime<Utc>>,
+    pub heartbeat_details: Option<Value>,
+    pub result: Option<Value>,
+    pub error: Option<Value>,
+    pub idempotency_key: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// Only in enqueue answers: whether this call created it.
+    pub created: Option<bool>,
+}
+
+/// The error body of every failure.
+#[allow(dead_code)] // Only its schema is used.
+#[derive(JsonSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[allow(dead_code)] // Only its schema is used.
+#[derive(JsonSchema)]
+pub struct ErrorDetail {
+    /// invalid_field | invalid_json | unauthorized | forbidden | not_found |
+    /// idempotency_conflict | conflict | payload_too_large | unsupported_media_type |
+    /// unknown_field | quota_exceeded | unavailable | internal
+    pub code: String,
+    pub message: String,
+    /// The offending field, for invalid_field and unknown_field.
+    pub field: Option<String>,
+}
+
+fn components() -> Map<String, Value> {
+    let mut g = SchemaSettings::openapi3().into_generator();
+    let named: Vec<(&str, Value)> = vec![
+        ("EnqueueRequest", g.subschema_for::<EnqueueRequest>().to_value()),
+        ("Activity", g.subschema_for::<Activity>().to_value()),
+        ("ErrorBody", g.subschema_for::<ErrorBody>().to_value()),
+        ("Container", g.subschema_for::<store::Container>().to_value()),
+        ("Run", g.subschema_for::<store::Run>().to_value()),
+        ("StartRun", g.subschema_for::<runs::StartRun>().to_value()),
+        ("AuditRow", g.subschema_for::<store::AuditRow>().to_value()),
+        ("LogRow", g.subschema_for::<store::LogRow>().to_value()),
+        (
+            "DockerRunParams",
+            g.subschema_for::<highway_workflows::docker::DockerRunParams>()
+                .to_value(),
+        ),
+    ];
+    let mut defs = g.take_definitions(true);
+    // Types the generator inlined (rather than referenced) are added under their name.
+    for (name, schema) in named {
+        if schema.get("$ref").is_none() {
+            defs.insert(name.to_string(), schema);
+        }
+    }
+    defs
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+/// The document (built once).
+pub fn document() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(build)
+}
+
+fn build() -> Value {
+    let mut paths = Map::new();
+    for op in OPS {
+        let mut params: Vec<Value> = Vec::new();
+        if op.path.contains("{id}") {
+            params.push(json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}));
+        }
+        for q in op.query {
+            params.push(json!({"name": q, "in": "query", "required": false, "schema": {"type": "string"}}));
+        }
+        if op.path == "/v1/activities" && op.method == "post" {
+            params.push(json!({"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string"}}));
+        }
+        if op.path.ends_with("/logs") {
+            params.push(json!({"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "string"}}));
+        }
+        let ok_content = if op.path.ends_with("/logs") {
+            json!({"text/event-stream": {"schema": schema_ref("LogRow")}})
+        } else if op.path == "/metrics" {
+            json!({"text/plain": {"schema": {"type": "string"}}})
+        } else {
+            match op.answer {
+                Some(a) => json!({"application/json": {"schema": schema_ref(a)}}),
+                None => json!({"application/json": {"schema": {"type": "object"}}}),
+            }
+        };
+        let err = json!({"description": "error", "content": {"application/json": {"schema": schema_ref("ErrorBody")}}});
+        let mut responses = json!({ "200": {"description": "success", "content": ok_content} });
+        if op.method == "post" && op.body.is_some() {
+            responses["201"] = json!({"description": "created", "content": responses["200"]["content"].clone()});
+        }
+        if op.auth {
+            for code in ["400", "401", "404", "503"] {
+                responses[code] = err.clone();
+            }
+        }
+        if op.body.is_some() {
+            for code in ["409", "413", "415", "422", "429"] {
+                responses[code] = err.clone();
+            }
+        }
+        let mut o = json!({
+            "summary": op.summary,
+            "operationId": format!("{}{}", op.method, op.path.replace(['/', '{', '}', '.'], "_")),
+            "parameters": params,
+            "responses": responses,
+        });
+        if let Some(b) = op.body {
+            o["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema_ref(b)}}});
+        }
+        if !op.auth {
+            o["security"] = json!([]);
+        }
+        let entry = paths.entry(op.path.to_string()).or_insert_with(|| json!({}));
+        entry[op.method] = o;
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Highway API", "version": "1"},
+        "components": {
+            "schemas": components(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": paths,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn schema_props(name: &str) -> BTreeSet<String> {
+        document()["components"]["schemas"][name]["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("schema {name} has properties"))
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn mirrors_match_the_real_wire_types() {
+        let req = highway_workflows::EnqueueRequest::new("k", json!({}));
+        let real: BTreeSet<String> = serde_json::to_value(&req)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(schema_props("EnqueueRequest"), real);
+        let act: Vec<String> = serde_json::to_value(highway_workflows::Activity {
+            id: Uuid::nil(),
+            workflow_run_id: None,
+            tenant_id: String::new(),
+            kind: String::new(),
+            params: json!({}),
+            queue: String::new(),
+            priority: 5,
+            status: String::new(),
+            attempt: 0,
+            max_attempts: 1,
+            uncounted_attempts: 0,
+            run_at: Utc::now(),
+            lease_owner: None,
+            lease_expires_at: None,
+            heartbeat_at: None,
+            heartbeat_details: None,
+            result: None,
+            error: None,
+            idempotency_key: None,
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            cancel_requested_at: None,
+        })
+        .unwrap()
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+        let mut mirror = schema_props("Activity");
+        mirror.remove("created");
+        assert_eq!(mirror, act.into_iter().collect());
+    }
+
+    #[test]
+    fn every_op_is_documented_with_components_that_exist() {
+        let doc = document();
+        assert_eq!(doc["openapi"], "3.0.3");
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for op in OPS {
+            assert!(doc["paths"][op.path][op.method].is_object(), "{op:?}");
+            for name in op.body.iter().chain(op.answer.iter()) {
+                assert!(schemas.contains_key(*name), "missing schema {name}");
+            }
+        }
+        assert!(schemas.contains_key("DockerRunParams"));
+        // Refs all resolve.
+        let text = doc.to_string();
+        for r in text.split("#/components/schemas/").skip(1) {
+            let name: String = r.chars().take_while(|c| *c != '"').collect();
+            assert!(schemas.contains_key(&name), "dangling $ref {name}");
+        }
+    }
+}

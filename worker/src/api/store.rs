@@ -1,0 +1,546 @@
+//! The API's own SQL: API tokens (create, look up by hash, revoke, list), quota counts,
+//! and the read-only queries behind `/v1/containers`, `/v1/runs`, `/v1/audit` and
+//! `/metrics`.
+//!
+//! Owns: `highway.api_tokens`. Reads (never writes) `docker_containers`, `workflow_runs`,
+//! `audit_log`, `activities` and, when the scheduler's migration is present, `schedules`
+//! and `schedule_fires`. Every tenant-scoped read takes `tenant: Option<&str>` and adds
+//! `($n::text IS NULL OR tenant_id = $n)`, so another tenant's row is simply not found.
+
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+/// Prefix of every token: makes tokens recognisable to secret scanners and lets a
+/// malformed one be refused without a database round trip.
+pub const TOKEN_PREFIX: &str = "hw_";
+const TOKEN_HEX_LEN: usize = 64;
+
+/// Hex SHA-256 of a token: the only form stored.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// True when `token` has the shape of one of ours (`hw_` + 64 lowercase hex digits).
+pub fn well_formed(token: &str) -> bool {
+    token.strip_prefix(TOKEN_PREFIX).is_some_and(|h| {
+        h.len() == TOKEN_HEX_LEN && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
+/// A fresh random token (256 bits from the OS generator).
+pub fn generate_token() -> String {
+    let mut bytes = [0u8; TOKEN_HEX_LEN / 2];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!("{TOKEN_PREFIX}{}", hex::encode(bytes))
+}
+
+/// A token as listed (never the token itself, nor its hash).
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, JsonSchema)]
+pub struct TokenInfo {
+    pub id: Uuid,
+    pub name: String,
+    /// `None` for an admin token.
+    pub tenant_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// Stores a new token's hash and returns its id and the token (to print once).
+pub async fn create_token(
+    db: impl PgExecutor<'_>,
+    name: &str,
+    tenant: Option<&str>,
+) -> sqlx::Result<(Uuid, String)> {
+    let id = Uuid::now_v7();
+    let token = generate_token();
+    sqlx::query(
+        "INSERT INTO highway.api_tokens (id, name, tenant_id, token_sha256) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(tenant)
+    .bind(token_hash(&token))
+    .execute(db)
+    .await?;
+    Ok((id, token))
+}
+
+/// Revokes a token; false when no live token has that id.
+pub async fn revoke_token(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "UPDATE highway.api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+pub async fn list_tokens(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<TokenInfo>> {
+    sqlx::query_as(
+        "SELECT id, name, tenant_id, created_at, revoked_at, last_used_at
+           FROM highway.api_tokens ORDER BY created_at, id",
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// The live token with this hash: `(id, tenant_id)`. Marks it used (at most once a
+/// minute, so a busy client does not turn every request into a write).
+pub async fn lookup_token(
+    pool: &PgPool,
+    hash: &str,
+) -> sqlx::Result<Option<(Uuid, Option<String>)>> {
+    let row: Option<(Uuid, Option<String>, bool)> = sqlx::query_as(
+        "SELECT id, tenant_id,
+                (last_used_at IS NULL OR last_used_at < now() - interval '1 minute') AS stale
+           FROM highway.api_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL",
+    )
+    .bind(hash)
+    .fetch_optional(pool)
+    .await?;
+    let Some((id, tenant, stale)) = row else {
+        return Ok(None);
+    };
+    if stale {
+        sqlx::query("UPDATE highway.api_tokens SET last_used_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(pool)
+            .await?;
+    }
+    Ok(Some((id, tenant)))
+}
+
+// ---------------------------------------------------------------------------------
+// Quotas.
+
+/// Activities of the tenant waiting to run.
+pub async fn queued_count(db: impl PgExecutor<'_>, tenant: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM highway.activities WHERE tenant_id = $1 AND status = 'scheduled'",
+    )
+    .bind(tenant)
+    .fetch_one(db)
+    .await
+}
+
+/// Containers of the tenant that exist or are about to (created or running), plus its
+/// docker activities already running but not yet at create.
+pub async fn live_container_count(db: impl PgExecutor<'_>, tenant: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM highway.docker_containers
+          WHERE tenant_id = $1 AND status IN ('created', 'running')",
+    )
+    .bind(tenant)
+    .fetch_one(db)
+    .await
+}
+
+/// Schedules the tenant owns (0 when the scheduler's table does not exist).
+pub async fn schedule_count(pool: &PgPool, tenant: &str) -> sqlx::Result<i64> {
+    if !table_exists(pool, "highway.schedules").await? {
+        return Ok(0);
+    }
+    sqlx::query_scalar("SELECT count(*) FROM highway.schedules WHERE tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(pool)
+        .await
+}
+
+/// True when an activity with this (tenant, idempotency key) exists: a retried enqueue
+/// must reach the idempotency check, not a quota it already counted in.
+pub async fn idempotency_key_exists(
+    db: impl PgExecutor<'_>,
+    tenant: &str,
+    key: &str,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM highway.activities WHERE tenant_id = $1 AND idempotency_key = $2)",
+    )
+    .bind(tenant)
+    .bind(key)
+    .fetch_one(db)
+    .await
+}
+
+pub async fn table_exists(db: impl PgExecutor<'_>, name: &str) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(name)
+        .fetch_one(db)
+        .await
+}
+
+/// True when the activity exists and (with `tenant`) belongs to it.
+pub async fn activity_visible(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    tenant: Option<&str>,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM highway.activities
+                         WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2))",
+    )
+    .bind(id)
+    .bind(tenant)
+    .fetch_one(db)
+    .await
+}
+
+// ---------------------------------------------------------------------------------
+// Activity logs.
+
+/// One stored log line, as streamed.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, JsonSchema)]
+pub struct LogRow {
+    /// Resume point: pass it back as `Last-Event-ID` or `?after=`.
+    pub seq: i64,
+    pub attempt: i32,
+    /// `stdout`, `stderr` or `system`.
+    pub stream: String,
+    pub line: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Lines after `after`, oldest first, at most `limit`.
+pub async fn logs_after(
+    db: impl PgExecutor<'_>,
+    activity: Uuid,
+    after: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<LogRow>> {
+    sqlx::query_as(
+        "SELECT seq, attempt, stream, line, at FROM highway.activity_logs
+          WHERE activity_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+    )
+    .bind(activity)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// The activity's status (for the log stream to know when to stop following).
+pub async fn activity_status(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT status FROM highway.activities WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+// ---------------------------------------------------------------------------------
+// Containers.
+
+/// A tracked container as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, JsonSchema)]
+pub struct Container {
+    pub container_id: String,
+    pub short_id: String,
+    pub name: String,
+    pub tenant_id: String,
+    pub activity_id: Option<Uuid>,
+    pub workflow_run_id: Option<Uuid>,
+    pub attempt: Option<i32>,
+    pub image: String,
+    /// `created`, `running`, `exited`, `removed` or `missing`.
+    pub status: String,
+    pub exit_code: Option<i32>,
+    pub oom_killed: Option<bool>,
+    pub detached: bool,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub removed_at: Option<DateTime<Utc>>,
+    pub removed_by: Option<String>,
+    pub removed_reason: Option<String>,
+    pub worker_id: Option<Uuid>,
+    /// Only in the `orphans` view: why the container counts as an orphan.
+    pub orphan_reason: Option<String>,
+}
+
+/// Filters of `GET /v1/containers`.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerFilter {
+    pub tenant: Option<String>,
+    pub status: Option<String>,
+    pub run: Option<Uuid>,
+    pub activity: Option<Uuid>,
+    /// Prefix match on the image reference.
+    pub image: Option<String>,
+    /// Created at least this long ago.
+    pub older_than_ms: Option<i64>,
+    pub orphans: bool,
+    pub limit: i64,
+}
+
+const CONTAINER_COLUMNS: &str = "c.container_id, c.short_id, c.name, c.tenant_id, c.activity_id, \
+    c.workflow_run_id, c.attempt, c.image, c.status, c.exit_code, c.oom_killed, c.detached, \
+    c.created_at, c.started_at, c.finished_at, c.removed_at, c.removed_by, c.removed_reason, \
+    c.worker_id";
+
+pub async fn list_containers(
+    db: impl PgExecutor<'_>,
+    f: &ContainerFilter,
+) -> sqlx::Result<Vec<Container>> {
+    // The orphans view decides orphan-ness in one place (the migration), shared with
+    // operators' SQL; the plain listing reads the table.
+    let (from, reason) = if f.orphans {
+        (
+            "highway.containers_orphaned o JOIN highway.docker_containers c USING (container_id)",
+            "o.orphan_reason",
+        )
+    } else {
+        ("highway.docker_containers c", "NULL::text")
+    };
+    let sql = format!(
+        "SELECT {CONTAINER_COLUMNS}, {reason} AS orphan_reason FROM {from}
+          WHERE ($1::text IS NULL OR c.tenant_id = $1) AND ($2::text IS NULL OR c.status = $2)
+            AND ($3::uuid IS NULL OR c.workflow_run_id = $3)
+            AND ($4::uuid IS NULL OR c.activity_id = $4)
+            AND ($5::text IS NULL OR starts_with(c.image, $5))
+            AND ($6::bigint IS NULL OR c.created_at <= now() - make_interval(secs => $6 / 1000.0))
+            AND c.container_id NOT LIKE 'pending:%'
+          ORDER BY c.created_at DESC, c.container_id LIMIT $7"
+    );
+    sqlx::query_as(&sql)
+        .bind(&f.tenant)
+        .bind(&f.status)
+        .bind(f.run)
+        .bind(f.activity)
+        .bind(&f.image)
+        .bind(f.older_than_ms)
+        .bind(f.limit)
+        .fetch_all(db)
+        .await
+}
+
+/// One container by full id, short id (12+ hex characters) or name.
+pub async fn get_container(
+    db: impl PgExecutor<'_>,
+    key: &str,
+    tenant: Option<&str>,
+) -> sqlx::Result<Option<Container>> {
+    let sql = format!(
+        "SELECT {CONTAINER_COLUMNS}, NULL::text AS orphan_reason FROM highway.docker_containers c
+          WHERE (c.container_id = $1 OR c.name = $1 OR (length($1) >= 12 AND starts_with(c.container_id, $1)))
+            AND ($2::text IS NULL OR c.tenant_id = $2)
+          ORDER BY c.created_at DESC LIMIT 1"
+    );
+    sqlx::query_as(&sql)
+        .bind(key)
+        .bind(tenant)
+        .fetch_optional(db)
+        .await
+}
+
+// ---------------------------------------------------------------------------------
+// Workflow runs.
+
+/// A workflow run as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, JsonSchema)]
+pub struct Run {
+    pub id: Uuid,
+    pub tenant_id: String,
+    pub name: String,
+    pub status: String,
+    pub input: Value,
+    pub result: Option<Value>,
+    pub error: Option<Value>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// Activities of the run by status.
+    pub activities: Value,
+}
+
+pub async fn get_run(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    tenant: Option<&str>,
+) -> sqlx::Result<Option<Run>> {
+    sqlx::query_as(
+        "SELECT r.id, r.tenant_id, r.name, r.status, r.input, r.result, r.error, r.created_at,
+                r.finished_at, r.cancel_requested_at,
+                COALESCE((SELECT jsonb_object_agg(s.status, s.n) FROM
+                            (SELECT status, count(*) AS n FROM highway.activities
+                              WHERE workflow_run_id = r.id GROUP BY status) s), '{}'::jsonb) AS activities
+           FROM highway.workflow_runs r
+          WHERE r.id = $1 AND ($2::text IS NULL OR r.tenant_id = $2)",
+    )
+    .bind(id)
+    .bind(tenant)
+    .fetch_optional(db)
+    .await
+}
+
+// ---------------------------------------------------------------------------------
+// Audit log.
+
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, JsonSchema)]
+pub struct AuditRow {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub tenant_id: Option<String>,
+    pub actor: String,
+    pub action: String,
+    pub target: Option<String>,
+    pub activity_id: Option<Uuid>,
+    pub workflow_run_id: Option<Uuid>,
+    pub outcome: String,
+    pub details: Value,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub tenant: Option<String>,
+    pub action: Option<String>,
+    pub activity: Option<Uuid>,
+    pub run: Option<Uuid>,
+    pub since: Option<DateTime<Utc>>,
+    /// Rows with an id below this (paging backwards).
+    pub before_id: Option<i64>,
+    pub limit: i64,
+}
+
+pub async fn list_audit(db: impl PgExecutor<'_>, f: &AuditFilter) -> sqlx::Result<Vec<AuditRow>> {
+    sqlx::query_as(
+        "SELECT id, at, tenant_id, actor, action, target, activity_id, workflow_run_id, outcome, details
+           FROM highway.audit_log
+          WHERE ($1::text IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR action = $2)
+            AND ($3::uuid IS NULL OR activity_id = $3) AND ($4::uuid IS NULL OR workflow_run_id = $4)
+            AND ($5::timestamptz IS NULL OR at >= $5) AND ($6::bigint IS NULL OR id < $6)
+          ORDER BY id DESC LIMIT $7",
+    )
+    .bind(&f.tenant)
+    .bind(&f.action)
+    .bind(f.activity)
+    .bind(f.run)
+    .bind(f.since)
+    .bind(f.before_id)
+    .bind(f.limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Appends an audit row for an API action (the actor is `token:<id>`, never the token).
+pub async fn audit(
+    db: impl PgExecutor<'_>,
+    tenant: Option<&str>,
+    actor: &str,
+    action: &str,
+    target: Option<&str>,
+    activity_id: Option<Uuid>,
+    workflow_run_id: Option<Uuid>,
+    outcome: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO highway.audit_log (tenant_id, actor, action, target, activity_id, workflow_run_id, outcome)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(tenant)
+    .bind(actor)
+    .bind(action)
+    .bind(target)
+    .bind(activity_id)
+    .bind(workflow_run_id)
+    .bind(outcome)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Metrics.
+
+/// `(kind, status, count)` over every activity.
+pub async fn activity_counts(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(String, String, i64)>> {
+    sqlx::query_as(
+        "SELECT kind, status, count(*) FROM highway.activities GROUP BY kind, status ORDER BY 1, 2",
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// `(kind, status, count, sum seconds)` of finished attempts' run time (start → finish).
+pub async fn activity_durations(
+    db: impl PgExecutor<'_>,
+) -> sqlx::Result<Vec<(String, String, i64, f64)>> {
+    sqlx::query_as(
+        "SELECT kind, status, count(*),
+                COALESCE(sum(extract(epoch FROM finished_at - started_at)), 0)::float8
+           FROM highway.activities
+          WHERE finished_at IS NOT NULL AND started_at IS NOT NULL
+          GROUP BY kind, status ORDER BY 1, 2",
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// `(queue, due waiting, seconds the oldest due one has waited)` per queue.
+pub async fn queue_depths(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(String, i64, f64)>> {
+    sqlx::query_as(
+        "SELECT queue, count(*) FILTER (WHERE run_at <= now()),
+                COALESCE(extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now())), 0)::float8
+           FROM highway.activities WHERE status = 'scheduled' GROUP BY queue ORDER BY 1",
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// `(status, count)` of tracked containers not yet closed.
+pub async fn container_counts(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as(
+        "SELECT status, count(*) FROM highway.docker_containers
+          WHERE status IN ('created', 'running', 'exited') GROUP BY status ORDER BY 1",
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// `(removed_by kind, reason, count)` of removals: `gc` vs `worker` removers.
+pub async fn removal_counts(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(String, String, i64)>> {
+    sqlx::query_as(
+        "SELECT split_part(COALESCE(removed_by, 'unknown'), ':', 1), COALESCE(removed_reason, 'unknown'), count(*)
+           FROM highway.docker_containers WHERE status IN ('removed', 'missing')
+          GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// `(outcome, count)` of cron slots, when the scheduler's tables exist.
+pub async fn schedule_fire_counts(pool: &PgPool) -> sqlx::Result<Option<Vec<(String, i64)>>> {
+    if !table_exists(pool, "highway.schedule_fires").await? {
+        return Ok(None);
+    }
+    sqlx::query_as(
+        "SELECT outcome, count(*) FROM highway.schedule_fires GROUP BY outcome ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_well_formed_and_hashes_are_hex() {
+        let t = generate_token();
+        assert!(well_formed(&t), "{t}");
+        assert_ne!(t, generate_token());
+        assert!(!well_formed("hw_xyz"));
+        assert!(!well_formed(&t.to_uppercase()));
+        assert!(!well_formed(&t[3..]));
+        let h = token_hash(&t);
+        assert_eq!(h.len(), 64);
+        assert!(!h.contains(&t[3..]));
+    }
+}

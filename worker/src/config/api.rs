@@ -1,0 +1,80 @@
+//! Settings of the HTTP API (`/v1`): the request body limit and the per-tenant quotas.
+//! Flattened into [`super::HttpConfig`]; every flag also reads a `HIGHWAY_API_*` variable.
+
+use super::{bad, ConfigError};
+
+/// The API's limits.
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// Largest accepted request body in bytes. Larger bodies are refused with 413 from
+    /// their Content-Length, before any of it is read; bodies without a length are cut
+    /// off at the limit while streaming.
+    #[arg(long, env = "HIGHWAY_API_BODY_LIMIT", default_value_t = 2 * 1024 * 1024)]
+    pub api_body_limit: usize,
+
+    /// Most activities a tenant may have waiting (`scheduled`) at once; 0 = no limit.
+    /// An enqueue past it answers 429.
+    #[arg(long, env = "HIGHWAY_API_QUOTA_QUEUED", default_value_t = 10_000)]
+    pub api_quota_queued: i64,
+
+    /// Most containers (created or running) a tenant may have at once; 0 = no limit. A
+    /// `tools.docker.*` enqueue past it answers 429.
+    #[arg(long, env = "HIGHWAY_API_QUOTA_CONTAINERS", default_value_t = 100)]
+    pub api_quota_containers: i64,
+
+    /// Most schedules a tenant may own; 0 = no limit. Creating one past it answers 429.
+    #[arg(long, env = "HIGHWAY_API_QUOTA_SCHEDULES", default_value_t = 1_000)]
+    pub api_quota_schedules: i64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            api_body_limit: 2 * 1024 * 1024,
+            api_quota_queued: 10_000,
+            api_quota_containers: 100,
+            api_quota_schedules: 1_000,
+        }
+    }
+}
+
+impl ApiConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1024..=256 * 1024 * 1024).contains(&self.api_body_limit) {
+            return Err(bad(
+                "HIGHWAY_API_BODY_LIMIT",
+                "must be between 1024 and 268435456 bytes",
+            ));
+        }
+        for (name, v) in [
+            ("HIGHWAY_API_QUOTA_QUEUED", self.api_quota_queued),
+            ("HIGHWAY_API_QUOTA_CONTAINERS", self.api_quota_containers),
+            ("HIGHWAY_API_QUOTA_SCHEDULES", self.api_quota_schedules),
+        ] {
+            if v < 0 {
+                return Err(bad(name, "must not be negative (0 = no limit)"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_values_name_the_setting() {
+        ApiConfig::default().validate().unwrap();
+        let c = ApiConfig {
+            api_body_limit: 10,
+            ..ApiConfig::default()
+        };
+        assert_eq!(c.validate().unwrap_err().name, "HIGHWAY_API_BODY_LIMIT");
+        let c = ApiConfig {
+            api_quota_queued: -1,
+            ..ApiConfig::default()
+        };
+        assert_eq!(c.validate().unwrap_err().name, "HIGHWAY_API_QUOTA_QUEUED");
+    }
+}
