@@ -162,20 +162,7 @@ impl Client {
         if mine.is_some() {
             return Ok(Enqueued { id, created: true });
         }
-        // Conflict on (tenant_id, idempotency_key): the same request returns the original.
-        let key = req.idempotency_key.clone().unwrap_or_default();
-        let (id, existing_hash): (Uuid, Option<String>) = sqlx::query_as(
-            "SELECT id, request_hash FROM highway.activities WHERE tenant_id = $1 AND idempotency_key = $2",
-        )
-        .bind(&req.tenant_id)
-        .bind(&key)
-        .fetch_one(&mut *conn)
-        .await?;
-        if existing_hash.as_deref() == Some(hash.as_str()) {
-            Ok(Enqueued { id, created: false })
-        } else {
-            Err(Error::IdempotencyConflict { key })
-        }
+        existing_for_key(conn, req, &hash).await
     }
 
     /// Enqueues many activities in one statement (one transaction), returning their ids in
@@ -233,21 +220,7 @@ impl Client {
                 out.push(Enqueued { id, created: true });
                 continue;
             }
-            let key = r.idempotency_key.clone().unwrap_or_default();
-            let (existing, existing_hash): (Uuid, Option<String>) = sqlx::query_as(
-                "SELECT id, request_hash FROM highway.activities WHERE tenant_id = $1 AND idempotency_key = $2",
-            )
-            .bind(&r.tenant_id)
-            .bind(&key)
-            .fetch_one(&mut *conn)
-            .await?;
-            if existing_hash.as_deref() != Some(cols.hash[i].as_str()) {
-                return Err(Error::IdempotencyConflict { key });
-            }
-            out.push(Enqueued {
-                id: existing,
-                created: false,
-            });
+            out.push(existing_for_key(&mut *conn, r, &cols.hash[i]).await?);
         }
         let mut queues: Vec<&str> = reqs.iter().map(|r| r.queue.as_str()).collect();
         queues.sort_unstable();
@@ -431,6 +404,28 @@ impl Client {
                 true
             }
         }
+    }
+}
+
+/// After an insert skipped on a conflict of (tenant_id, idempotency_key): the same
+/// request returns the original activity; a different one is refused.
+async fn existing_for_key(
+    conn: &mut PgConnection,
+    req: &EnqueueRequest,
+    hash: &str,
+) -> Result<Enqueued> {
+    let key = req.idempotency_key.clone().unwrap_or_default();
+    let (id, existing_hash): (Uuid, Option<String>) = sqlx::query_as(
+        "SELECT id, request_hash FROM highway.activities WHERE tenant_id = $1 AND idempotency_key = $2",
+    )
+    .bind(&req.tenant_id)
+    .bind(&key)
+    .fetch_one(&mut *conn)
+    .await?;
+    if existing_hash.as_deref() == Some(hash) {
+        Ok(Enqueued { id, created: false })
+    } else {
+        Err(Error::IdempotencyConflict { key })
     }
 }
 
