@@ -28,6 +28,25 @@ pub struct DependencyStatus {
     pub last_error: Option<String>,
     pub next_retry_at: Option<DateTime<Utc>>,
     pub consecutive_failures: u64,
+    /// The monitor gave up (its retry budget is spent): no further probes until the
+    /// process restarts. The process itself stays up.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub retries_exhausted: bool,
+    /// Docker only: the circuit breaker guarding every call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub circuit: Option<Circuit>,
+}
+
+/// State of a circuit breaker, as reported in `/health`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Circuit {
+    /// Calls go through.
+    Closed,
+    /// Calls fail at once; only the monitor's probe is sent.
+    Open,
+    /// A probe is in flight; its outcome closes or re-opens the circuit.
+    HalfOpen,
 }
 
 impl Default for DependencyStatus {
@@ -39,6 +58,8 @@ impl Default for DependencyStatus {
             last_error: None,
             next_retry_at: None,
             consecutive_failures: 0,
+            retries_exhausted: false,
+            circuit: None,
         }
     }
 }
@@ -62,6 +83,7 @@ impl Dependency {
         s.last_success_at = Some(Utc::now());
         s.consecutive_failures = 0;
         s.next_retry_at = None;
+        s.retries_exhausted = false;
     }
 
     pub fn failure(&self, error: String, next_retry_at: Option<DateTime<Utc>>) -> u64 {
@@ -72,6 +94,18 @@ impl Dependency {
         s.next_retry_at = next_retry_at;
         s.consecutive_failures += 1;
         s.consecutive_failures
+    }
+
+    /// The monitor stopped retrying: stays `down` with no next retry.
+    pub fn exhausted(&self) {
+        let mut s = self.0.write().unwrap_or_else(|p| p.into_inner());
+        s.status = Status::Down;
+        s.next_retry_at = None;
+        s.retries_exhausted = true;
+    }
+
+    pub fn set_circuit(&self, circuit: Circuit) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).circuit = Some(circuit);
     }
 }
 

@@ -156,6 +156,25 @@ pub async fn run(
         }
         _ => None,
     };
+    // Docker is a soft dependency: the monitor probes once now (the first claim already
+    // knows whether docker kinds may run), then keeps probing, drives readiness and
+    // guards every call with the circuit breaker. HIGHWAY_DOCKER_OPTIONAL=false: refuse
+    // to start without the daemon.
+    if let Some(rt) = &docker_runtime {
+        let started = docker::monitor::start_for_runtime(
+            rt.clone(),
+            health.docker.clone(),
+            &tracker,
+            stop.clone(),
+        )
+        .await;
+        if let Err(e) = started {
+            stop.cancel();
+            tracker.close();
+            tracker.wait().await;
+            return Err(anyhow::Error::new(e).context("docker is required at start"));
+        }
+    }
     let summary = match opts.worker {
         Some(w) => {
             Worker::new(w, pool.clone(), maint_pool.clone(), registry)

@@ -1,6 +1,8 @@
 //! The HTTP server (axum): `/health` now; the `/v1` API and `/metrics` grow here. One
 //! `IntoResponse` maps errors to statuses and leaks nothing internal.
 
+pub mod docker_ready;
+
 use crate::health::{Health, Status};
 use axum::extract::State;
 use axum::http::StatusCode;

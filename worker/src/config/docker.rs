@@ -1,6 +1,7 @@
 //! Docker settings and the operator's security policy: where the daemon is, the
 //! deployment name stamped on every container, default resource limits, capture caps,
-//! timeouts, and what tenants may ask for (`SecurityPolicy`, secure by default).
+//! timeouts, what tenants may ask for (`SecurityPolicy`, secure by default), and the
+//! daemon as a soft dependency (`Availability`: optional at start, probe backoff, breaker).
 //!
 //! Every field is a flag with a `HIGHWAY_DOCKER_*` environment variable; the doc
 //! comments become `--help`. Other modules receive this struct; only this file reads
@@ -98,6 +99,92 @@ pub struct DockerConfig {
 
     #[command(flatten)]
     pub policy: SecurityPolicy,
+
+    #[command(flatten)]
+    pub availability: Availability,
+}
+
+/// The daemon as a soft dependency: whether the worker may start without it, and how
+/// the status monitor probes it (exponential backoff plus jitter while down, a fixed
+/// interval while up) and when the circuit breaker opens.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct Availability {
+    /// Start and stay up while the daemon is unreachable (docker activities wait in the
+    /// queue). `false`: refuse to start unless the daemon answers a ping at start.
+    #[arg(
+        long = "docker-optional",
+        env = "HIGHWAY_DOCKER_OPTIONAL",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_parser = boolish()
+    )]
+    pub optional: bool,
+
+    /// First retry delay after a failed probe, in milliseconds (doubles each failure).
+    #[arg(
+        long = "docker-retry-base-delay-ms",
+        env = "HIGHWAY_DOCKER_RETRY_BASE_DELAY_MS",
+        default_value_t = 500
+    )]
+    pub retry_base_delay_ms: u64,
+
+    /// Longest delay between two probes while the daemon is down, in milliseconds.
+    #[arg(
+        long = "docker-retry-max-delay-ms",
+        env = "HIGHWAY_DOCKER_RETRY_MAX_DELAY_MS",
+        default_value_t = 30_000
+    )]
+    pub retry_max_delay_ms: u64,
+
+    /// Random delay added to each retry (0 to this many milliseconds), so many workers
+    /// do not probe a recovering daemon in lockstep.
+    #[arg(
+        long = "docker-retry-jitter-ms",
+        env = "HIGHWAY_DOCKER_RETRY_JITTER_MS",
+        default_value_t = 250
+    )]
+    pub retry_jitter_ms: u64,
+
+    /// Probe interval while the daemon is up, in milliseconds (a failing Docker call
+    /// that opens the circuit triggers a probe at once).
+    #[arg(
+        long = "docker-probe-interval-ms",
+        env = "HIGHWAY_DOCKER_PROBE_INTERVAL_MS",
+        default_value_t = 30_000
+    )]
+    pub probe_interval_ms: u64,
+
+    /// Consecutive failed probes after which the monitor gives up (the daemon stays
+    /// `down`, the worker stays up without docker kinds). 0: retry forever.
+    #[arg(
+        long = "docker-max-retries",
+        env = "HIGHWAY_DOCKER_MAX_RETRIES",
+        default_value_t = 0
+    )]
+    pub max_retries: u32,
+
+    /// Consecutive failed Docker calls (daemon unreachable or timed out) that open the
+    /// circuit breaker; while open, calls fail at once until a probe succeeds.
+    #[arg(
+        long = "docker-breaker-threshold",
+        env = "HIGHWAY_DOCKER_BREAKER_THRESHOLD",
+        default_value_t = 3
+    )]
+    pub breaker_threshold: u32,
+}
+
+impl Default for Availability {
+    fn default() -> Self {
+        Self {
+            optional: true,
+            retry_base_delay_ms: 500,
+            retry_max_delay_ms: 30_000,
+            retry_jitter_ms: 250,
+            probe_interval_ms: 30_000,
+            max_retries: 0,
+            breaker_threshold: 3,
+        }
+    }
 }
 
 /// What tenants may ask for. Everything dangerous is refused unless allowed here.
@@ -288,6 +375,22 @@ impl DockerConfig {
         if self.pull_timeout.0.as_secs() < 1 {
             return Err("HIGHWAY_DOCKER_PULL_TIMEOUT must be at least 1s".into());
         }
+        let a = &self.availability;
+        if a.retry_base_delay_ms == 0 {
+            return Err("HIGHWAY_DOCKER_RETRY_BASE_DELAY_MS must be at least 1".into());
+        }
+        if a.retry_max_delay_ms < a.retry_base_delay_ms {
+            return Err(
+                "HIGHWAY_DOCKER_RETRY_MAX_DELAY_MS must not be below HIGHWAY_DOCKER_RETRY_BASE_DELAY_MS"
+                    .into(),
+            );
+        }
+        if a.probe_interval_ms < 100 {
+            return Err("HIGHWAY_DOCKER_PROBE_INTERVAL_MS must be at least 100".into());
+        }
+        if a.breaker_threshold == 0 {
+            return Err("HIGHWAY_DOCKER_BREAKER_THRESHOLD must be at least 1".into());
+        }
         Ok(())
     }
 }
@@ -337,6 +440,7 @@ impl Default for DockerConfig {
             output_max_bytes: ByteSize::mib(1024),
             input_max_bytes: ByteSize::mib(1024),
             policy: SecurityPolicy::default(),
+            availability: Availability::default(),
         }
     }
 }
@@ -436,6 +540,15 @@ mod tests {
         assert_eq!(c.policy.default_cpus.nano_cpus(), 500_000_000);
         c.validate().unwrap();
         assert!(DockerConfig::from_args(["--default-memory=lots"]).is_err());
+        let soft = DockerConfig::from_args([
+            "--docker-optional=false",
+            "--docker-retry-base-delay-ms=100",
+            "--docker-max-retries=3",
+        ])
+        .unwrap();
+        assert!(!soft.availability.optional);
+        assert_eq!(soft.availability.retry_base_delay_ms, 100);
+        assert_eq!(soft.availability.max_retries, 3);
     }
 
     #[test]
@@ -483,5 +596,9 @@ mod tests {
         );
         assert!(bad(&|c| c.capture_bytes = ByteSize(1)).contains("CAPTURE"));
         assert!(bad(&|c| c.pull_timeout = HumanDuration::from_millis(10)).contains("PULL_TIMEOUT"));
+        assert!(bad(&|c| c.availability.retry_base_delay_ms = 0).contains("BASE_DELAY"));
+        assert!(bad(&|c| c.availability.retry_max_delay_ms = 10).contains("MAX_DELAY"));
+        assert!(bad(&|c| c.availability.probe_interval_ms = 1).contains("PROBE_INTERVAL"));
+        assert!(bad(&|c| c.availability.breaker_threshold = 0).contains("BREAKER"));
     }
 }

@@ -244,6 +244,29 @@ impl DockerClient {
         *lock(&self.inner.observer) = Some(observer);
     }
 
+    /// Installs the hook unless one is installed already (one monitor per client);
+    /// returns whether it was installed.
+    pub fn set_observer_once(&self, observer: Arc<dyn CallObserver>) -> bool {
+        let mut slot = lock(&self.inner.observer);
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(observer);
+        true
+    }
+
+    /// Connects for a call that does not go through [`DockerClient::call`] (streams),
+    /// reporting a failure to connect to the observer like any other failure.
+    fn connect_observed(
+        &self,
+        op: &'static str,
+        obs: &Option<Arc<dyn CallObserver>>,
+    ) -> Result<Docker> {
+        self.connect(op).inspect_err(|e| {
+            Self::record(obs, op, &Err::<(), _>(e.clone()));
+        })
+    }
+
     fn connect(&self, op: &'static str) -> Result<Docker> {
         let mut slot = lock(&self.inner.docker);
         if let Some(d) = slot.as_ref() {
@@ -392,13 +415,7 @@ impl DockerClient {
             .tag(&tag)
             .build();
         let obs = self.admit("pull_image")?;
-        let docker = match self.connect("pull_image") {
-            Ok(d) => d,
-            Err(e) => {
-                Self::record(&obs, "pull_image", &Err::<(), _>(e.clone()));
-                return Err(e);
-            }
-        };
+        let docker = self.connect_observed("pull_image", &obs)?;
         let mut stream = docker.create_image(Some(opts), None, None).boxed();
         let deadline = Instant::now() + self.inner.settings.pull_timeout;
         let idle = self.inner.settings.stream_idle_timeout;
@@ -493,7 +510,7 @@ impl DockerClient {
     pub async fn wait_container(&self, id: &str, max: Duration) -> Result<WaitExit> {
         let op = "wait_container";
         let obs = self.admit(op)?;
-        let docker = self.connect(op)?;
+        let docker = self.connect_observed(op, &obs)?;
         let opts = WaitContainerOptionsBuilder::default()
             .condition("not-running")
             .build();
@@ -598,6 +615,9 @@ impl DockerClient {
     // ---------------------------------------------------------------- archives
 
     /// Uploads an uncompressed tar (trap 16) extracted at `path` (an existing dir).
+    /// Bounded by the transfer deadline overall and by the stream idle timeout between
+    /// two chunks taken by the connection (and after the last one, for the answer): a
+    /// daemon that stops reading fails the upload in seconds, not at the deadline.
     pub async fn upload_archive(
         &self,
         id: &str,
@@ -605,16 +625,41 @@ impl DockerClient {
         body: impl Stream<Item = std::result::Result<Bytes, std::io::Error>> + Send + 'static,
     ) -> Result<()> {
         let t = self.inner.settings.transfer_timeout;
+        let idle = self.inner.settings.stream_idle_timeout;
         let id = id.to_string();
         let opts = UploadToContainerOptionsBuilder::default()
             .path(path)
             .no_overwrite_dir_non_dir("true")
             .build();
-        self.call("upload_archive", t, |d| async move {
-            d.upload_to_container(&id, Some(opts), bollard::body_try_stream(body))
-                .await
-        })
-        .await
+        let progress = Arc::new(Mutex::new(Instant::now()));
+        let seen = progress.clone();
+        let body = body.inspect(move |_| *lock(&seen) = Instant::now());
+        let started = Instant::now();
+        let res = self
+            .call("upload_archive", t, |d| async move {
+                let upload = d.upload_to_container(&id, Some(opts), bollard::body_try_stream(body));
+                tokio::pin!(upload);
+                let mut check = tokio::time::interval(idle.min(Duration::from_secs(1)));
+                loop {
+                    tokio::select! {
+                        r = &mut upload => return r,
+                        _ = check.tick() => {
+                            if lock(&progress).elapsed() >= idle {
+                                // Mapped to `Timeout` by `call`.
+                                return Err(bollard::errors::Error::RequestTimeoutError);
+                            }
+                        }
+                    }
+                }
+            })
+            .await;
+        match res {
+            // The idle watchdog fired, not the overall deadline: say which.
+            Err(Error::Timeout { op, .. }) if started.elapsed() < t => {
+                Err(Error::Timeout { op, after: idle })
+            }
+            other => other,
+        }
     }
 
     /// Whether `path` exists in the container (HEAD on the archive endpoint).
@@ -642,7 +687,7 @@ impl DockerClient {
     pub fn download_archive(&self, id: &str, path: &str) -> Result<ByteStream> {
         let op = "download_archive";
         let obs = self.admit(op)?;
-        let docker = self.connect(op)?;
+        let docker = self.connect_observed(op, &obs)?;
         let opts = DownloadFromContainerOptionsBuilder::default()
             .path(path)
             .build();

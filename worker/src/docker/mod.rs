@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`client`]: the one bollard client; every call has a deadline and goes through
 //!   `DockerClient::call` (where the monitor / circuit breaker hook in).
+//! - [`monitor`]: the daemon status monitor (probes with backoff, `/health`, readiness)
+//!   and [`breaker`], the circuit breaker it shares with every call.
 //! - [`policy`]: the operator's security policy (what tenants may ask for).
 //! - [`spec`]: validated params → the Engine API create body, labels, container name.
 //! - [`run`]: the `tools.docker.run` handler (the whole lifecycle, cleanup on every path).
@@ -19,8 +21,10 @@
 //! `client.rs` issues requests.
 
 pub mod artifacts;
+pub mod breaker;
 pub mod client;
 pub mod logs;
+pub mod monitor;
 pub mod policy;
 pub mod run;
 pub mod runtime;

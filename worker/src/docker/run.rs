@@ -985,6 +985,12 @@ impl Attempt<'_> {
         let period = rt.settings.liveness_interval;
         let mut tick = tokio::time::interval_at(Instant::now() + period, period);
         let mut failures = 0u32;
+        // A daemon that stays unreachable (refused, hung, circuit open) for this long ends
+        // the wait as infrastructure: the attempt is retried without burning one, and the
+        // retry removes this container first (`remove_older_attempts`). A hung wait
+        // stream alone would otherwise hold the attempt until the run's own timeout.
+        let outage_grace = period * 3;
+        let mut last_seen = Instant::now();
         loop {
             tokio::select! {
                 r = &mut wait, if wait_active => match r {
@@ -998,6 +1004,7 @@ impl Attempt<'_> {
                 _ = tick.tick() => match rt.client.inspect_container(id).await {
                     Ok(Some(c)) => {
                         failures = 0;
+                        last_seen = Instant::now();
                         let st = c.state.unwrap_or_default();
                         let running = st.running.unwrap_or(false)
                             || st.restarting.unwrap_or(false)
@@ -1018,7 +1025,8 @@ impl Attempt<'_> {
                     Err(e) => {
                         failures += 1;
                         tracing::warn!(error = %e, failures, "inspect during wait failed");
-                        if !wait_active && failures >= 30 {
+                        let outage = e.is_daemon_failure() && last_seen.elapsed() >= outage_grace;
+                        if outage || (!wait_active && failures >= 30) {
                             return Err(docker_error("DockerUnavailable", e, &self.redactor()));
                         }
                     }
