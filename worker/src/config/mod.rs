@@ -6,8 +6,6 @@
 
 pub mod api;
 pub mod docker;
-pub mod gc;
-pub mod scheduler;
 
 use highway_workflows::HumanDuration;
 use std::net::SocketAddr;
@@ -142,9 +140,6 @@ pub struct WorkerConfig {
 
     #[command(flatten)]
     pub docker: docker::DockerConfig,
-
-    #[command(flatten)]
-    pub gc: gc::GcConfig,
 }
 
 impl WorkerConfig {
