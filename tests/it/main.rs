@@ -1,9 +1,11 @@
 //! The one integration test binary. Each module covers one area against a real Postgres
 //! (a fresh database per test) and the real Docker daemon.
 //!
+//! - `api`: the HTTP API through the router (tokens, tenancy, limits), e2e, the CLI.
 //! - `queue`: enqueue, claim races, retries, rescuer, fencing, cancellation, timeouts.
 //! - `process`: the `highway` binary as a child: SIGTERM drain, kill -9 and rescue.
 
+mod api;
 mod docker_run;
 mod process;
 mod queue;

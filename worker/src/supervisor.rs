@@ -26,6 +26,8 @@ pub struct RunOptions {
     pub worker: Option<WorkerOptions>,
     /// The HTTP server's address, or none.
     pub listen: Option<SocketAddr>,
+    /// The API's limits and quotas.
+    pub api: crate::config::api::ApiConfig,
     /// Soft phase length: running work may finish within it after the first signal.
     pub shutdown_grace: Duration,
     /// `tools.docker.*`: the Docker settings and the artifact directory, or none (a
@@ -71,6 +73,7 @@ pub async fn run(
     health: Health,
     shutdown: Shutdown,
 ) -> anyhow::Result<WorkerSummary> {
+    opts.api.validate()?;
     let pool = db::lazy_pool(&opts.database_url, &opts.pool)?;
     let maint_pool = db::lazy_pool(
         &opts.database_url,
@@ -130,10 +133,7 @@ pub async fn run(
     if let Some(addr) = opts.listen {
         let listener = api::bind(addr).await?;
         info!(listen = %listener.local_addr()?, "http server listening");
-        let state = AppState {
-            health: health.clone(),
-            pool: pool.clone(),
-        };
+        let state = AppState::new(health.clone(), pool.clone(), opts.api.clone());
         let stop = stop.clone();
         tracker.spawn(async move {
             if let Err(e) = api::serve(listener, state, async move { stop.cancelled().await }).await

@@ -52,9 +52,10 @@ async fn enqueue(
 ) -> Result<Response, ApiError> {
     let mut req: EnqueueRequest = decode(&body)?;
     // Whether the body named a tenant at all (the type defaults it to "default").
-    let named_tenant = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v.get("tenant_id").and_then(|t| t.as_str().map(str::to_owned)));
+    let named_tenant = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
+        v.get("tenant_id")
+            .and_then(|t| t.as_str().map(str::to_owned))
+    });
     if let Some(t) = &caller.tenant {
         if named_tenant.as_deref().is_some_and(|n| n != t) {
             return Err(ApiError::field(
@@ -77,7 +78,8 @@ async fn enqueue(
         }
         req.idempotency_key = Some(key);
     }
-    req.validate().map_err(|e| ApiError::field(e.field, e.reason))?;
+    req.validate()
+        .map_err(|e| ApiError::field(e.field, e.reason))?;
 
     // Quotas are checked before the insert; a retry of an existing key skips them so
     // it reaches the idempotency answer (it was counted when it was created).
@@ -188,11 +190,7 @@ async fn list(
         .map(|s| s.parse::<ActivityStatus>())
         .transpose()
         .map_err(|e| ApiError::field("status", e))?;
-    let run = q
-        .run
-        .as_deref()
-        .map(|r| parse_uuid("run", r))
-        .transpose()?;
+    let run = q.run.as_deref().map(|r| parse_uuid("run", r)).transpose()?;
     let filter = ActivityFilter {
         tenant_id: caller.scope(q.tenant.as_deref()).map(str::to_owned),
         status,

@@ -9,8 +9,8 @@ use super::error::ApiError;
 use super::AppState;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
-use axum::http::request::Parts;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
@@ -39,7 +39,11 @@ pub async fn limit_declared_length(
 pub struct ApiJson<T>(pub T);
 
 fn is_json(req: &Request) -> bool {
-    let Some(ct) = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let Some(ct) = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
     let mime = ct
@@ -97,7 +101,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
                 let msg = text
                     .strip_prefix("Failed to deserialize query string: ")
                     .unwrap_or(&text);
-                if let Some(name) = unknown_field_name(msg) {
+                // serde_urlencoded may prefix the message with the key (`k: unknown ...`).
+                let unknown = msg
+                    .find("unknown field `")
+                    .and_then(|i| unknown_field_name(&msg[i..]));
+                if let Some(name) = unknown {
                     return Err(ApiError::UnknownField(name.to_string()));
                 }
                 // serde_urlencoded names the parameter only in some messages; keep the text.

@@ -143,7 +143,11 @@ impl IntoResponse for ApiError {
                 "internal error".to_string()
             }
             Self::Unavailable(dep) => {
-                tracing::warn!(error_code = "unavailable", dependency = *dep, "api dependency down");
+                tracing::warn!(
+                    error_code = "unavailable",
+                    dependency = *dep,
+                    "api dependency down"
+                );
                 self.to_string()
             }
             other => other.to_string(),
@@ -164,8 +168,10 @@ impl IntoResponse for ApiError {
                 );
             }
             Self::Unavailable(_) | Self::QuotaExceeded { .. } => {
-                resp.headers_mut()
-                    .insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+                resp.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    HeaderValue::from_static("5"),
+                );
             }
             _ => {}
         }

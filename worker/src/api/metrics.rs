@@ -42,7 +42,12 @@ fn status_value(s: Status) -> i32 {
 
 async fn metrics(State(st): State<AppState>) -> Response {
     let mut out = String::with_capacity(4096);
-    header(&mut out, "highway_up", "gauge", "1 while this process serves.");
+    header(
+        &mut out,
+        "highway_up",
+        "gauge",
+        "1 while this process serves.",
+    );
     let _ = writeln!(out, "highway_up 1");
     header(
         &mut out,
@@ -50,7 +55,10 @@ async fn metrics(State(st): State<AppState>) -> Response {
         "gauge",
         "Dependency status: 1 up, 0 down, -1 unknown.",
     );
-    for (name, dep) in [("postgres", &st.health.postgres), ("docker", &st.health.docker)] {
+    for (name, dep) in [
+        ("postgres", &st.health.postgres),
+        ("docker", &st.health.docker),
+    ] {
         let s = dep.snapshot();
         let _ = writeln!(
             out,
@@ -64,7 +72,10 @@ async fn metrics(State(st): State<AppState>) -> Response {
         "gauge",
         "Consecutive failed probes of a dependency.",
     );
-    for (name, dep) in [("postgres", &st.health.postgres), ("docker", &st.health.docker)] {
+    for (name, dep) in [
+        ("postgres", &st.health.postgres),
+        ("docker", &st.health.docker),
+    ] {
         let _ = writeln!(
             out,
             "highway_dependency_consecutive_failures{{dependency=\"{name}\"}} {}",
@@ -74,7 +85,12 @@ async fn metrics(State(st): State<AppState>) -> Response {
     if let Err(e) = database_metrics(&st, &mut out).await {
         // Partial output is still useful; the scrape itself succeeds.
         tracing::warn!(error = %crate::health::classify_db_error(&e), "metrics: database figures unavailable");
-        header(&mut out, "highway_metrics_db_error", "gauge", "1 when the database figures could not be read.");
+        header(
+            &mut out,
+            "highway_metrics_db_error",
+            "gauge",
+            "1 when the database figures could not be read.",
+        );
         let _ = writeln!(out, "highway_metrics_db_error 1");
     }
     (
@@ -87,41 +103,98 @@ async fn metrics(State(st): State<AppState>) -> Response {
 async fn database_metrics(st: &AppState, out: &mut String) -> sqlx::Result<()> {
     let pool = &st.pool;
     let counts = store::activity_counts(pool).await?;
-    header(out, "highway_activities", "gauge", "Activities stored, by kind and status (outcome).");
+    header(
+        out,
+        "highway_activities",
+        "gauge",
+        "Activities stored, by kind and status (outcome).",
+    );
     for (kind, status, n) in counts {
-        let _ = writeln!(out, "highway_activities{{kind=\"{}\",status=\"{}\"}} {n}", esc(&kind), esc(&status));
+        let _ = writeln!(
+            out,
+            "highway_activities{{kind=\"{}\",status=\"{}\"}} {n}",
+            esc(&kind),
+            esc(&status)
+        );
     }
     let durs = store::activity_durations(pool).await?;
-    header(out, "highway_activity_duration_seconds", "summary", "Start-to-finish time of finished activities, by kind and outcome.");
+    header(
+        out,
+        "highway_activity_duration_seconds",
+        "summary",
+        "Start-to-finish time of finished activities, by kind and outcome.",
+    );
     for (kind, status, n, sum) in durs {
         let l = format!("kind=\"{}\",status=\"{}\"", esc(&kind), esc(&status));
         let _ = writeln!(out, "highway_activity_duration_seconds_count{{{l}}} {n}");
         let _ = writeln!(out, "highway_activity_duration_seconds_sum{{{l}}} {sum}");
     }
     let queues = store::queue_depths(pool).await?;
-    header(out, "highway_queue_depth", "gauge", "Activities due and waiting to be claimed, per queue.");
+    header(
+        out,
+        "highway_queue_depth",
+        "gauge",
+        "Activities due and waiting to be claimed, per queue.",
+    );
     for (q, n, _) in &queues {
         let _ = writeln!(out, "highway_queue_depth{{queue=\"{}\"}} {n}", esc(q));
     }
-    header(out, "highway_queue_lag_seconds", "gauge", "How long the oldest due activity has waited, per queue.");
+    header(
+        out,
+        "highway_queue_lag_seconds",
+        "gauge",
+        "How long the oldest due activity has waited, per queue.",
+    );
     for (q, _, lag) in &queues {
-        let _ = writeln!(out, "highway_queue_lag_seconds{{queue=\"{}\"}} {lag}", esc(q));
+        let _ = writeln!(
+            out,
+            "highway_queue_lag_seconds{{queue=\"{}\"}} {lag}",
+            esc(q)
+        );
     }
     let containers = store::container_counts(pool).await?;
-    header(out, "highway_containers", "gauge", "Tracked containers not yet removed, by status.");
+    header(
+        out,
+        "highway_containers",
+        "gauge",
+        "Tracked containers not yet removed, by status.",
+    );
     for s in ["created", "running", "exited"] {
-        let n = containers.iter().find(|(k, _)| k == s).map(|(_, n)| *n).unwrap_or(0);
+        let n = containers
+            .iter()
+            .find(|(k, _)| k == s)
+            .map(|(_, n)| *n)
+            .unwrap_or(0);
         let _ = writeln!(out, "highway_containers{{status=\"{s}\"}} {n}");
     }
     let removals = store::removal_counts(pool).await?;
-    header(out, "highway_container_removals", "gauge", "Containers removed (or found missing), by remover (gc, worker, ...) and reason.");
+    header(
+        out,
+        "highway_container_removals",
+        "gauge",
+        "Containers removed (or found missing), by remover (gc, worker, ...) and reason.",
+    );
     for (by, reason, n) in removals {
-        let _ = writeln!(out, "highway_container_removals{{removed_by=\"{}\",reason=\"{}\"}} {n}", esc(&by), esc(&reason));
+        let _ = writeln!(
+            out,
+            "highway_container_removals{{removed_by=\"{}\",reason=\"{}\"}} {n}",
+            esc(&by),
+            esc(&reason)
+        );
     }
     if let Some(fires) = store::schedule_fire_counts(pool).await? {
-        header(out, "highway_schedule_slots", "gauge", "Cron slots by outcome (fired, skipped, missed, deduplicated, buffered).");
+        header(
+            out,
+            "highway_schedule_slots",
+            "gauge",
+            "Cron slots by outcome (fired, skipped, missed, deduplicated, buffered).",
+        );
         for (outcome, n) in fires {
-            let _ = writeln!(out, "highway_schedule_slots{{outcome=\"{}\"}} {n}", esc(&outcome));
+            let _ = writeln!(
+                out,
+                "highway_schedule_slots{{outcome=\"{}\"}} {n}",
+                esc(&outcome)
+            );
         }
     }
     Ok(())

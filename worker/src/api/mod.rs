@@ -1,10 +1,36 @@
-//! The HTTP server (axum): `/health` now; the `/v1` API and `/metrics` grow here. One
-//! `IntoResponse` maps errors to statuses and leaks nothing internal.
+//! The HTTP server (axum): `/health` and `/metrics` without auth, and the `/v1` API
+//! behind bearer tokens. One `IntoResponse` ([`error::ApiError`]) maps every failure to
+//! a status and a `{"error": {...}}` body, and leaks nothing internal.
+//!
+//! # Layout
+//! - [`error`]: `ApiError` and its response mapping.
+//! - [`auth`]: the `Caller` extractor (hashed bearer tokens, tenant or admin).
+//! - [`body`]: body size guard (413 before reading), JSON and query extractors (415,
+//!   422 naming unknown fields, 400 naming bad fields).
+//! - [`activities`], [`containers`], [`runs`], [`audit`]: the `/v1` resources.
+//! - [`docker_ready`]: `DockerReady` / `PostgresReady` guards (503 while a dependency is
+//!   down).
+//! - [`metrics`]: Prometheus text. [`openapi`]: the OpenAPI document.
+//! - [`store`]: the API's own SQL (tokens, quotas, reads).
+//!
+//! Architecture Invariant: handlers never format a database error into a response;
+//! they return `ApiError`, whose `Internal` variant is only logged.
 
+pub mod activities;
+pub mod audit;
+pub mod auth;
+pub mod body;
+pub mod containers;
 pub mod docker_ready;
+pub mod error;
+pub mod metrics;
+pub mod openapi;
+pub mod runs;
+pub mod store;
 
+use crate::config::api::ApiConfig;
 use crate::health::{Health, Status};
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -12,18 +38,65 @@ use axum::{Json, Router};
 use serde_json::json;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// Most log streams holding a LISTEN connection at once; more followers poll instead,
+/// so tails cannot exhaust the pool.
+pub const MAX_LOG_LISTENERS: usize = 8;
 
 /// What handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub health: Health,
     pub pool: sqlx::PgPool,
+    /// The queue's producer API (enqueue, get, list, cancel).
+    pub client: highway_workflows::Client,
+    pub api: ApiConfig,
+    /// Budget of LISTEN connections for log streams.
+    pub log_listeners: Arc<Semaphore>,
+}
+
+impl AppState {
+    pub fn new(health: Health, pool: sqlx::PgPool, api: ApiConfig) -> Self {
+        Self {
+            health,
+            client: highway_workflows::Client::new(pool.clone()),
+            pool,
+            api,
+            log_listeners: Arc::new(Semaphore::new(MAX_LOG_LISTENERS)),
+        }
+    }
 }
 
 /// The router, testable with `oneshot` and no socket.
 pub fn router(state: AppState) -> Router {
+    let limit = state.api.api_body_limit;
+    let v1 = Router::new()
+        .merge(activities::routes())
+        .merge(containers::routes())
+        .merge(runs::routes())
+        .merge(audit::routes())
+        // While Postgres is known to be down, answer 503 at once instead of waiting
+        // for the pool's acquire timeout (R8).
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.health.clone(),
+            docker_ready::require_postgres,
+        ))
+        .merge(openapi::routes())
+        .fallback(|| async { error::ApiError::NotFound("route") });
     Router::new()
         .route("/health", get(health))
+        .merge(metrics::routes())
+        .merge(v1)
+        // Layers run bottom-up: the declared length is checked first (413 before a
+        // byte is read), then bodies without a length are capped while streaming.
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            body::limit_declared_length,
+        ))
         .with_state(state)
 }
 

@@ -16,7 +16,10 @@ use std::sync::OnceLock;
 use uuid::Uuid;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/openapi.json", get(|| async { Json(document().clone()) }))
+    Router::new().route(
+        "/v1/openapi.json",
+        get(|| async { Json(document().clone()) }),
+    )
 }
 
 /// One operation of the API.
@@ -133,10 +136,16 @@ pub struct ErrorDetail {
 fn components() -> Map<String, Value> {
     let mut g = SchemaSettings::openapi3().into_generator();
     let named: Vec<(&str, Value)> = vec![
-        ("EnqueueRequest", g.subschema_for::<EnqueueRequest>().to_value()),
+        (
+            "EnqueueRequest",
+            g.subschema_for::<EnqueueRequest>().to_value(),
+        ),
         ("Activity", g.subschema_for::<Activity>().to_value()),
         ("ErrorBody", g.subschema_for::<ErrorBody>().to_value()),
-        ("Container", g.subschema_for::<store::Container>().to_value()),
+        (
+            "Container",
+            g.subschema_for::<store::Container>().to_value(),
+        ),
         ("Run", g.subschema_for::<store::Run>().to_value()),
         ("StartRun", g.subschema_for::<runs::StartRun>().to_value()),
         ("AuditRow", g.subschema_for::<store::AuditRow>().to_value()),
@@ -172,10 +181,14 @@ fn build() -> Value {
     for op in OPS {
         let mut params: Vec<Value> = Vec::new();
         if op.path.contains("{id}") {
-            params.push(json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}));
+            params.push(
+                json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}),
+            );
         }
         for q in op.query {
-            params.push(json!({"name": q, "in": "query", "required": false, "schema": {"type": "string"}}));
+            params.push(
+                json!({"name": q, "in": "query", "required": false, "schema": {"type": "string"}}),
+            );
         }
         if op.path == "/v1/activities" && op.method == "post" {
             params.push(json!({"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string"}}));
@@ -196,7 +209,8 @@ fn build() -> Value {
         let err = json!({"description": "error", "content": {"application/json": {"schema": schema_ref("ErrorBody")}}});
         let mut responses = json!({ "200": {"description": "success", "content": ok_content} });
         if op.method == "post" && op.body.is_some() {
-            responses["201"] = json!({"description": "created", "content": responses["200"]["content"].clone()});
+            responses["201"] =
+                json!({"description": "created", "content": responses["200"]["content"].clone()});
         }
         if op.auth {
             for code in ["400", "401", "404", "503"] {
@@ -220,7 +234,9 @@ fn build() -> Value {
         if !op.auth {
             o["security"] = json!([]);
         }
-        let entry = paths.entry(op.path.to_string()).or_insert_with(|| json!({}));
+        let entry = paths
+            .entry(op.path.to_string())
+            .or_insert_with(|| json!({}));
         entry[op.method] = o;
     }
     json!({

@@ -40,7 +40,10 @@ async fn start(
     ApiJson(body): ApiJson<StartRun>,
 ) -> Result<(StatusCode, Json<store::Run>), ApiError> {
     if body.name.is_empty() || body.name.len() > 200 || body.name.chars().any(char::is_control) {
-        return Err(ApiError::field("name", "must be 1 to 200 printable characters"));
+        return Err(ApiError::field(
+            "name",
+            "must be 1 to 200 printable characters",
+        ));
     }
     let tenant = match (&caller.tenant, body.tenant_id) {
         (Some(own), Some(t)) if *own != t => {
@@ -55,7 +58,17 @@ async fn start(
     };
     let input = body.input.unwrap_or_else(|| json!({}));
     let id = st.client.create_run(&tenant, &body.name, &input).await?;
-    store::audit(&st.pool, Some(&tenant), &caller.actor(), "run.start", Some(&body.name), None, Some(id), "ok").await?;
+    store::audit(
+        &st.pool,
+        Some(&tenant),
+        &caller.actor(),
+        "run.start",
+        Some(&body.name),
+        None,
+        Some(id),
+        "ok",
+    )
+    .await?;
     let run = store::get_run(&st.pool, id, None)
         .await?
         .ok_or(ApiError::Internal("run vanished after insert".into()))?;
@@ -85,7 +98,9 @@ async fn cancel(
         Err(highway_workflows::Error::NotFound(_)) => return Err(ApiError::NotFound("run")),
         Err(e) => return Err(e.into()),
     };
-    let tenant = store::get_run(&st.pool, id, None).await?.map(|r| r.tenant_id);
+    let tenant = store::get_run(&st.pool, id, None)
+        .await?
+        .map(|r| r.tenant_id);
     store::audit(
         &st.pool,
         tenant.as_deref(),

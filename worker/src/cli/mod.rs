@@ -2,6 +2,10 @@
 //! Errors reach `main` as `anyhow` and are printed with their causes.
 
 pub mod bench;
+pub mod containers;
+pub mod logs;
+pub mod remote;
+pub mod tokens;
 
 use crate::config::{DatabaseArgs, HttpConfig, LogConfig, LogFormat, WorkerConfig};
 use crate::db::{self, embedded::Cluster, PoolOptions};
@@ -74,6 +78,12 @@ pub enum Command {
     /// Benchmarks (programs that print figures; `--json` for machines).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// API tokens (stored hashed): create, revoke, ls.
+    #[command(subcommand)]
+    Tokens(tokens::TokensCommand),
+    /// Tracked containers, through the API (HIGHWAY_API_URL, HIGHWAY_TOKEN).
+    #[command(subcommand)]
+    Containers(containers::ContainersCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -144,6 +154,8 @@ pub enum ActivitiesCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print an activity's log lines through the API; `-f` follows until it finishes.
+    Logs(logs::LogsArgs),
     /// Show one activity.
     Show {
         id: Uuid,
@@ -271,6 +283,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Enqueue(args) => enqueue(&cli.db, pool_opts, args).await,
+        // Through the API: needs no DATABASE_URL.
+        Command::Activities(ActivitiesCommand::Logs(a)) => logs::run(a).await,
         Command::Activities(cmd) => activities(&cli.db, pool_opts, cmd).await,
         Command::Cancel {
             id,
@@ -313,6 +327,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(cmd) => bench::run(cmd, &cli.db).await,
+        Command::Tokens(cmd) => tokens::run(&cli.db, pool_opts, cmd).await,
+        Command::Containers(cmd) => containers::run(cmd).await,
     }
 }
 
@@ -331,6 +347,7 @@ async fn run_services(
         database_url: url,
         pool,
         worker: worker.map(WorkerOptions::from_config),
+        api: http.as_ref().map(|h| h.api.clone()).unwrap_or_default(),
         listen: http.map(|h| h.listen),
         shutdown_grace: grace,
         docker: worker.map(|w| {
@@ -459,6 +476,7 @@ async fn activities(
                 }
             }
         }
+        ActivitiesCommand::Logs(a) => return logs::run(a).await,
         ActivitiesCommand::Show { id, tenant, json } => {
             let a = client.get(id, tenant.as_deref()).await?;
             if json {

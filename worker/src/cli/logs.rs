@@ -1,0 +1,77 @@
+//! `highway activities logs ID [-f]`: an activity's stored log lines through the API's
+//! server-sent-events stream; with `-f` it follows live until the activity finishes,
+//! resuming after the last line seen if the connection drops.
+
+use super::remote::{Remote, RemoteArgs};
+use serde_json::Value;
+use std::io::Write;
+use std::process::ExitCode;
+
+#[derive(clap::Args, Debug)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// Activity id.
+    pub id: String,
+    /// Follow: keep streaming until the activity is finished.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Start after this sequence number (as printed with --seq).
+    #[arg(long)]
+    pub after: Option<i64>,
+    /// Prefix each line with its sequence number and stream.
+    #[arg(long)]
+    pub seq: bool,
+}
+
+/// Exit code: 0 when the activity succeeded (or is still running without `-f`),
+/// 2 when it ended otherwise.
+pub async fn run(a: LogsArgs) -> anyhow::Result<ExitCode> {
+    let api = Remote::new(&a.remote)?;
+    let q = vec![("follow", a.follow.to_string())];
+    let mut final_status: Option<String> = None;
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    if a.follow {
+        eprintln!("# following logs of {} (Ctrl-C stops)", a.id);
+    }
+    api.follow_sse(
+        &format!("/v1/activities/{}/logs", a.id),
+        &q,
+        a.after.map(|n| n.to_string()),
+        |event, _id, data| {
+            let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+            match event {
+                "log" => {
+                    let line = v["line"].as_str().unwrap_or_default();
+                    let stream = v["stream"].as_str().unwrap_or("stdout");
+                    let text = if a.seq {
+                        format!("{} {stream} {line}", v["seq"])
+                    } else {
+                        line.to_string()
+                    };
+                    // Errors writing (a closed pipe) end the command quietly.
+                    let ok = if stream == "stdout" {
+                        writeln!(stdout.lock(), "{text}").is_ok()
+                    } else {
+                        writeln!(stderr.lock(), "{text}").is_ok()
+                    };
+                    ok
+                }
+                "end" => {
+                    final_status = v["status"].as_str().map(str::to_owned);
+                    false
+                }
+                _ => true,
+            }
+        },
+    )
+    .await?;
+    Ok(match final_status.as_deref() {
+        Some("succeeded") | Some("running") | Some("scheduled") | None => ExitCode::SUCCESS,
+        Some(other) => {
+            eprintln!("# activity {}: {other}", a.id);
+            ExitCode::from(2)
+        }
+    })
+}
