@@ -4,8 +4,11 @@
 //! - `api`: the HTTP API through the router (tokens, tenancy, limits), e2e, the CLI.
 //! - `queue`: enqueue, claim races, retries, rescuer, fencing, cancellation, timeouts.
 //! - `process`: the `highway` binary as a child: SIGTERM drain, kill -9 and rescue.
+//! - `soft_deps`: Docker and Postgres outages through the fault proxy and a private
+//!   cluster: monitor, circuit breaker, readiness, recovery (R8, R12, R13, R15).
 
 mod api;
 mod docker_run;
 mod process;
 mod queue;
+mod soft_deps;
