@@ -1,14 +1,15 @@
 //! `GET /metrics`: Prometheus text exposition, computed from the database at scrape
 //! time (so every worker answers the same numbers, and a restart loses nothing):
 //! activities by kind and status, finished durations, queue depth and lag per queue,
-//! tracked containers, removals by remover and reason, dependency status, and cron
+//! tracked containers, removals by remover and reason, dependency status, the Docker
+//! circuit breaker's state, and cron
 //! slot outcomes when the scheduler's tables exist.
 //!
 //! No auth, like `/health`: it carries no tenant names, ids or secrets. When Postgres
 //! is down only the dependency gauges are written (and `highway_up 1`).
 
 use super::{store, AppState};
-use crate::health::Status;
+use crate::health::{Circuit, Status};
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
@@ -81,6 +82,25 @@ async fn metrics(State(st): State<AppState>) -> Response {
             "highway_dependency_consecutive_failures{{dependency=\"{name}\"}} {}",
             dep.snapshot().consecutive_failures
         );
+    }
+    if let Some(c) = st.health.docker.snapshot().circuit {
+        header(
+            &mut out,
+            "highway_docker_circuit",
+            "gauge",
+            "Docker circuit breaker: 1 for the current state (closed, open, half_open).",
+        );
+        for (name, state) in [
+            ("closed", Circuit::Closed),
+            ("open", Circuit::Open),
+            ("half_open", Circuit::HalfOpen),
+        ] {
+            let _ = writeln!(
+                out,
+                "highway_docker_circuit{{state=\"{name}\"}} {}",
+                i32::from(c == state)
+            );
+        }
     }
     if let Err(e) = database_metrics(&st, &mut out).await {
         // Partial output is still useful; the scrape itself succeeds.
