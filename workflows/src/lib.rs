@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod docker;
+pub mod docker_tools;
 pub mod duration;
 pub mod types;
 

@@ -33,6 +33,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// Exec, logs, commit and image calls of the other `tools.docker.*` handlers.
+pub mod tools;
+
 /// A failed Docker call. `op` names the operation (`create_container`, ...).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {

@@ -15,6 +15,8 @@
 //! - [`logs`]: attach reader (bounded head/tail capture) and the `activity_logs` writer.
 //! - [`tario`]: input tar building, output tar validation (never extracted on the host).
 //! - [`artifacts`]: output tars on disk + `highway.artifacts`, read back as inputs.
+//! - [`tools`]: the other `tools.docker.*` kinds (inspect, stop, remove, logs, exec,
+//!   pull, images, commit) and the expiry of committed images.
 //! - [`secrets`]: resolving `{"secret": name}` references and redacting their values.
 //!
 //! Architecture Invariant: only this module imports bollard, and inside it only
@@ -31,6 +33,7 @@ pub mod runtime;
 pub mod secrets;
 pub mod spec;
 pub mod tario;
+pub mod tools;
 pub mod tracking;
 
 pub use run::RunHandler;
@@ -41,5 +44,6 @@ use std::sync::Arc;
 
 /// Registers the `tools.docker.*` kinds.
 pub fn register(registry: &mut Registry, runtime: Arc<DockerRuntime>) {
-    registry.register(highway_workflows::docker::KIND, RunHandler::new(runtime));
+    registry.register(highway_workflows::docker::KIND, RunHandler::new(runtime.clone()));
+    tools::register(registry, runtime);
 }
