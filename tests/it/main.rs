@@ -9,6 +9,7 @@
 
 mod api;
 mod docker_run;
+mod docker_tools;
 mod process;
 mod queue;
 mod soft_deps;

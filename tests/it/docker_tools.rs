@@ -1,0 +1,633 @@
+//! `tools.docker.{inspect,stop,remove,logs,exec,pull,images,commit}` against the real
+//! daemon and a real database: each tool on a detached `tools.docker.run` container,
+//! tenant isolation through every tool (S2, S24), the secret canary across every sink
+//! (S16), commit without secrets or `highway.*` labels, and the expiry of committed
+//! images. Each test uses its own deployment and removes what it created.
+
+use highway_tests::docker::{DockerHarness, SECRET_PREFIX, TEST_IMAGE};
+use highway_worker::docker::tools::{self, Tool, ToolHandler};
+use highway_worker::docker::tracking;
+use highway_worker::executor::{ActivityContext, Handler, HandlerError};
+use highway_workflows::docker_tools::tenant_namespace;
+use serde_json::{json, Value};
+use std::time::Duration;
+use uuid::Uuid;
+
+const TENANT_A: &str = "tenant-a";
+const TENANT_B: &str = "tenant-b";
+
+async fn harness() -> DockerHarness {
+    let deployment = format!("tools-{}", Uuid::new_v4().simple());
+    DockerHarness::with(move |cfg, _| cfg.deployment = deployment).await
+}
+
+/// Inserts an activity row holding `params` (the tools read a container's creating
+/// params from it) and returns its context.
+async fn activity(h: &DockerHarness, tenant: &str, kind: &str, params: &Value) -> ActivityContext {
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO highway.activities (id, tenant_id, kind, params) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(id)
+    .bind(tenant)
+    .bind(kind)
+    .bind(params)
+    .execute(&h.db.pool)
+    .await
+    .expect("insert activity");
+    ActivityContext::new(
+        id,
+        1,
+        kind.to_string(),
+        tenant.to_string(),
+        None,
+        h.worker_id,
+        "default".into(),
+        None,
+    )
+}
+
+/// A detached `tools.docker.run` of `tenant`; returns (result, run activity id).
+async fn start(h: &DockerHarness, tenant: &str, params: Value) -> (Value, Uuid) {
+    let ctx = activity(h, tenant, "tools.docker.run", &params).await;
+    let id = ctx.activity_id;
+    let out = h
+        .handler
+        .run(ctx, params)
+        .await
+        .expect("detached run starts");
+    assert_eq!(out["status"], "running", "{out}");
+    (out, id)
+}
+
+fn kind_of(tool: Tool) -> &'static str {
+    match tool {
+        Tool::Inspect => "tools.docker.inspect",
+        Tool::Stop => "tools.docker.stop",
+        Tool::Remove => "tools.docker.remove",
+        Tool::Logs => "tools.docker.logs",
+        Tool::Exec => "tools.docker.exec",
+        Tool::Pull => "tools.docker.pull",
+        Tool::Images => "tools.docker.images",
+        Tool::Commit => "tools.docker.commit",
+    }
+}
+
+async fn tool(
+    h: &DockerHarness,
+    tenant: &str,
+    t: Tool,
+    params: Value,
+) -> Result<Value, HandlerError> {
+    let ctx = activity(h, tenant, kind_of(t), &params).await;
+    ToolHandler::new(h.runtime.clone(), t)
+        .run(ctx, params)
+        .await
+}
+
+async fn ok(h: &DockerHarness, tenant: &str, t: Tool, params: Value) -> Value {
+    tool(h, tenant, t, params.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{t:?} {params}: {e:?}"))
+}
+
+async fn fails(h: &DockerHarness, tenant: &str, t: Tool, params: Value) -> HandlerError {
+    match tool(h, tenant, t, params.clone()).await {
+        Ok(v) => panic!("{t:?} {params}: expected an error, got {v}"),
+        Err(e) => e,
+    }
+}
+
+fn set_canary(name: &str) -> String {
+    let canary = format!("canary-{}", Uuid::new_v4().simple());
+    let var: String = name
+        .chars()
+        .map(|c| {
+            if c == '-' {
+                '_'
+            } else {
+                c.to_ascii_uppercase()
+            }
+        })
+        .collect();
+    std::env::set_var(format!("{SECRET_PREFIX}{var}"), &canary);
+    canary
+}
+
+/// The canary is in none of the stored sinks.
+async fn assert_no_canary(h: &DockerHarness, canary: &str) {
+    for (table, col) in [
+        ("highway.activities", "params::text"),
+        ("highway.activities", "coalesce(result::text, '')"),
+        ("highway.activities", "coalesce(error::text, '')"),
+        ("highway.activity_logs", "line"),
+        ("highway.docker_containers", "labels::text"),
+        ("highway.audit_log", "details::text"),
+        ("highway.audit_log", "coalesce(target, '')"),
+        ("highway.docker_images", "reference"),
+    ] {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {table} WHERE {col} LIKE '%' || $1 || '%'"
+        ))
+        .bind(canary)
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{table}.{col}: {e}"));
+        assert_eq!(n, 0, "the canary leaked into {table}.{col}");
+    }
+}
+
+async fn remove_image(h: &DockerHarness, id: &str) {
+    let _ = h
+        .docker
+        .remove_image(
+            id,
+            Some(
+                bollard::query_parameters::RemoveImageOptionsBuilder::default()
+                    .force(true)
+                    .build(),
+            ),
+            None,
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn each_tool_on_a_detached_container_and_the_canary_never_leaks() {
+    let h = harness().await;
+    let canary = set_canary("tools-canary-1");
+    let (run, run_id) = start(
+        &h,
+        TENANT_A,
+        json!({
+            "image": TEST_IMAGE,
+            "environment": {"CANARY": {"secret": "tools-canary-1"}, "PLAIN": "plain-value"},
+            "command": ["sh", "-c", "echo hello; echo oops >&2; echo token=$CANARY; sleep 600"],
+            "detach": true,
+            "stop_grace": "1s",
+        }),
+    )
+    .await;
+    let id = run["container_id"].as_str().unwrap().to_string();
+    let name = highway_worker::docker::spec::container_name(run_id, 1);
+    let mut returned: Vec<Value> = vec![run.clone()];
+
+    // inspect: by id, short id and name; the secret is `***`, the plain value is not.
+    for reference in [id.clone(), id[..12].to_string(), name.clone()] {
+        let i = ok(&h, TENANT_A, Tool::Inspect, json!({"container": reference})).await;
+        assert_eq!(i["container_id"], id.as_str());
+        assert_eq!(i["running"], true);
+        assert_eq!(i["status"], "running");
+        let env: Vec<String> = serde_json::from_value(i["env"].clone()).unwrap();
+        assert!(env.contains(&"CANARY=***".to_string()), "{env:?}");
+        assert!(env.contains(&"PLAIN=plain-value".to_string()), "{env:?}");
+        assert_eq!(i["labels"]["highway.tenant_id"], TENANT_A);
+        returned.push(i);
+    }
+
+    // exec: stdin, exit code, the secret redacted in its output, and a timeout.
+    let e = ok(
+        &h,
+        TENANT_A,
+        Tool::Exec,
+        json!({"container": id, "command": ["sh", "-c", "cat; echo; echo x$CANARY; exit 3"],
+               "stdin": "from-stdin"}),
+    )
+    .await;
+    assert_eq!(e["exit_code"], 3, "{e}");
+    assert_eq!(e["timed_out"], false);
+    assert_eq!(e["stdout"], "from-stdin\nx***\n", "{e}");
+    returned.push(e);
+    let started = std::time::Instant::now();
+    let e = ok(
+        &h,
+        TENANT_A,
+        Tool::Exec,
+        json!({"container": name, "command": ["sh", "-c", "echo begun; sleep 30"],
+               "timeout": "2s"}),
+    )
+    .await;
+    assert_eq!(e["timed_out"], true, "{e}");
+    assert_eq!(e["exit_code"], Value::Null);
+    assert_eq!(e["stdout"], "begun\n", "{e}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+
+    // logs from the daemon while the container exists: redacted, both streams, tail.
+    let l = ok(&h, TENANT_A, Tool::Logs, json!({"container": id})).await;
+    assert_eq!(l["source"], "docker");
+    let lines: Vec<(String, String)> = l["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["stream"].as_str().unwrap().into(),
+                x["line"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        lines.contains(&("stdout".into(), "hello".into())),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&("stderr".into(), "oops".into())),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&("stdout".into(), "token=***".into())),
+        "{lines:?}"
+    );
+    returned.push(l);
+    let l = ok(
+        &h,
+        TENANT_A,
+        Tool::Logs,
+        json!({"container": id, "tail": 1}),
+    )
+    .await;
+    assert_eq!(l["lines"].as_array().unwrap().len(), 1, "{l}");
+
+    // stop: grace then kill (the daemon's), the row is closed as exited.
+    let s = ok(
+        &h,
+        TENANT_A,
+        Tool::Stop,
+        json!({"container": id, "grace": "1s"}),
+    )
+    .await;
+    assert_eq!(s["was_running"], true, "{s}");
+    let rows = tracking::rows_of_activity(&h.db.pool, run_id)
+        .await
+        .unwrap();
+    assert_eq!(rows[0].status, "exited", "{rows:?}");
+    let i = ok(&h, TENANT_A, Tool::Inspect, json!({"container": id})).await;
+    assert_eq!(i["running"], false);
+    // exec into a stopped container is refused, without the secret in the message.
+    let err = fails(
+        &h,
+        TENANT_A,
+        Tool::Exec,
+        json!({"container": id, "command": ["true"]}),
+    )
+    .await;
+    assert_eq!(err.error_type, "ContainerNotRunning");
+    assert!(!err.message.contains(&canary));
+
+    // remove: the tracking row says who and why.
+    let r = ok(&h, TENANT_A, Tool::Remove, json!({"container": id})).await;
+    assert_eq!(r["removed"], true, "{r}");
+    let rows = tracking::rows_of_activity(&h.db.pool, run_id)
+        .await
+        .unwrap();
+    assert_eq!(rows[0].status, "removed");
+    assert_eq!(
+        rows[0].removed_by.as_deref(),
+        Some(h.runtime.actor().as_str())
+    );
+    assert!(rows[0]
+        .removed_reason
+        .as_deref()
+        .unwrap_or("")
+        .starts_with("tool:"));
+    assert!(h.docker.inspect_container(&id, None).await.is_err());
+
+    // logs after removal come from `activity_logs`.
+    let l = ok(&h, TENANT_A, Tool::Logs, json!({"container": id})).await;
+    assert_eq!(l["source"], "activity_logs", "{l}");
+    assert!(
+        l["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["line"] == "highway: container started"),
+        "{l}"
+    );
+    // Other tools now answer "not found".
+    let err = fails(&h, TENANT_A, Tool::Inspect, json!({"container": id})).await;
+    assert_eq!(err.error_type, "ContainerNotFound");
+
+    for v in &returned {
+        assert!(
+            !v.to_string().contains(&canary),
+            "the canary leaked into {v}"
+        );
+    }
+    assert_no_canary(&h, &canary).await;
+    // Every operation was audited.
+    let actions: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT action FROM highway.audit_log WHERE tenant_id = $1")
+            .bind(TENANT_A)
+            .fetch_all(&h.db.pool)
+            .await
+            .unwrap();
+    for a in [
+        "container.inspect",
+        "container.exec",
+        "container.logs",
+        "container.stop",
+        "container.remove",
+    ] {
+        assert!(
+            actions.iter().any(|x| x == a),
+            "{a} not audited: {actions:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn another_tenant_sees_nothing_through_any_tool() {
+    let h = harness().await;
+    let (run, run_id) = start(
+        &h,
+        TENANT_A,
+        json!({"image": TEST_IMAGE, "command": ["sleep", "600"], "detach": true,
+               "stop_grace": "1s"}),
+    )
+    .await;
+    let id = run["container_id"].as_str().unwrap().to_string();
+    let name = highway_worker::docker::spec::container_name(run_id, 1);
+    let commit = ok(
+        &h,
+        TENANT_A,
+        Tool::Commit,
+        json!({"container": id, "repository": "isolation", "tag": "1"}),
+    )
+    .await;
+    let image_id = commit["image_id"].as_str().unwrap().to_string();
+    let reference = commit["reference"].as_str().unwrap().to_string();
+
+    let missing = "highway-0000000000000000000000000000dead-1";
+    for reference in [id.as_str(), &id[..12], name.as_str(), missing] {
+        let cases = [
+            (Tool::Inspect, json!({"container": reference})),
+            (Tool::Stop, json!({"container": reference, "grace": "1s"})),
+            (Tool::Remove, json!({"container": reference, "force": true})),
+            (Tool::Logs, json!({"container": reference})),
+            (
+                Tool::Exec,
+                json!({"container": reference, "command": ["true"]}),
+            ),
+            (
+                Tool::Commit,
+                json!({"container": reference, "repository": "stolen"}),
+            ),
+        ];
+        for (t, params) in cases {
+            let e = fails(&h, TENANT_B, t, params.clone()).await;
+            assert_eq!(e.error_type, "ContainerNotFound", "{t:?} {params}");
+            // Exactly the answer for a missing container: nothing but the reference.
+            assert_eq!(e.message, format!("container {reference:?} not found"));
+            assert!(!e.retryable);
+        }
+    }
+    // Still running, untouched.
+    let c = h.docker.inspect_container(&id, None).await.unwrap();
+    assert_eq!(c.state.unwrap().running, Some(true));
+
+    // Images: B does not see A's commit, and cannot address its namespace.
+    let b = ok(&h, TENANT_B, Tool::Images, json!({})).await;
+    assert!(!b.to_string().contains(&image_id), "{b}");
+    let a = ok(&h, TENANT_A, Tool::Images, json!({"reference": reference})).await;
+    let a = a["images"].as_array().unwrap();
+    assert!(
+        a.iter()
+            .any(|i| i["image_id"] == image_id.as_str() && i["owned"] == true),
+        "{a:?}"
+    );
+    let e = fails(
+        &h,
+        TENANT_B,
+        Tool::Pull,
+        json!({"image": reference, "policy": "never"}),
+    )
+    .await;
+    assert_eq!(e.error_type, "ImageNotFound");
+
+    // Ids that would escape the URL path are refused before anything (S24, trap 29).
+    for bad in ["../images/x", "a/b", "x%2f..", ""] {
+        let e = fails(&h, TENANT_A, Tool::Inspect, json!({"container": bad})).await;
+        assert_eq!(e.error_type, "InvalidParams", "{bad}");
+    }
+    // B's attempts are audited as not_found.
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM highway.audit_log WHERE tenant_id = $1 AND outcome = 'not_found'",
+    )
+    .bind(TENANT_B)
+    .fetch_one(&h.db.pool)
+    .await
+    .unwrap();
+    assert!(n >= 24, "{n}");
+
+    ok(
+        &h,
+        TENANT_A,
+        Tool::Remove,
+        json!({"container": id, "force": true}),
+    )
+    .await;
+    remove_image(&h, &image_id).await;
+}
+
+#[tokio::test]
+async fn commit_bakes_no_secret_and_no_highway_label_and_expired_images_are_reaped() {
+    let h = harness().await;
+    let canary = set_canary("tools-canary-2");
+    let (run, _) = start(
+        &h,
+        TENANT_A,
+        json!({
+            "image": TEST_IMAGE,
+            "environment": {"TOKEN": {"secret": "tools-canary-2"}, "MODE": "seed"},
+            "labels": {"team": "infra"},
+            "command": ["sleep", "600"],
+            "detach": true,
+            "stop_grace": "1s",
+        }),
+    )
+    .await;
+    let id = run["container_id"].as_str().unwrap().to_string();
+    ok(
+        &h,
+        TENANT_A,
+        Tool::Exec,
+        json!({"container": id, "command": ["sh", "-c", "echo installed > /seed.txt"]}),
+    )
+    .await;
+    let c = ok(
+        &h,
+        TENANT_A,
+        Tool::Commit,
+        json!({"container": id, "repository": "seed", "tag": "v1", "ttl": "1h"}),
+    )
+    .await;
+    let image_id = c["image_id"].as_str().unwrap().to_string();
+    let reference = c["reference"].as_str().unwrap().to_string();
+    assert_eq!(
+        reference,
+        format!("highway/{}/seed:v1", tenant_namespace(TENANT_A))
+    );
+    assert_eq!(c["scrubbed_env"], json!(["TOKEN"]));
+    assert!(!c.to_string().contains(&canary));
+
+    let img = h.docker.inspect_image(&image_id).await.unwrap();
+    let cfg = img.config.unwrap();
+    let env = cfg.env.unwrap_or_default();
+    assert!(env.iter().all(|e| !e.contains(&canary)), "{env:?}");
+    assert!(env.contains(&"TOKEN=".to_string()), "{env:?}");
+    assert!(env.contains(&"MODE=seed".to_string()), "{env:?}");
+    let labels = cfg.labels.unwrap_or_default();
+    for (k, v) in &labels {
+        if k.starts_with("highway.") {
+            assert_eq!(v, "", "label {k} baked into the image");
+        }
+    }
+    assert_eq!(labels.get("team").map(String::as_str), Some("infra"));
+
+    // A child step inherits what was installed (the seed use case).
+    let ctx_params = json!({"image": reference, "pull_policy": "never",
+                            "command": ["cat", "/seed.txt"]});
+    let ctx = activity(&h, TENANT_A, "tools.docker.run", &ctx_params).await;
+    let out = h.handler.run(ctx, ctx_params).await.expect("child run");
+    assert_eq!(out["stdout"], "installed\n", "{out}");
+
+    // Tracked, then reaped once expired (unless pinned).
+    let row = tools::tracked_image(&h.db.pool, &image_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.tenant_id, TENANT_A);
+    assert!(row.expires_at.is_some() && !row.pinned);
+    ok(
+        &h,
+        TENANT_A,
+        Tool::Remove,
+        json!({"container": id, "force": true}),
+    )
+    .await;
+    sqlx::query("UPDATE highway.docker_images SET expires_at = now() - interval '1 second'")
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
+    let daemon = h.runtime.client.daemon_id().await.unwrap();
+    let counts = tools::reap_expired_images(&h.runtime, &daemon, 10)
+        .await
+        .unwrap();
+    assert_eq!(counts.removed, 1, "{counts:?}");
+    assert!(h.docker.inspect_image(&image_id).await.is_err());
+    let row = tools::tracked_image(&h.db.pool, &image_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.removed_reason.as_deref(), Some("expired"));
+    assert_no_canary(&h, &canary).await;
+    remove_image(&h, &image_id).await;
+}
+
+#[tokio::test]
+async fn commit_is_refused_when_secret_keys_are_unknown() {
+    let h = harness().await;
+    // The harness's activity rows carry `{}` params: the worker cannot tell which
+    // environment keys came from secrets.
+    let a = h.activity().await;
+    let mut ctx = h.ctx(a, 1);
+    ctx.tenant_id = TENANT_A.into();
+    let out = h
+        .handler
+        .run(
+            ctx,
+            json!({"image": TEST_IMAGE, "command": ["sleep", "600"], "detach": true,
+                   "environment": {"V": "visible-value"}, "stop_grace": "1s"}),
+        )
+        .await
+        .unwrap();
+    let id = out["container_id"].as_str().unwrap().to_string();
+    let e = fails(
+        &h,
+        h.tenant.as_str(),
+        Tool::Commit,
+        json!({"container": id, "repository": "nope"}),
+    )
+    .await;
+    assert_eq!(e.error_type, "CommitRefused", "{e:?}");
+    // And inspect hides every value (fails closed).
+    let i = ok(
+        &h,
+        h.tenant.as_str(),
+        Tool::Inspect,
+        json!({"container": id}),
+    )
+    .await;
+    assert!(
+        i["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e.as_str().unwrap().ends_with("=***")),
+        "{i}"
+    );
+    ok(
+        &h,
+        h.tenant.as_str(),
+        Tool::Remove,
+        json!({"container": id, "force": true}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn pull_policies_and_image_filters() {
+    let h = harness().await;
+    let p = ok(
+        &h,
+        TENANT_A,
+        Tool::Pull,
+        json!({"image": TEST_IMAGE, "policy": "never"}),
+    )
+    .await;
+    assert_eq!(p["pulled"], false);
+    assert!(p["image_id"].as_str().unwrap().starts_with("sha256:"));
+    let p2 = ok(&h, TENANT_A, Tool::Pull, json!({"image": TEST_IMAGE})).await;
+    assert_eq!(p2["image_id"], p["image_id"]);
+    let e = fails(
+        &h,
+        TENANT_A,
+        Tool::Pull,
+        json!({"image": "highway-test/absent:1", "policy": "never"}),
+    )
+    .await;
+    assert_eq!(e.error_type, "ImageNotFound");
+    let e = fails(&h, TENANT_A, Tool::Pull, json!({"image": "UPPER:x"})).await;
+    assert_eq!(e.error_type, "InvalidParams");
+
+    let l = ok(
+        &h,
+        TENANT_A,
+        Tool::Images,
+        json!({"reference": "highway-test/busybox"}),
+    )
+    .await;
+    let images = l["images"].as_array().unwrap();
+    assert!(
+        images.iter().any(|i| i["image_id"] == p["image_id"]),
+        "{images:?}"
+    );
+    let l = ok(
+        &h,
+        TENANT_A,
+        Tool::Images,
+        json!({"reference": "highway-test/absent"}),
+    )
+    .await;
+    assert!(l["images"].as_array().unwrap().is_empty());
+    ok(
+        &h,
+        TENANT_A,
+        Tool::Images,
+        json!({"dangling": true, "labels": ["x=y"]}),
+    )
+    .await;
+    let e = fails(&h, TENANT_A, Tool::Images, json!({"bogus": 1})).await;
+    assert_eq!(e.error_type, "InvalidParams");
+    assert!(e.message.contains("bogus"));
+}
