@@ -6,10 +6,13 @@
 //! - `process`: the `highway` binary as a child: SIGTERM drain, kill -9 and rescue.
 //! - `soft_deps`: Docker and Postgres outages through the fault proxy and a private
 //!   cluster: monitor, circuit breaker, readiness, recovery (R8, R12, R13, R15).
+//! - `scheduler`: durable cron: exactly once with many schedulers, catch-up, DST, overlap.
 
 mod api;
 mod docker_run;
 mod docker_tools;
+mod gc;
 mod process;
 mod queue;
 mod soft_deps;
+mod scheduler;

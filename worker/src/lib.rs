@@ -21,4 +21,5 @@ pub mod docker;
 pub mod executor;
 pub mod health;
 pub mod queue;
+pub mod scheduler;
 pub mod supervisor;

@@ -119,6 +119,24 @@ pub async fn run(
         Duration::from_secs(5),
         stop.clone(),
     ));
+    // Durable cron: every worker runs a scheduler (no leader needed) on its own small
+    // pool, so it cannot starve the rescuer; HIGHWAY_SCHEDULER_ENABLED=false turns it off.
+    let sched = crate::config::scheduler::SchedulerConfig::from_env()?;
+    if sched.enabled && opts.worker.is_some() {
+        let sched_pool = db::lazy_pool(
+            &opts.database_url,
+            &PoolOptions {
+                max_connections: sched.concurrency as u32 + 2,
+                application_name: format!("{}-scheduler", opts.pool.application_name),
+                ..opts.pool.clone()
+            },
+        )?;
+        let s = crate::scheduler::Scheduler::with_database_clock(
+            sched_pool,
+            crate::scheduler::SchedulerOptions::from_config(&sched),
+        );
+        tracker.spawn(s.run(stop.clone()));
+    }
     {
         let draining = health.draining.clone();
         let soft = shutdown.soft.clone();

@@ -16,6 +16,7 @@ pub mod client;
 pub mod docker;
 pub mod docker_tools;
 pub mod duration;
+pub mod schedule;
 pub mod types;
 
 pub use client::{Client, Error};

@@ -6,6 +6,8 @@ pub mod containers;
 pub mod logs;
 pub mod remote;
 pub mod tokens;
+pub mod bench_cron;
+pub mod schedules;
 
 use crate::config::{DatabaseArgs, HttpConfig, LogConfig, LogFormat, WorkerConfig};
 use crate::db::{self, embedded::Cluster, PoolOptions};
@@ -84,6 +86,15 @@ pub enum Command {
     /// Tracked containers, through the API (HIGHWAY_API_URL, HIGHWAY_TOKEN).
     #[command(subcommand)]
     Containers(containers::ContainersCommand),
+    /// Durable cron schedules: create, ls, show, update, delete, pause, resume, trigger,
+    /// backfill, preview, fires.
+    #[command(subcommand)]
+    Schedules(schedules::SchedulesCommand),
+    /// Run only the cron scheduler (any number may run at once; no leader).
+    Scheduler {
+        #[command(flatten)]
+        scheduler: crate::config::scheduler::SchedulerConfig,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -329,6 +340,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(cmd) => bench::run(cmd, &cli.db).await,
         Command::Tokens(cmd) => tokens::run(&cli.db, pool_opts, cmd).await,
         Command::Containers(cmd) => containers::run(cmd).await,
+        Command::Schedules(cmd) => schedules::run(cmd, &cli.db).await,
+        Command::Scheduler { scheduler } => {
+            crate::scheduler::run_standalone(&cli.db, &scheduler).await
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod docker;
+pub mod scheduler;
 
 use highway_workflows::HumanDuration;
 use std::net::SocketAddr;
