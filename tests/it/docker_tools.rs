@@ -631,3 +631,142 @@ async fn pull_policies_and_image_filters() {
     assert_eq!(e.error_type, "InvalidParams");
     assert!(e.message.contains("bogus"));
 }
+
+#[tokio::test]
+async fn secrets_store_encrypts_resolves_per_tenant_and_the_cli_never_prints_values() {
+    use highway_worker::docker::secret_store::{SecretStore, SecretsKey, TableSecretResolver};
+    use highway_worker::docker::secrets::EnvSecretResolver;
+    use highway_worker::docker::{DockerRuntime, RunHandler};
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    use std::sync::Arc;
+
+    let h = harness().await;
+    let key_hex = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+    let key = SecretsKey::parse(&key_hex).unwrap();
+    let store = SecretStore::new(h.db.pool.clone(), key);
+    let canary = format!("canary-{}", Uuid::new_v4().simple());
+    store.set(TENANT_A, "db-pass", &canary).await.unwrap();
+
+    // The CLI: the value comes from stdin and is never printed.
+    let cli_canary = format!("canary-{}", Uuid::new_v4().simple());
+    let bin = highway_tests::highway_bin();
+    let mut child = Command::new(&bin)
+        .args(["secrets", "set", "--tenant", TENANT_A, "cli-secret"])
+        .env("DATABASE_URL", &h.db.url)
+        .env("HIGHWAY_SECRETS_KEY", &key_hex)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{cli_canary}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!printed.contains(&cli_canary), "{printed}");
+    let ls = Command::new(&bin)
+        .args(["secrets", "ls", "--tenant", TENANT_A, "--json"])
+        .env("DATABASE_URL", &h.db.url)
+        .env("HIGHWAY_SECRETS_KEY", &key_hex)
+        .output()
+        .unwrap();
+    assert!(
+        ls.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
+    let ls = String::from_utf8_lossy(&ls.stdout).to_string();
+    assert!(ls.contains("cli-secret") && ls.contains("db-pass"), "{ls}");
+    assert!(!ls.contains(&canary) && !ls.contains(&cli_canary), "{ls}");
+
+    // At rest: ciphertext only.
+    for c in [&canary, &cli_canary] {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM highway.secrets
+              WHERE position(convert_to($1, 'UTF8') in ciphertext) > 0
+                 OR position(convert_to($1, 'UTF8') in nonce) > 0",
+        )
+        .bind(c)
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap();
+        assert_eq!(n, 0);
+    }
+
+    // The run handler resolves through the table, per tenant.
+    let dir = std::env::temp_dir().join(format!("highway-artifacts-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let resolver = TableSecretResolver::new(
+        Some(store.clone()),
+        EnvSecretResolver::with_prefix(SECRET_PREFIX),
+    );
+    let rt = Arc::new(
+        DockerRuntime::new(
+            h.runtime.config.clone(),
+            h.db.pool.clone(),
+            h.worker_id,
+            dir.clone(),
+        )
+        .with_secrets(Arc::new(resolver)),
+    );
+    let run = RunHandler::new(rt.clone());
+    let params = json!({
+        "image": TEST_IMAGE,
+        "environment": {"A": {"secret": "db-pass"}, "B": {"secret": "cli-secret"}},
+        "command": ["sh", "-c", "echo $A $B; echo ${#A} ${#B}"],
+    });
+    let ctx = activity(&h, TENANT_A, "tools.docker.run", &params).await;
+    let out = run
+        .run(ctx, params.clone())
+        .await
+        .expect("run with stored secrets");
+    assert_eq!(
+        out["stdout"],
+        format!("*** ***\n{} {}\n", canary.len(), cli_canary.len()),
+        "{out}"
+    );
+    let ctx = activity(&h, TENANT_B, "tools.docker.run", &params).await;
+    let e = run.run(ctx, params).await.unwrap_err();
+    assert_eq!(e.error_type, "SecretNotFound", "{e:?}");
+    assert!(!e.message.contains(&canary));
+
+    // `highway audit ls` shows this tenant's Docker operations.
+    let audit = Command::new(&bin)
+        .args([
+            "audit",
+            "ls",
+            "--tenant",
+            TENANT_A,
+            "--action",
+            "container.*",
+            "--json",
+        ])
+        .env("DATABASE_URL", &h.db.url)
+        .output()
+        .unwrap();
+    assert!(
+        audit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&audit.stderr)
+    );
+    let audit = String::from_utf8_lossy(&audit.stdout).to_string();
+    assert!(audit.contains("\"container.create\""), "{audit}");
+    assert!(!audit.contains(TENANT_B), "{audit}");
+
+    // Gone after rm.
+    store.remove(TENANT_A, "db-pass").await.unwrap();
+    assert!(store.get(TENANT_A, "db-pass").await.unwrap().is_none());
+    for c in [&canary, &cli_canary] {
+        assert_no_canary(&h, c).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -6,6 +6,8 @@ pub mod containers;
 pub mod logs;
 pub mod remote;
 pub mod tokens;
+pub mod secrets;
+pub mod audit;
 pub mod bench_cron;
 pub mod schedules;
 
@@ -83,6 +85,12 @@ pub enum Command {
     /// API tokens (stored hashed): create, revoke, ls.
     #[command(subcommand)]
     Tokens(tokens::TokensCommand),
+    /// The tenant secrets store (HIGHWAY_SECRETS_KEY): set (value from stdin), rm, ls.
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCommand),
+    /// The append-only audit log: ls with filters.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Tracked containers, through the API (HIGHWAY_API_URL, HIGHWAY_TOKEN).
     #[command(subcommand)]
     Containers(containers::ContainersCommand),
@@ -339,6 +347,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(cmd) => bench::run(cmd, &cli.db).await,
         Command::Tokens(cmd) => tokens::run(&cli.db, pool_opts, cmd).await,
+        Command::Secrets(cmd) => secrets::run(&cli.db, pool_opts, cmd).await,
+        Command::Audit(cmd) => audit::run(&cli.db, pool_opts, cmd).await,
         Command::Containers(cmd) => containers::run(cmd).await,
         Command::Schedules(cmd) => schedules::run(cmd, &cli.db).await,
         Command::Scheduler { scheduler } => {

@@ -18,6 +18,7 @@
 //! - [`tools`]: the other `tools.docker.*` kinds (inspect, stop, remove, logs, exec,
 //!   pull, images, commit) and the expiry of committed images.
 //! - [`secrets`]: resolving `{"secret": name}` references and redacting their values.
+//! - [`secret_store`]: `highway.secrets`, encrypted at rest, and its resolver.
 //!
 //! Architecture Invariant: only this module imports bollard, and inside it only
 //! `client.rs` issues requests.
@@ -30,6 +31,7 @@ pub mod monitor;
 pub mod policy;
 pub mod run;
 pub mod runtime;
+pub mod secret_store;
 pub mod secrets;
 pub mod spec;
 pub mod tario;

@@ -1,0 +1,90 @@
+//! `highway secrets set|rm|ls`: the tenant secrets store (`highway.secrets`, encrypted
+//! with `HIGHWAY_SECRETS_KEY`). A value is read from stdin only — never from argv (it
+//! would sit in shell history and `ps`) — and is never printed: `ls` shows names only.
+
+use crate::config::DatabaseArgs;
+use crate::db::{self, PoolOptions};
+use crate::docker::secret_store::{SecretStore, SecretsKey, StoreError};
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use std::io::Read;
+use std::process::ExitCode;
+
+#[derive(Subcommand, Debug)]
+pub enum SecretsCommand {
+    /// Create or replace a secret; the value is read from stdin (one trailing newline
+    /// is dropped, so `echo value | highway secrets set ...` works).
+    Set {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+    /// Delete a secret.
+    Rm {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+    /// List secret names (never values).
+    Ls {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(
+    db_args: &DatabaseArgs,
+    pool_opts: PoolOptions,
+    cmd: SecretsCommand,
+) -> anyhow::Result<ExitCode> {
+    let key = match SecretsKey::from_env() {
+        Ok(Some(k)) => k,
+        Ok(None) => return Err(StoreError::NoKey.into()),
+        Err(e) => return Err(e.into()),
+    };
+    let pool = db::connect(&db_args.resolve_url()?, &pool_opts).await?;
+    let store = SecretStore::new(pool, key);
+    match cmd {
+        SecretsCommand::Set { tenant, name } => {
+            let mut value = String::new();
+            std::io::stdin()
+                .take(crate::docker::secret_store::MAX_VALUE_BYTES as u64 + 2)
+                .read_to_string(&mut value)
+                .context("reading the secret value from stdin (UTF-8)")?;
+            if let Some(v) = value.strip_suffix('\n') {
+                value = v.strip_suffix('\r').unwrap_or(v).to_string();
+            }
+            if value.is_empty() {
+                bail!("no value on stdin");
+            }
+            store.set(&tenant, &name, &value).await?;
+            eprintln!("secret {name:?} of tenant {tenant:?} stored");
+        }
+        SecretsCommand::Rm { tenant, name } => {
+            if !store.remove(&tenant, &name).await? {
+                bail!("tenant {tenant:?} has no secret {name:?}");
+            }
+            eprintln!("secret {name:?} of tenant {tenant:?} removed");
+        }
+        SecretsCommand::Ls { tenant, json } => {
+            let rows = store.list(tenant.as_deref()).await?;
+            if json {
+                println!("{}", serde_json::to_string(&rows)?);
+            } else {
+                println!("{:<24}  {:<32}  {:<8}  UPDATED", "TENANT", "NAME", "KEY");
+                for r in rows {
+                    println!(
+                        "{:<24}  {:<32}  {:<8}  {}",
+                        r.tenant_id,
+                        r.name,
+                        r.key_id,
+                        r.updated_at.format("%Y-%m-%d %H:%M:%S")
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
