@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod docker;
+pub mod proxy;
 pub mod fault_proxy;
 
 const TEMPLATE: &str = "highway_test_template";

@@ -6,6 +6,7 @@
 use crate::api::{self, AppState};
 use crate::config::docker::DockerConfig;
 use crate::db::{self, PoolOptions};
+use crate::docker::gc::{DockerGarbageCollector, GcOptions};
 use crate::docker::{self, DockerRuntime};
 use crate::executor::{Registry, Shutdown, Worker, WorkerOptions, WorkerSummary};
 use crate::health::{self, Health};
@@ -33,6 +34,8 @@ pub struct RunOptions {
     /// `tools.docker.*`: the Docker settings and the artifact directory, or none (a
     /// worker without Docker kinds).
     pub docker: Option<(DockerConfig, PathBuf)>,
+    /// The Docker garbage collector of this worker (needs `docker` and `worker`), or none.
+    pub gc: Option<GcOptions>,
 }
 
 /// First signal: soft shutdown, then hard after `grace`. Second signal: hard at once.
@@ -191,6 +194,23 @@ pub async fn run(
             tracker.close();
             tracker.wait().await;
             return Err(anyhow::Error::new(e).context("docker is required at start"));
+        }
+    }
+    // The garbage collector works on the same daemon through the same client (and its
+    // circuit breaker); it stops with the other services, after the worker drained.
+    if let (Some(rt), Some(gc_opts)) = (&docker_runtime, &opts.gc) {
+        match DockerGarbageCollector::new(
+            rt.client.clone(),
+            maint_pool.clone(),
+            rt.deployment.clone(),
+            rt.worker_id,
+            Some(rt.worker_id),
+            gc_opts.clone(),
+        ) {
+            Ok(gc) => {
+                tracker.spawn(gc.run(stop.clone()));
+            }
+            Err(e) => warn!(error = %e, "garbage collector not started"),
         }
     }
     let summary = match opts.worker {

@@ -21,6 +21,9 @@ pub enum BenchCommand {
     Docker(super::bench_docker::DockerBench),
     /// Lateness of cron fires (enqueue minus nominal) p50/p99, duplicates and misses.
     Cron(super::bench_cron::CronBench),
+    /// Cleanup latency: kill -9 → container reaped by the GC; cancel → stop issued and
+    /// container removed (p50/p99 over N trials).
+    Reap(super::bench_reap::ReapBench),
 }
 
 #[derive(clap::Args, Debug)]
@@ -41,6 +44,7 @@ pub async fn run(cmd: BenchCommand, _db: &crate::config::DatabaseArgs) -> anyhow
         BenchCommand::Queue(b) => queue(b).await,
         BenchCommand::Docker(b) => super::bench_docker::run(b).await,
         BenchCommand::Cron(b) => super::bench_cron::run(b).await,
+        BenchCommand::Reap(b) => super::bench_reap::run(b).await,
     }
 }
 

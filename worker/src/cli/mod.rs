@@ -2,6 +2,8 @@
 //! Errors reach `main` as `anyhow` and are printed with their causes.
 
 pub mod bench;
+pub mod bench_reap;
+pub mod gc;
 pub mod containers;
 pub mod logs;
 pub mod remote;
@@ -82,6 +84,9 @@ pub enum Command {
     /// Benchmarks (programs that print figures; `--json` for machines).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Run the Docker garbage collector alone (the `docker_gc_worker`): one pass every
+    /// `--gc-period`, or a single pass with `--once`.
+    Gc(gc::GcArgs),
     /// API tokens (stored hashed): create, revoke, ls.
     #[command(subcommand)]
     Tokens(tokens::TokensCommand),
@@ -346,6 +351,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(cmd) => bench::run(cmd, &cli.db).await,
+        Command::Gc(args) => gc::run(args, &cli.db, pool_opts).await,
         Command::Tokens(cmd) => tokens::run(&cli.db, pool_opts, cmd).await,
         Command::Secrets(cmd) => secrets::run(&cli.db, pool_opts, cmd).await,
         Command::Audit(cmd) => audit::run(&cli.db, pool_opts, cmd).await,
@@ -382,6 +388,10 @@ async fn run_services(
                 .unwrap_or_else(|| state_dir.join("artifacts"));
             (w.docker.clone(), dir)
         }),
+        gc: match worker {
+            Some(w) if w.gc.enabled => Some(w.gc.options(w.docker.stop_grace.0)?),
+            _ => None,
+        },
     };
     supervisor::run(opts, default_registry(), Health::default(), shutdown).await?;
     Ok(())

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod docker;
+pub mod gc;
 pub mod scheduler;
 
 use highway_workflows::HumanDuration;
@@ -141,6 +142,9 @@ pub struct WorkerConfig {
 
     #[command(flatten)]
     pub docker: docker::DockerConfig,
+
+    #[command(flatten)]
+    pub gc: gc::GcConfig,
 }
 
 impl WorkerConfig {

@@ -185,6 +185,13 @@ pub struct WaitExit {
     pub error: Option<String>,
 }
 
+/// What [`DockerClient::daemon_clock`] read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonClock {
+    pub id: String,
+    pub now: chrono::DateTime<chrono::Utc>,
+}
+
 /// What `remove` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Removed {
@@ -383,6 +390,33 @@ impl DockerClient {
         })?;
         *lock(&self.inner.daemon_id) = Some(id.clone());
         Ok(id)
+    }
+
+    /// The daemon's ID and its current time (`info().system_time`), for the garbage
+    /// collector: container ages are measured on the daemon's clock, never the host's
+    /// (trap 28). Not cached: the time is read at every call.
+    pub async fn daemon_clock(&self) -> Result<DaemonClock> {
+        let t = self.inner.settings.call_timeout;
+        let info = self
+            .call("info", t, |d| async move { d.info().await })
+            .await?;
+        let bad = |message: String| Error::Api {
+            op: "info",
+            status: 0,
+            message,
+        };
+        let id = info
+            .id
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| bad("daemon reported no ID".into()))?;
+        let raw = info
+            .system_time
+            .ok_or_else(|| bad("daemon reported no system time".into()))?;
+        let now = chrono::DateTime::parse_from_rfc3339(&raw)
+            .map_err(|e| bad(format!("daemon system time {raw:?}: {e}")))?
+            .with_timezone(&chrono::Utc);
+        *lock(&self.inner.daemon_id) = Some(id.clone());
+        Ok(DaemonClock { id, now })
     }
 
     // ---------------------------------------------------------------- images

@@ -12,6 +12,8 @@
 //! - [`runtime`]: [`DockerRuntime`], what the handlers share.
 //! - [`tracking`]: SQL of `highway.docker_containers` and the audit rows of our Docker
 //!   operations.
+//! - [`gc`]: the garbage collector (per daemon, every worker and `highway gc`), and the
+//!   shared stop/remove sequence with its timestamped steps; its SQL is [`gc_store`].
 //! - [`logs`]: attach reader (bounded head/tail capture) and the `activity_logs` writer.
 //! - [`tario`]: input tar building, output tar validation (never extracted on the host).
 //! - [`artifacts`]: output tars on disk + `highway.artifacts`, read back as inputs.
@@ -26,6 +28,8 @@
 pub mod artifacts;
 pub mod breaker;
 pub mod client;
+pub mod gc;
+pub mod gc_store;
 pub mod logs;
 pub mod monitor;
 pub mod policy;

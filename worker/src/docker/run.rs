@@ -25,6 +25,7 @@
 
 use crate::docker::artifacts::{self, Producer};
 use crate::docker::client::{self, Removed, WaitExit};
+use crate::docker::gc;
 use crate::docker::logs::{self, LogSender, Reader};
 use crate::docker::policy;
 use crate::docker::runtime::{DockerRuntime, Failpoint};
@@ -1047,12 +1048,14 @@ impl Attempt<'_> {
     /// SIGTERM, grace, SIGKILL (the daemon does it; trap 5: the call's deadline covers
     /// the grace). If stop fails, kill.
     async fn stop(&self, id: &str, grace: Duration) {
-        if let Err(e) = self.rt.client.stop_container(id, grace).await {
-            tracing::warn!(error = %e, "stop failed; killing");
-            if let Err(e) = self.rt.client.kill_container(id).await {
-                tracing::warn!(error = %e, "kill failed");
-            }
-        }
+        // The sequence is shared with the garbage collector: it also timestamps the stop
+        // steps (requested, signalled, killed) on the tracking row, so any worker can see
+        // how far this stop got and finish it if this worker cannot.
+        let reason = match self.ctx.cancel_reason() {
+            Some(r) => format!("{r:?}").to_lowercase(),
+            None => "timeout".to_string(),
+        };
+        gc::stop_container(&self.rt.client, &self.rt.pool, id, grace, &reason).await;
     }
 
     /// Exit code and OOM flag from inspect. OOM comes only from `OOMKilled` (trap 18):
@@ -1255,9 +1258,8 @@ async fn cleanup(rt: &DockerRuntime, ctx: &ActivityContext, state: &Mutex<RunSta
     if s.started && !s.exited {
         // An error or panic while it may be running: stop with grace first (trap 6:
         // removing a running container with force skips the grace).
-        if let Err(e) = rt.client.stop_container(&id, s.stop_grace).await {
-            tracing::warn!(error = %e, "stop during cleanup failed");
-        }
+        // Shared with the GC: stop steps timestamped, kill if the stop call fails.
+        gc::stop_container(&rt.client, &rt.pool, &id, s.stop_grace, &reason).await;
     }
     let mut last_err = None;
     for attempt in 0..3u32 {

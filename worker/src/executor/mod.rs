@@ -750,10 +750,25 @@ async fn heartbeat_loop(
     // Stop a little before the lease ends in the database.
     let margin = (opts.lease / 10).max(Duration::from_millis(500));
     let mut last_worker_beat = Instant::now() - Duration::from_secs(3600);
+    // The earliest moment an attempt must stop if its lease cannot be renewed (attempts
+    // already told to stop are left out). The loop wakes up for it and bounds each
+    // heartbeat by it, so a hung connection (a blackholed network, R10) cannot carry an
+    // attempt past its lease: a failed or late heartbeat is noticed before that moment.
+    let stop_deadline = |running: &RunningMap| -> Option<Instant> {
+        let map = running.lock().unwrap_or_else(|p| p.into_inner());
+        map.values()
+            .filter(|r| !r.ctx.is_cancelled())
+            .map(|r| r.renewed_at + r.lease.saturating_sub(margin))
+            .min()
+    };
+    let floor = Duration::from_millis(100);
     loop {
-        let sleep = tokio::time::sleep(jitter(tick, 0.1));
+        let mut nap = jitter(tick, 0.1);
+        if let Some(d) = stop_deadline(&running) {
+            nap = nap.min(d.saturating_duration_since(Instant::now()).max(floor));
+        }
         tokio::select! {
-            _ = sleep => {}
+            _ = tokio::time::sleep(nap) => {}
             _ = stop.cancelled() => return,
         }
         let sent_at = Instant::now();
@@ -763,27 +778,52 @@ async fn heartbeat_loop(
                 .map(|(id, r)| (*id, r.attempt, r.ctx.take_heartbeat_details()))
                 .collect()
         };
+        if !beats.is_empty() {
+            heartbeat_once(&pool, &opts, &running, &beats, sent_at, margin, tick, stop_deadline(&running)).await;
+        }
         if last_worker_beat.elapsed() >= tick {
             let status = if soft.is_cancelled() {
                 "draining"
             } else {
                 "running"
             };
-            if store::worker_heartbeat(&pool, opts.id, status)
-                .await
-                .is_ok()
+            // Bounded too: a hung connection must not delay the next lease check.
+            if let Ok(Ok(())) =
+                tokio::time::timeout(tick, store::worker_heartbeat(&pool, opts.id, status)).await
             {
                 last_worker_beat = Instant::now();
             }
         }
-        if beats.is_empty() {
-            continue;
-        }
-        match store::heartbeat(&pool, opts.id, opts.lease.as_millis() as i64, &beats).await {
+    }
+}
+
+/// One batched lease renewal; reports lease loss and cancellations to the attempts.
+async fn heartbeat_once(
+    pool: &PgPool,
+    opts: &WorkerOptions,
+    running: &RunningMap,
+    beats: &[(Uuid, i32, Option<serde_json::Value>)],
+    sent_at: Instant,
+    margin: Duration,
+    tick: Duration,
+    stop_deadline: Option<Instant>,
+) {
+    {
+        let budget = stop_deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(tick)
+            .clamp(Duration::from_millis(100), tick);
+        let beat = tokio::time::timeout(
+            budget,
+            store::heartbeat(pool, opts.id, opts.lease.as_millis() as i64, beats),
+        )
+        .await
+        .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut));
+        match beat {
             Ok(held) => {
                 let held: HashMap<Uuid, bool> = held.into_iter().collect();
                 let map = &mut *running.lock().unwrap_or_else(|p| p.into_inner());
-                for (id, attempt, _) in &beats {
+                for (id, attempt, _) in beats.iter() {
                     let Some(r) = map.get_mut(id) else { continue };
                     if r.attempt != *attempt {
                         continue;

@@ -1,0 +1,954 @@
+//! [`DockerGarbageCollector`]: the last layer of cleanup (DESIGN "Layers of cleanup").
+//! Every worker runs one, and `highway gc` runs one alone; each works on the Docker
+//! daemon its client talks to (identified by the daemon's ID) and only on containers
+//! labelled `highway.managed=true` of its own deployment. Many collectors on one daemon
+//! are safe: removals are idempotent and every row change is fenced.
+//!
+//! One pass ([`DockerGarbageCollector::run_once`]):
+//! 1. read, and stop if any read fails (never act on partial information, R24): the
+//!    daemon's ID and clock, Postgres' clock, every labelled container in all states
+//!    (trap 9), what Postgres knows about each (activity, attempt, lease, run, tracking
+//!    row), and the placeholder rows of the daemon;
+//! 2. judge each container ([`judge`], a pure function): past a creation grace on the
+//!    *daemon's* clock (trap 28), remove it when its activity is gone (orphan), finished
+//!    (terminal), on a newer attempt, or its lease expired by Postgres' `now()`; a
+//!    detached one when its run ended or its TTL passed; a kept one when its retention
+//!    passed; any one older than `max_age` unless `gc_protected_until` is in the future;
+//!    a cancelled one whose owner did not finish the cancel in time;
+//! 3. act (unless dry-run, at most `max_per_pass` removals): stop with grace, remove
+//!    with `force, v`, record who and why on the tracking row and in the audit log;
+//!    resolve `pending:<name>` rows by name; mark rows whose container vanished.
+//!
+//! Also owns [`stop_container`] and [`stop_and_remove`], the one stop/remove sequence
+//! with its timestamped steps, shared with the run handler's stop path.
+//! Must not: call bollard (that is `client.rs`) or speak SQL (that is `gc_store.rs`).
+
+use crate::docker::client::{self, DockerClient, Removed};
+use crate::docker::gc_store::{self, Facts, Removal};
+use crate::docker::spec::labels;
+use crate::docker::tracking::{self, AuditEvent};
+use bollard::models::ContainerSummary;
+use serde_json::json;
+use sqlx::PgPool;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+/// Why a pass did nothing. "Shut down" is not an error here: `run` just returns.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The daemon could not be read: nothing was done.
+    #[error("garbage collector did nothing: docker unreachable: {0}")]
+    Docker(#[from] client::Error),
+    /// Postgres could not be read: nothing was done.
+    #[error("garbage collector did nothing: postgres unreachable: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A Postgres read did not answer within the deadline (a hung connection).
+    #[error("garbage collector did nothing: postgres did not answer within {0:?}")]
+    DatabaseTimeout(Duration),
+    #[error("invalid garbage collector option {name}: {reason}")]
+    InvalidOptions { name: &'static str, reason: String },
+}
+
+/// Settings of a collector. Defaults are the named constants below.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcOptions {
+    /// Time between two passes (jittered by up to 10%).
+    pub period: Duration,
+    /// A container younger than this (on the daemon's clock) is never touched: its
+    /// creator may not have recorded it yet.
+    pub creation_grace: Duration,
+    /// Any container older than this is removed unless `gc_protected_until` is in the
+    /// future. `Duration::ZERO` disables the rule.
+    pub max_age: Duration,
+    /// Most removals per pass; the rest wait for the next pass.
+    pub max_per_pass: usize,
+    /// Judge and count, change nothing.
+    pub dry_run: bool,
+    /// SIGTERM → SIGKILL grace when the collector stops a running container.
+    pub stop_grace: Duration,
+    /// A live attempt whose cancellation was requested this long ago (plus the stop
+    /// grace) and whose container still exists: the collector finishes the cancel.
+    pub cancel_takeover: Duration,
+    /// Removals in flight at once.
+    pub concurrency: usize,
+    /// Deadline of each Postgres read (a blackholed connection must not hang a pass).
+    pub db_timeout: Duration,
+}
+
+impl GcOptions {
+    pub const DEFAULT_PERIOD: Duration = Duration::from_secs(30);
+    pub const DEFAULT_CREATION_GRACE: Duration = Duration::from_secs(60);
+    pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+    pub const DEFAULT_MAX_PER_PASS: usize = 100;
+    pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+    pub const DEFAULT_CANCEL_TAKEOVER: Duration = Duration::from_secs(30);
+    pub const DEFAULT_CONCURRENCY: usize = 4;
+    pub const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(10);
+
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |name, reason: &str| {
+            Err(Error::InvalidOptions {
+                name,
+                reason: reason.into(),
+            })
+        };
+        if self.period < Duration::from_millis(100) {
+            return bad("period", "must be at least 100ms");
+        }
+        if self.max_per_pass == 0 {
+            return bad("max_per_pass", "must be at least 1");
+        }
+        if self.concurrency == 0 {
+            return bad("concurrency", "must be at least 1");
+        }
+        if !self.max_age.is_zero() && self.max_age <= self.creation_grace {
+            return bad(
+                "max_age",
+                "must exceed the creation grace (or be 0 to disable)",
+            );
+        }
+        if self.db_timeout < Duration::from_millis(100) {
+            return bad("db_timeout", "must be at least 100ms");
+        }
+        Ok(())
+    }
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        Self {
+            period: Self::DEFAULT_PERIOD,
+            creation_grace: Self::DEFAULT_CREATION_GRACE,
+            max_age: Self::DEFAULT_MAX_AGE,
+            max_per_pass: Self::DEFAULT_MAX_PER_PASS,
+            dry_run: false,
+            stop_grace: Self::DEFAULT_STOP_GRACE,
+            cancel_takeover: Self::DEFAULT_CANCEL_TAKEOVER,
+            concurrency: Self::DEFAULT_CONCURRENCY,
+            db_timeout: Self::DEFAULT_DB_TIMEOUT,
+        }
+    }
+}
+
+/// Why the collector removes a container (`removed_reason`, audit `details.reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    /// Its activity does not exist (or it names none).
+    Orphan,
+    /// Its activity finished.
+    Terminal,
+    /// Its activity runs a newer attempt.
+    OlderAttempt,
+    /// Its attempt's lease expired (by Postgres `now()`), or the attempt was taken back.
+    LeaseExpired,
+    /// Detached: its workflow run ended.
+    DetachedRunEnded,
+    /// Detached: its `detach_expires_at` (TTL) passed.
+    DetachedExpired,
+    /// Older than `max_age` and not protected.
+    MaxAge,
+    /// Kept (`auto_remove: false`): its `gc_protected_until` passed.
+    RetentionExpired,
+    /// Its cancellation was requested long ago and the owner did not finish it.
+    CancelTakeover,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Orphan => "orphan",
+            Reason::Terminal => "terminal",
+            Reason::OlderAttempt => "older_attempt",
+            Reason::LeaseExpired => "lease_expired",
+            Reason::DetachedRunEnded => "detached_run_ended",
+            Reason::DetachedExpired => "detached_expired",
+            Reason::MaxAge => "max_age",
+            Reason::RetentionExpired => "retention_expired",
+            Reason::CancelTakeover => "cancel_takeover",
+        }
+    }
+}
+
+/// What [`judge`] decided for one container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Younger than the creation grace.
+    Young,
+    /// Its attempt runs under a live lease (or a detached run still belongs to it).
+    Live,
+    /// `gc_protected_until` is in the future.
+    Protected,
+    /// The labels and the database disagree in a way no removal rule covers (an attempt
+    /// newer than the activity's): left alone, `max_age` catches it.
+    Unsure,
+    Remove(Reason),
+}
+
+/// What one pass saw and did; tests assert on these.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcCounts {
+    /// Labelled containers of this deployment on the daemon.
+    pub listed: u64,
+    pub young: u64,
+    pub live: u64,
+    pub protected: u64,
+    pub unsure: u64,
+    /// Removed (or, in dry-run, that would have been), by reason.
+    pub removed: BTreeMap<&'static str, u64>,
+    /// Dry-run: removals judged but not done.
+    pub dry_run: bool,
+    /// Judged removable but left for the next pass (per-pass cap).
+    pub deferred: u64,
+    /// Removals that failed (retried next pass).
+    pub failed: u64,
+    /// Tracking rows whose container vanished, marked `missing`.
+    pub missing: u64,
+    /// Placeholder rows whose container was found by name (now tracked by id).
+    pub pending_adopted: u64,
+    /// Placeholder rows closed: the create never happened.
+    pub pending_closed: u64,
+}
+
+impl GcCounts {
+    /// Removals of this pass (all reasons).
+    pub fn removed_total(&self) -> u64 {
+        self.removed.values().sum()
+    }
+
+    pub fn removed_for(&self, reason: Reason) -> u64 {
+        self.removed.get(reason.as_str()).copied().unwrap_or(0)
+    }
+
+    /// Something changed (or would have): worth a log line.
+    pub fn acted(&self) -> bool {
+        self.removed_total()
+            + self.failed
+            + self.missing
+            + self.pending_adopted
+            + self.pending_closed
+            + self.deferred
+            > 0
+    }
+}
+
+/// A listed container, with its labels parsed.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    /// Seconds since creation, on the daemon's clock.
+    pub age: Duration,
+    pub running: bool,
+    pub activity_id: Option<Uuid>,
+    pub run_id: Option<Uuid>,
+    pub attempt: Option<i32>,
+    pub tenant_id: String,
+    pub detached: bool,
+    pub labels: HashMap<String, String>,
+}
+
+impl Listed {
+    fn from_summary(
+        c: ContainerSummary,
+        daemon_now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<Self> {
+        let id = c.id?;
+        let labels = c.labels.unwrap_or_default();
+        let label = |k: &str| labels.get(k).cloned();
+        // `Created` has whole seconds: the container was created somewhere within that
+        // second, so count from its end. The grace is then never cut short (R23).
+        let created =
+            chrono::DateTime::from_timestamp(c.created.unwrap_or(0) + 1, 0).unwrap_or(daemon_now);
+        let age = (daemon_now - created).to_std().unwrap_or(Duration::ZERO);
+        let running = matches!(
+            c.state,
+            Some(
+                bollard::models::ContainerSummaryStateEnum::RUNNING
+                    | bollard::models::ContainerSummaryStateEnum::PAUSED
+                    | bollard::models::ContainerSummaryStateEnum::RESTARTING
+            )
+        );
+        let name = c
+            .names
+            .unwrap_or_default()
+            .into_iter()
+            .next()
+            .map(|n| n.trim_start_matches('/').to_string())
+            .unwrap_or_default();
+        Some(Self {
+            name,
+            image: c.image.unwrap_or_default(),
+            age,
+            running,
+            activity_id: label(labels::ACTIVITY_ID).and_then(|v| v.parse().ok()),
+            run_id: label(labels::WORKFLOW_RUN_ID).and_then(|v| v.parse().ok()),
+            attempt: label(labels::ATTEMPT).and_then(|v| v.parse().ok()),
+            tenant_id: label(labels::TENANT_ID).unwrap_or_default(),
+            detached: label(labels::DETACHED).as_deref() == Some("true"),
+            labels,
+            id,
+        })
+    }
+
+    /// `highway.ttl_seconds` (detached TTL), for a container whose row is missing.
+    fn ttl(&self) -> Option<Duration> {
+        self.labels
+            .get(labels::TTL_SECONDS)
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs)
+    }
+}
+
+/// The decision for one container. Pure: every time it needs was read by Postgres
+/// (`facts`) or measured on the daemon's clock (`c.age`).
+pub fn judge(c: &Listed, f: &Facts, o: &GcOptions) -> Verdict {
+    if c.age < o.creation_grace {
+        return Verdict::Young;
+    }
+    if f.protected == Some(true) {
+        return Verdict::Protected;
+    }
+    if f.protection_passed == Some(true) {
+        return Verdict::Remove(Reason::RetentionExpired);
+    }
+    if !o.max_age.is_zero() && c.age > o.max_age {
+        return Verdict::Remove(Reason::MaxAge);
+    }
+    let (Some(status), Some(current), Some(attempt)) =
+        (f.activity_status.as_deref(), f.activity_attempt, c.attempt)
+    else {
+        // No such activity, or labels that name none: nothing owns it.
+        return Verdict::Remove(Reason::Orphan);
+    };
+    if attempt < current {
+        return Verdict::Remove(Reason::OlderAttempt);
+    }
+    if attempt > current {
+        return Verdict::Unsure;
+    }
+    let attempt_live = status == "running" && f.lease_live == Some(true);
+    if attempt_live {
+        // The owner holds the lease. Only a cancel it did not finish in time is ours.
+        return match f.cancel_age_s {
+            Some(age) if age > (o.stop_grace + o.cancel_takeover).as_secs_f64() => {
+                Verdict::Remove(Reason::CancelTakeover)
+            }
+            _ => Verdict::Live,
+        };
+    }
+    if c.detached || f.detached == Some(true) {
+        // The container belongs to the workflow run until the run ends or the TTL passes.
+        if f.detach_expired == Some(true) {
+            return Verdict::Remove(Reason::DetachedExpired);
+        }
+        if f.detach_expired.is_none() && c.ttl().is_some_and(|ttl| c.age > ttl) {
+            return Verdict::Remove(Reason::DetachedExpired);
+        }
+        let run_ended = match (&f.run_status, f.run_exists) {
+            (Some(s), true) => s != "running",
+            // A run the labels name but that does not exist any more.
+            (_, false) => c.run_id.is_some(),
+            (None, true) => false,
+        };
+        if run_ended {
+            return Verdict::Remove(Reason::DetachedRunEnded);
+        }
+        // A detached start whose activity did not succeed is not owned by anyone.
+        return match status {
+            "succeeded" => Verdict::Live,
+            "scheduled" | "running" => Verdict::Remove(Reason::LeaseExpired),
+            _ => Verdict::Remove(Reason::Terminal),
+        };
+    }
+    match status {
+        "succeeded" | "failed" | "cancelled" | "timed_out" => Verdict::Remove(Reason::Terminal),
+        // `scheduled` at the same attempt: the attempt was taken back (rescued/released).
+        _ => Verdict::Remove(Reason::LeaseExpired),
+    }
+}
+
+/// The collector. Cheap to build; `run` consumes it.
+#[derive(Debug, Clone)]
+pub struct DockerGarbageCollector {
+    client: DockerClient,
+    pool: PgPool,
+    deployment: String,
+    /// `gc:<id>`: `removed_by` and the audit actor.
+    actor: String,
+    /// The worker this collector runs in (its `workers.daemon_id` is filled in).
+    worker_id: Option<Uuid>,
+    opts: GcOptions,
+}
+
+impl DockerGarbageCollector {
+    /// `id` names the collector (`gc:<id>`); pass the worker's id when it runs inside a
+    /// worker so `workers.daemon_id` is recorded.
+    pub fn new(
+        client: DockerClient,
+        pool: PgPool,
+        deployment: impl Into<String>,
+        id: Uuid,
+        worker_id: Option<Uuid>,
+        opts: GcOptions,
+    ) -> Result<Self, Error> {
+        opts.validate()?;
+        let deployment = deployment.into();
+        if deployment.is_empty() {
+            return Err(Error::InvalidOptions {
+                name: "deployment",
+                reason: "must not be empty".into(),
+            });
+        }
+        Ok(Self {
+            client,
+            pool,
+            deployment,
+            actor: format!("gc:{id}"),
+            worker_id,
+            opts,
+        })
+    }
+
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
+    pub fn options(&self) -> &GcOptions {
+        &self.opts
+    }
+
+    async fn db<T>(
+        &self,
+        f: impl std::future::Future<Output = sqlx::Result<T>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(self.opts.db_timeout, f).await {
+            Err(_) => Err(Error::DatabaseTimeout(self.opts.db_timeout)),
+            Ok(r) => Ok(r?),
+        }
+    }
+
+    /// One pass; see the module docs. `Err` means nothing was changed.
+    pub async fn run_once(&self) -> Result<GcCounts, Error> {
+        let o = &self.opts;
+        // ---- 1. Read everything first; any failure ends the pass before any action.
+        let clock = self.client.daemon_clock().await?;
+        let listed_at = self.db(gc_store::db_now(&self.pool)).await?;
+        let filters = vec![
+            format!("{}=true", labels::MANAGED),
+            format!("{}={}", labels::DEPLOYMENT, self.deployment),
+        ];
+        let summaries = self.client.list_by_labels(&filters).await?;
+        let listed: Vec<Listed> = summaries
+            .into_iter()
+            .filter_map(|c| Listed::from_summary(c, clock.now))
+            // The daemon filtered already; a second look costs nothing and is what keeps
+            // another deployment's containers safe if a filter were ever mistyped.
+            .filter(|c| {
+                c.labels.get(labels::MANAGED).map(String::as_str) == Some("true")
+                    && c.labels.get(labels::DEPLOYMENT) == Some(&self.deployment)
+            })
+            .collect();
+        let ids: Vec<String> = listed.iter().map(|c| c.id.clone()).collect();
+        let acts: Vec<Option<Uuid>> = listed.iter().map(|c| c.activity_id).collect();
+        let runs: Vec<Option<Uuid>> = listed.iter().map(|c| c.run_id).collect();
+        let facts = self
+            .db(gc_store::facts(&self.pool, &ids, &acts, &runs))
+            .await?;
+        let grace = chrono::Duration::from_std(o.creation_grace).unwrap_or(chrono::Duration::MAX);
+        let before = listed_at - grace;
+        let pending = self
+            .db(gc_store::pending_rows(
+                &self.pool,
+                &clock.id,
+                &self.deployment,
+                before,
+            ))
+            .await?;
+
+        // ---- 2. Judge.
+        let mut counts = GcCounts {
+            listed: listed.len() as u64,
+            dry_run: o.dry_run,
+            ..GcCounts::default()
+        };
+        let by_id: HashMap<&str, &Facts> =
+            facts.iter().map(|f| (f.container_id.as_str(), f)).collect();
+        let mut removals: Vec<(Listed, Reason)> = Vec::new();
+        for c in &listed {
+            let missing = Facts::default();
+            let f = by_id.get(c.id.as_str()).copied().unwrap_or(&missing);
+            match judge(c, f, o) {
+                Verdict::Young => counts.young += 1,
+                Verdict::Live => counts.live += 1,
+                Verdict::Protected => counts.protected += 1,
+                Verdict::Unsure => {
+                    counts.unsure += 1;
+                    warn!(container_id = %c.id, attempt = ?c.attempt, activity_attempt = ?f.activity_attempt,
+                          "gc: container labelled with an attempt newer than its activity's; left alone");
+                }
+                Verdict::Remove(r) => removals.push((c.clone(), r)),
+            }
+        }
+        if removals.len() > o.max_per_pass {
+            counts.deferred = (removals.len() - o.max_per_pass) as u64;
+            // Oldest first: they have waited longest.
+            removals.sort_by_key(|r| std::cmp::Reverse(r.0.age));
+            removals.truncate(o.max_per_pass);
+        }
+        if o.dry_run {
+            for (c, r) in &removals {
+                *counts.removed.entry(r.as_str()).or_default() += 1;
+                info!(container_id = %c.id, reason = r.as_str(), "gc (dry run): would remove");
+            }
+            return Ok(counts);
+        }
+
+        // ---- 3. Act.
+        if let Err(e) = gc_store::record_daemon(&self.pool, self.worker_id, &clock.id, &ids).await {
+            warn!(error = %e, "gc: could not record the daemon id");
+        }
+        let by_name: HashMap<&str, &Listed> = listed.iter().map(|c| (c.name.as_str(), c)).collect();
+        for p in &pending {
+            let name_hit = by_name.get(p.name.as_str());
+            let res = match name_hit {
+                Some(c) => {
+                    match gc_store::adopt_pending(&self.pool, &p.container_id, &c.id).await {
+                        Ok(1) => {
+                            counts.pending_adopted += 1;
+                            Ok(())
+                        }
+                        // Recorded under its id by its owner meanwhile: the placeholder is moot.
+                        Ok(_) => gc_store::close_pending_row(
+                            &self.pool,
+                            &p.container_id,
+                            &self.actor,
+                            "pending_superseded",
+                        )
+                        .await
+                        .map(|n| counts.pending_closed += n),
+                        Err(e) => Err(e),
+                    }
+                }
+                // Not on the daemon and its attempt is over: the create never happened.
+                None if p.past_grace && !p.attempt_live => gc_store::close_pending_row(
+                    &self.pool,
+                    &p.container_id,
+                    &self.actor,
+                    "create_never_happened",
+                )
+                .await
+                .map(|n| counts.pending_closed += n),
+                None => Ok(()),
+            };
+            if let Err(e) = res {
+                warn!(error = %e, row = %p.container_id, "gc: could not resolve a placeholder row");
+            }
+        }
+
+        let mut set = JoinSet::new();
+        let mut queue = removals.into_iter();
+        loop {
+            while set.len() < o.concurrency {
+                let Some((c, reason)) = queue.next() else {
+                    break;
+                };
+                let (client, pool, actor, daemon) = (
+                    self.client.clone(),
+                    self.pool.clone(),
+                    self.actor.clone(),
+                    clock.id.clone(),
+                );
+                let grace = o.stop_grace;
+                set.spawn(async move {
+                    let target = Target::from_listed(&c, &daemon);
+                    let r =
+                        stop_and_remove(&client, &pool, &target, grace, &actor, reason.as_str())
+                            .await;
+                    (c.id, reason, r)
+                });
+            }
+            let Some(done) = set.join_next().await else {
+                break;
+            };
+            match done {
+                Ok((_, reason, Ok(_))) => *counts.removed.entry(reason.as_str()).or_default() += 1,
+                Ok((id, reason, Err(e))) => {
+                    counts.failed += 1;
+                    warn!(container_id = %id, reason = reason.as_str(), error = %e, "gc: removal failed; retried next pass");
+                }
+                Err(e) => {
+                    counts.failed += 1;
+                    warn!(error = %e, "gc: removal task failed");
+                }
+            }
+        }
+
+        // Rows whose container vanished (removed outside highway, or by a cleanup that
+        // could not record it). Judged against this pass's listing only.
+        match gc_store::mark_absent_missing(
+            &self.pool,
+            &clock.id,
+            &self.deployment,
+            &ids,
+            before,
+            listed_at,
+            &self.actor,
+            o.max_per_pass as i64,
+        )
+        .await
+        {
+            Ok(rows) => {
+                counts.missing = rows.len() as u64;
+                for r in rows {
+                    let ev = AuditEvent {
+                        tenant_id: &r.tenant_id,
+                        actor: &self.actor,
+                        action: "container.missing",
+                        target: Some(&r.container_id),
+                        activity_id: r.activity_id,
+                        workflow_run_id: r.workflow_run_id,
+                        outcome: "ok",
+                        details: json!({"reason": "not_on_daemon", "daemon_id": clock.id}),
+                    };
+                    if let Err(e) = tracking::audit(&self.pool, &ev).await {
+                        warn!(error = %e, "gc: audit row not written");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "gc: could not mark vanished containers"),
+        }
+        Ok(counts)
+    }
+
+    /// Passes every `period` (jittered) until `stop`; the first pass runs at once. A pass
+    /// in progress is finished, never abandoned half-way.
+    pub async fn run(self, stop: CancellationToken) {
+        info!(actor = %self.actor, deployment = %self.deployment, period_ms = self.opts.period.as_millis() as u64,
+              dry_run = self.opts.dry_run, "garbage collector started");
+        loop {
+            match self.run_once().await {
+                Ok(c) if c.acted() => info!(
+                    listed = c.listed,
+                    removed = c.removed_total(),
+                    reasons = ?c.removed,
+                    dry_run = c.dry_run,
+                    deferred = c.deferred,
+                    failed = c.failed,
+                    missing = c.missing,
+                    pending_adopted = c.pending_adopted,
+                    pending_closed = c.pending_closed,
+                    "garbage collector pass"
+                ),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "garbage collector pass skipped"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(jitter(self.opts.period)) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    use rand::Rng;
+    d.mul_f64(rand::thread_rng().gen_range(0.9..=1.0))
+}
+
+/// A container to stop and remove, with what its tracking row and audit row need.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub container_id: String,
+    pub name: String,
+    pub image: String,
+    pub tenant_id: String,
+    pub activity_id: Option<Uuid>,
+    pub workflow_run_id: Option<Uuid>,
+    pub attempt: Option<i32>,
+    pub daemon_id: String,
+    pub labels: serde_json::Value,
+    /// It may be running: stop with grace before removing.
+    pub running: bool,
+}
+
+impl Target {
+    fn from_listed(c: &Listed, daemon_id: &str) -> Self {
+        Self {
+            container_id: c.id.clone(),
+            name: c.name.clone(),
+            image: c.image.clone(),
+            tenant_id: c.tenant_id.clone(),
+            activity_id: c.activity_id,
+            workflow_run_id: c.run_id,
+            attempt: c.attempt,
+            daemon_id: daemon_id.to_string(),
+            labels: json!(c.labels),
+            running: c.running,
+        }
+    }
+}
+
+/// Stops a container with its steps timestamped on the tracking row: requested and
+/// signalled (SIGTERM goes out with the stop call), then killed if the grace ran out
+/// (the daemon sent SIGKILL) or the stop call failed and we killed it. The timestamps
+/// let any worker see how far a stop got and finish it. Used by the run handler and
+/// the collector alike. Step writes are best-effort: Postgres being down must never
+/// keep a container running.
+pub async fn stop_container(
+    client: &DockerClient,
+    pool: &PgPool,
+    container_id: &str,
+    grace: Duration,
+    reason: &str,
+) {
+    // The step is recorded while the stop goes out, never before it: a hung Postgres
+    // (R10) must not delay the SIGTERM, and the write is bounded so it cannot hold up
+    // the rest of the stop either.
+    let step = Duration::from_millis(500);
+    let record = async {
+        if let Ok(Err(e)) = tokio::time::timeout(
+            step,
+            gc_store::mark_stop_signalled(pool, container_id, reason),
+        )
+        .await
+        {
+            warn!(error = %e, "stop step `signalled` not recorded");
+        }
+    };
+    let stop = async {
+        let t0 = tokio::time::Instant::now();
+        match client.stop_container(container_id, grace).await {
+            // The daemon's stop returns once the container is down; taking the whole
+            // grace means SIGTERM was not enough and the daemon sent SIGKILL.
+            Ok(()) => t0.elapsed() >= grace,
+            Err(e) => {
+                warn!(error = %e, "stop failed; killing");
+                if let Err(e) = client.kill_container(container_id).await {
+                    warn!(error = %e, "kill failed");
+                }
+                true
+            }
+        }
+    };
+    let ((), killed) = tokio::join!(record, stop);
+    if killed {
+        if let Ok(Err(e)) =
+            tokio::time::timeout(step, gc_store::mark_killed(pool, container_id)).await
+        {
+            warn!(error = %e, "stop step `killed` not recorded");
+        }
+    }
+}
+
+/// Stop (with grace, if it may run), remove with `force, v`, record the removal with
+/// its reason on the tracking row (created from the labels if missing) and in the audit
+/// log. `Ok` once the container is gone, whoever removed it.
+pub async fn stop_and_remove(
+    client: &DockerClient,
+    pool: &PgPool,
+    t: &Target,
+    grace: Duration,
+    actor: &str,
+    reason: &str,
+) -> Result<Removed, client::Error> {
+    if t.running {
+        stop_container(client, pool, &t.container_id, grace, reason).await;
+    }
+    let removed = client.remove_container(&t.container_id).await?;
+    let why = match removed {
+        Removed::Removed => reason.to_string(),
+        Removed::AlreadyGone => format!("{reason} (already gone)"),
+    };
+    let rec = Removal {
+        container_id: &t.container_id,
+        name: &t.name,
+        activity_id: t.activity_id,
+        workflow_run_id: t.workflow_run_id,
+        tenant_id: &t.tenant_id,
+        image: &t.image,
+        labels: t.labels.clone(),
+        daemon_id: &t.daemon_id,
+        attempt: t.attempt,
+        removed_by: actor,
+        reason: &why,
+    };
+    match gc_store::record_removal(pool, &rec).await {
+        // Another remover recorded it first: its audit row says so, not ours.
+        Ok(0) => {}
+        Ok(_) => {
+            let ev = AuditEvent {
+                tenant_id: &t.tenant_id,
+                actor,
+                action: "container.remove",
+                target: Some(&t.container_id),
+                activity_id: t.activity_id,
+                workflow_run_id: t.workflow_run_id,
+                outcome: "ok",
+                details: json!({"reason": why, "attempt": t.attempt, "daemon_id": t.daemon_id}),
+            };
+            if let Err(e) = tracking::audit(pool, &ev).await {
+                warn!(error = %e, "audit row not written");
+            }
+        }
+        // Gone from the daemon but not recorded: the next pass marks the row `missing`.
+        Err(e) => warn!(error = %e, container_id = %t.container_id, "removal not recorded"),
+    }
+    info!(container_id = %t.container_id, reason = %why, actor, "container removed");
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(age_s: u64, attempt: Option<i32>) -> Listed {
+        Listed {
+            id: "c".into(),
+            name: "n".into(),
+            image: "i".into(),
+            age: Duration::from_secs(age_s),
+            running: true,
+            activity_id: Some(Uuid::nil()),
+            run_id: None,
+            attempt,
+            tenant_id: "t".into(),
+            detached: false,
+            labels: HashMap::new(),
+        }
+    }
+
+    fn act(status: &str, attempt: i32, lease_live: Option<bool>) -> Facts {
+        Facts {
+            container_id: "c".into(),
+            activity_status: Some(status.into()),
+            activity_attempt: Some(attempt),
+            lease_live,
+            run_exists: false,
+            ..Facts::default()
+        }
+    }
+
+    fn opts() -> GcOptions {
+        GcOptions {
+            creation_grace: Duration::from_secs(10),
+            max_age: Duration::from_secs(1000),
+            ..GcOptions::default()
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        let o = opts();
+        let j = |c: &Listed, f: &Facts| judge(c, f, &o);
+        let c = listed(60, Some(1));
+        // Young beats everything, even an orphan.
+        assert_eq!(j(&listed(5, Some(1)), &Facts::default()), Verdict::Young);
+        assert_eq!(j(&c, &Facts::default()), Verdict::Remove(Reason::Orphan));
+        assert_eq!(
+            j(&listed(60, None), &act("running", 1, Some(true))),
+            Verdict::Remove(Reason::Orphan)
+        );
+        assert_eq!(j(&c, &act("running", 1, Some(true))), Verdict::Live);
+        assert_eq!(
+            j(&c, &act("running", 1, Some(false))),
+            Verdict::Remove(Reason::LeaseExpired)
+        );
+        assert_eq!(
+            j(&c, &act("scheduled", 1, None)),
+            Verdict::Remove(Reason::LeaseExpired)
+        );
+        assert_eq!(
+            j(&c, &act("running", 2, Some(true))),
+            Verdict::Remove(Reason::OlderAttempt)
+        );
+        assert_eq!(
+            j(&c, &act("succeeded", 1, None)),
+            Verdict::Remove(Reason::Terminal)
+        );
+        assert_eq!(
+            j(&c, &act("cancelled", 1, None)),
+            Verdict::Remove(Reason::Terminal)
+        );
+        assert_eq!(
+            j(&listed(60, Some(3)), &act("running", 2, Some(true))),
+            Verdict::Unsure
+        );
+        // Max age, unless protected.
+        let old = listed(2000, Some(1));
+        assert_eq!(
+            j(&old, &act("running", 1, Some(true))),
+            Verdict::Remove(Reason::MaxAge)
+        );
+        let kept = Facts {
+            protected: Some(true),
+            ..act("succeeded", 1, None)
+        };
+        assert_eq!(j(&old, &kept), Verdict::Protected);
+        let passed = Facts {
+            protection_passed: Some(true),
+            protected: Some(false),
+            ..act("succeeded", 1, None)
+        };
+        assert_eq!(j(&c, &passed), Verdict::Remove(Reason::RetentionExpired));
+        // A cancel the owner did not finish.
+        let mut f = act("running", 1, Some(true));
+        f.cancel_age_s = Some(5.0);
+        assert_eq!(j(&c, &f), Verdict::Live);
+        f.cancel_age_s = Some((o.stop_grace + o.cancel_takeover).as_secs_f64() + 1.0);
+        assert_eq!(j(&c, &f), Verdict::Remove(Reason::CancelTakeover));
+    }
+
+    #[test]
+    fn detached_verdicts() {
+        let o = opts();
+        let mut c = listed(60, Some(1));
+        c.detached = true;
+        c.run_id = Some(Uuid::nil());
+        let mut f = act("succeeded", 1, None);
+        f.detached = Some(true);
+        f.detach_expired = Some(false);
+        f.run_exists = true;
+        f.run_status = Some("running".into());
+        assert_eq!(judge(&c, &f, &o), Verdict::Live);
+        f.run_status = Some("cancelling".into());
+        assert_eq!(judge(&c, &f, &o), Verdict::Remove(Reason::DetachedRunEnded));
+        f.run_status = Some("running".into());
+        f.detach_expired = Some(true);
+        assert_eq!(judge(&c, &f, &o), Verdict::Remove(Reason::DetachedExpired));
+        // Still inside its handler (lease live): not ours yet.
+        let mut f = act("running", 1, Some(true));
+        f.detached = Some(true);
+        assert_eq!(judge(&c, &f, &o), Verdict::Live);
+    }
+
+    #[test]
+    fn options_are_validated() {
+        assert!(GcOptions::default().validate().is_ok());
+        let o = GcOptions {
+            max_per_pass: 0,
+            ..GcOptions::default()
+        };
+        assert!(matches!(
+            o.validate(),
+            Err(Error::InvalidOptions {
+                name: "max_per_pass",
+                ..
+            })
+        ));
+        let o = GcOptions {
+            max_age: Duration::from_secs(1),
+            ..GcOptions::default()
+        };
+        assert!(o.validate().is_err());
+        let o = GcOptions {
+            max_age: Duration::ZERO,
+            ..GcOptions::default()
+        };
+        assert!(o.validate().is_ok());
+    }
+}
