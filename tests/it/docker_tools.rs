@@ -761,6 +761,17 @@ async fn secrets_store_encrypts_resolves_per_tenant_and_the_cli_never_prints_val
     let audit = String::from_utf8_lossy(&audit.stdout).to_string();
     assert!(audit.contains("\"container.create\""), "{audit}");
     assert!(!audit.contains(TENANT_B), "{audit}");
+    // The operator's `secrets set` is audited too: the name, never the value.
+    let audit = Command::new(&bin)
+        .args(["audit", "ls", "--action", "secret.*", "--json"])
+        .env("DATABASE_URL", &h.db.url)
+        .output()
+        .unwrap();
+    let audit = String::from_utf8_lossy(&audit.stdout).to_string();
+    assert!(
+        audit.contains("\"secret.set\"") && audit.contains("cli-secret"),
+        "{audit}"
+    );
 
     // Gone after rm.
     store.remove(TENANT_A, "db-pass").await.unwrap();

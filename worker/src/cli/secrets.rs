@@ -1,12 +1,17 @@
 //! `highway secrets set|rm|ls`: the tenant secrets store (`highway.secrets`, encrypted
 //! with `HIGHWAY_SECRETS_KEY`). A value is read from stdin only — never from argv (it
 //! would sit in shell history and `ps`) — and is never printed: `ls` shows names only.
+//! `set` and `rm` are operator actions: each writes one `highway.audit_log` row (the
+//! name, never the value).
 
 use crate::config::DatabaseArgs;
 use crate::db::{self, PoolOptions};
 use crate::docker::secret_store::{SecretStore, SecretsKey, StoreError};
+use crate::docker::tracking::{self, AuditEvent};
 use anyhow::{bail, Context};
 use clap::Subcommand;
+use serde_json::json;
+use sqlx::PgPool;
 use std::io::Read;
 use std::process::ExitCode;
 
@@ -45,7 +50,7 @@ pub async fn run(
         Err(e) => return Err(e.into()),
     };
     let pool = db::connect(&db_args.resolve_url()?, &pool_opts).await?;
-    let store = SecretStore::new(pool, key);
+    let store = SecretStore::new(pool.clone(), key.clone());
     match cmd {
         SecretsCommand::Set { tenant, name } => {
             let mut value = String::new();
@@ -60,12 +65,14 @@ pub async fn run(
                 bail!("no value on stdin");
             }
             store.set(&tenant, &name, &value).await?;
+            audit(&pool, &tenant, "secret.set", &name, key.id()).await?;
             eprintln!("secret {name:?} of tenant {tenant:?} stored");
         }
         SecretsCommand::Rm { tenant, name } => {
             if !store.remove(&tenant, &name).await? {
                 bail!("tenant {tenant:?} has no secret {name:?}");
             }
+            audit(&pool, &tenant, "secret.rm", &name, key.id()).await?;
             eprintln!("secret {name:?} of tenant {tenant:?} removed");
         }
         SecretsCommand::Ls { tenant, json } => {
@@ -87,4 +94,31 @@ pub async fn run(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The operator is whoever holds DATABASE_URL on this machine: name the OS user.
+async fn audit(
+    pool: &PgPool,
+    tenant: &str,
+    action: &str,
+    name: &str,
+    key_id: &str,
+) -> anyhow::Result<()> {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let actor = format!("cli:{user}");
+    tracking::audit(
+        pool,
+        &AuditEvent {
+            tenant_id: tenant,
+            actor: &actor,
+            action,
+            target: Some(name),
+            activity_id: None,
+            workflow_run_id: None,
+            outcome: "ok",
+            details: json!({"key_id": key_id}),
+        },
+    )
+    .await?;
+    Ok(())
 }
