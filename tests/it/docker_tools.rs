@@ -498,6 +498,15 @@ async fn commit_bakes_no_secret_and_no_highway_label_and_expired_images_are_reap
         .unwrap();
     assert_eq!(row.tenant_id, TENANT_A);
     assert!(row.expires_at.is_some() && !row.pinned);
+    let pinned = ok(
+        &h,
+        TENANT_A,
+        Tool::Commit,
+        json!({"container": id, "repository": "seed", "tag": "pinned", "pinned": true}),
+    )
+    .await;
+    let pinned_id = pinned["image_id"].as_str().unwrap().to_string();
+    assert_eq!(pinned["expires_at"], Value::Null);
     ok(
         &h,
         TENANT_A,
@@ -510,9 +519,15 @@ async fn commit_bakes_no_secret_and_no_highway_label_and_expired_images_are_reap
         .await
         .unwrap();
     let daemon = h.runtime.client.daemon_id().await.unwrap();
-    let counts = tools::reap_expired_images(&h.runtime, &daemon, 10)
-        .await
-        .unwrap();
+    let counts = tools::reap_expired_images(
+        &h.runtime.client,
+        &h.db.pool,
+        &h.runtime.actor(),
+        &daemon,
+        10,
+    )
+    .await
+    .unwrap();
     assert_eq!(counts.removed, 1, "{counts:?}");
     assert!(h.docker.inspect_image(&image_id).await.is_err());
     let row = tools::tracked_image(&h.db.pool, &image_id)
@@ -520,6 +535,9 @@ async fn commit_bakes_no_secret_and_no_highway_label_and_expired_images_are_reap
         .unwrap()
         .unwrap();
     assert_eq!(row.removed_reason.as_deref(), Some("expired"));
+    // Pinned: kept past its expiry.
+    assert!(h.docker.inspect_image(&pinned_id).await.is_ok());
+    remove_image(&h, &pinned_id).await;
     assert_no_canary(&h, &canary).await;
     remove_image(&h, &image_id).await;
 }

@@ -1239,10 +1239,13 @@ pub struct ImageReapCounts {
 }
 
 /// Removes expired, unpinned images committed on this daemon (at most `limit` per
-/// pass), closing their rows and auditing each removal. For the garbage collector's
-/// loop (or `highway gc`); expiry is judged by Postgres' clock.
+/// pass), closing their rows and auditing each removal as `actor`. For the garbage
+/// collector's pass (`gc:<id>`, with `DaemonClock::id`) or `highway gc`; expiry is judged
+/// by Postgres' clock. `Err` only for the database; Docker failures are counted.
 pub async fn reap_expired_images(
-    rt: &DockerRuntime,
+    client: &client::DockerClient,
+    pool: &PgPool,
+    actor: &str,
     daemon_id: &str,
     limit: i64,
 ) -> sqlx::Result<ImageReapCounts> {
@@ -1255,20 +1258,19 @@ pub async fn reap_expired_images(
     )
     .bind(daemon_id)
     .bind(limit)
-    .fetch_all(&rt.pool)
+    .fetch_all(pool)
     .await?;
     let mut counts = ImageReapCounts::default();
-    let actor = rt.actor();
     for (image_id, tenant_id, activity_id) in rows {
-        let (outcome, details) = match rt.client.remove_image(&image_id, false).await {
+        let (outcome, details) = match client.remove_image(&image_id, false).await {
             Ok(true) => {
                 counts.removed += 1;
-                mark_image_removed(&rt.pool, &image_id, &actor, "expired").await?;
+                mark_image_removed(pool, &image_id, actor, "expired").await?;
                 ("ok", json!({"reason": "expired"}))
             }
             Ok(false) => {
                 counts.gone += 1;
-                mark_image_removed(&rt.pool, &image_id, &actor, "gone").await?;
+                mark_image_removed(pool, &image_id, actor, "gone").await?;
                 ("ok", json!({"reason": "expired", "already_gone": true}))
             }
             Err(e) if e.is_conflict() => {
@@ -1282,7 +1284,7 @@ pub async fn reap_expired_images(
         };
         let ev = AuditEvent {
             tenant_id: &tenant_id,
-            actor: &actor,
+            actor,
             action: "image.gc_remove",
             target: Some(&image_id),
             activity_id,
@@ -1290,7 +1292,7 @@ pub async fn reap_expired_images(
             outcome,
             details,
         };
-        if let Err(e) = tracking::audit(&rt.pool, &ev).await {
+        if let Err(e) = tracking::audit(pool, &ev).await {
             tracing::warn!(error = %e, "audit row not written");
         }
     }
