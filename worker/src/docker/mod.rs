@@ -50,6 +50,9 @@ use std::sync::Arc;
 
 /// Registers the `tools.docker.*` kinds.
 pub fn register(registry: &mut Registry, runtime: Arc<DockerRuntime>) {
-    registry.register(highway_workflows::docker::KIND, RunHandler::new(runtime.clone()));
+    registry.register(
+        highway_workflows::docker::KIND,
+        RunHandler::new(runtime.clone()),
+    );
     tools::register(registry, runtime);
 }
