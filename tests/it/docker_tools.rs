@@ -403,6 +403,24 @@ async fn another_tenant_sees_nothing_through_any_tool() {
     )
     .await;
     assert_eq!(e.error_type, "ImageNotFound");
+    // Also through Docker Hub's implicit domain, which the daemon resolves to the same image.
+    let e = fails(
+        &h,
+        TENANT_B,
+        Tool::Pull,
+        json!({"image": format!("docker.io/{reference}"), "policy": "never"}),
+    )
+    .await;
+    assert_eq!(e.error_type, "ImageNotFound");
+    // A owns it.
+    let p = ok(
+        &h,
+        TENANT_A,
+        Tool::Pull,
+        json!({"image": reference, "policy": "never"}),
+    )
+    .await;
+    assert_eq!(p["image_id"], image_id.as_str());
 
     // Ids that would escape the URL path are refused before anything (S24, trap 29).
     for bad in ["../images/x", "a/b", "x%2f..", ""] {

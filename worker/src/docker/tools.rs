@@ -739,12 +739,21 @@ impl Call<'_> {
             stdin: p.stdin.is_some(),
         };
         let started = Instant::now();
-        let mut exec = self
-            .rt
-            .client
-            .exec_start(&row.container_id, spec)
-            .await
-            .map_err(|e| docker_error(e, r))?;
+        let exec = self.rt.client.exec_start(&row.container_id, spec).await;
+        let mut exec = match exec {
+            Ok(x) => x,
+            Err(e) => {
+                let msg = r.redact(&e.to_string());
+                self.audit(
+                    action,
+                    Some(&row.container_id),
+                    "failed",
+                    json!({"error": msg}),
+                )
+                .await;
+                return Err(docker_error(e, r));
+            }
+        };
         self.ctx
             .record_heartbeat(json!({"phase": "exec", "exec_id": exec.exec_id}));
         let reader = crate::docker::logs::Reader::spawn(
@@ -807,8 +816,7 @@ impl Call<'_> {
 
     /// Refuses references in another tenant's commit namespace, as if absent.
     fn check_namespace(&self, reference: &str) -> Result<(), HandlerError> {
-        let ours = format!("highway/{}/", wire::tenant_namespace(&self.ctx.tenant_id));
-        if reference.starts_with("highway/") && !reference.starts_with(&ours) {
+        if in_foreign_namespace(&self.ctx.tenant_id, reference) {
             return Err(image_not_found(reference));
         }
         Ok(())
@@ -830,6 +838,22 @@ impl Call<'_> {
             .inspect_image(&image)
             .await
             .map_err(|e| docker_error(e, &Redactor::default()))?;
+        if let Some(i) = &present {
+            let tags = i.repo_tags.clone().unwrap_or_default();
+            let foreign = image_is_foreign(
+                &self.rt.pool,
+                &self.ctx.tenant_id,
+                i.id.as_deref().unwrap_or(""),
+                &tags,
+            )
+            .await
+            .map_err(db_error)?;
+            if foreign {
+                self.audit(action, None, "not_found", json!({"image": image}))
+                    .await;
+                return Err(image_not_found(&image));
+            }
+        }
         let must_pull = match p.policy {
             PullPolicy::Always => true,
             PullPolicy::IfNotPresent => present.is_none(),
@@ -922,7 +946,6 @@ impl Call<'_> {
         let tracked = tracked_image_owners(&self.rt.pool)
             .await
             .map_err(db_error)?;
-        let ours = format!("highway/{}/", wire::tenant_namespace(&self.ctx.tenant_id));
         let images: Vec<ImageView> = list
             .into_iter()
             .filter_map(|i| {
@@ -934,7 +957,7 @@ impl Call<'_> {
                 }
                 if i.repo_tags
                     .iter()
-                    .any(|t| t.starts_with("highway/") && !t.starts_with(&ours))
+                    .any(|t| in_foreign_namespace(&self.ctx.tenant_id, t))
                 {
                     return None;
                 }
@@ -1101,6 +1124,40 @@ impl Call<'_> {
             scrubbed_labels,
         })
     }
+}
+
+// ------------------------------------------------------------------------ image ownership
+
+/// Whether `reference` names an image in another tenant's commit namespace
+/// (`highway/<namespace>/...`, with or without Docker Hub's implicit domain). For
+/// `tools.docker.run` too: it must treat such an image as absent.
+pub fn in_foreign_namespace(tenant_id: &str, reference: &str) -> bool {
+    let r = reference
+        .strip_prefix("docker.io/")
+        .or_else(|| reference.strip_prefix("index.docker.io/"))
+        .unwrap_or(reference);
+    let ours = format!("highway/{}/", wire::tenant_namespace(tenant_id));
+    r.starts_with("highway/") && !r.starts_with(&ours)
+}
+
+/// Whether an image found on the daemon belongs to another tenant: tracked for another
+/// tenant, or tagged in another tenant's namespace. Such an image answers as absent.
+pub async fn image_is_foreign(
+    pool: &PgPool,
+    tenant_id: &str,
+    image_id: &str,
+    repo_tags: &[String],
+) -> sqlx::Result<bool> {
+    if repo_tags.iter().any(|t| in_foreign_namespace(tenant_id, t)) {
+        return Ok(true);
+    }
+    let owner: Option<String> = sqlx::query_scalar(
+        "SELECT tenant_id FROM highway.docker_images WHERE image_id = $1 AND removed_at IS NULL",
+    )
+    .bind(image_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(owner.is_some_and(|o| o != tenant_id))
 }
 
 // ------------------------------------------------------------------------ SQL
