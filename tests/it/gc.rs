@@ -545,6 +545,27 @@ async fn dry_run_cap_and_the_standalone_command() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["removed"]["orphan"], 1, "{v}");
     assert_eq!(v["listed"], 1, "{v}");
+
+    // `highway gc` as a daemon: passes every period until SIGTERM, then exits 0.
+    let orphan = env.run_labelled(
+        &format!("{}-o3", env.deployment),
+        &env.ours(Uuid::new_v4(), 1),
+    );
+    let mut daemon = Process::spawn(
+        &env.db.url,
+        &["gc"],
+        &[
+            ("HIGHWAY_DEPLOYMENT", env.deployment.as_str()),
+            ("HIGHWAY_GC_PERIOD", "300ms"),
+            ("HIGHWAY_GC_CREATION_GRACE", "1s"),
+        ],
+    );
+    eventually("the daemon removed the orphan", WAIT, || async {
+        (!env.exists(&orphan).await).then_some(())
+    })
+    .await;
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit(WAIT).await, Some(0));
     env.assert_clean().await;
 }
 
