@@ -573,3 +573,31 @@ async fn terminated_connections_do_not_surface_errors() {
     }
     w.stop().await;
 }
+
+/// The rescuer deletes finished activities after the retention period, and nothing else.
+#[tokio::test]
+async fn finished_activities_are_deleted_after_the_retention() {
+    let db = TestDb::new().await;
+    let client = db.client();
+    let w = TestWorker::start(&db.pool, TestWorker::fast_options(2), |_| {});
+    let done = client
+        .enqueue(&EnqueueRequest::new(NOOP, json!({})))
+        .await
+        .unwrap();
+    client.wait(done.id, None, WAIT).await.unwrap();
+    w.stop().await;
+    let mut later = EnqueueRequest::new(NOOP, json!({}));
+    later.delay = Some(HumanDuration::from_secs(3600));
+    let waiting = client.enqueue(&later).await.unwrap();
+    let keep = Rescuer::new(db.pool.clone(), Duration::from_secs(1)).with_retention(None);
+    assert_eq!(keep.run_once().await.unwrap().deleted, 0);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let clean = Rescuer::new(db.pool.clone(), Duration::from_secs(1))
+        .with_retention(Some(Duration::from_millis(10)));
+    assert_eq!(clean.run_once().await.unwrap().deleted, 1);
+    assert!(matches!(
+        client.get(done.id, None).await,
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(status_of(&db.pool, waiting.id).await.0, "scheduled");
+}

@@ -118,6 +118,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "HIGHWAY_RESCUE_INTERVAL", default_value = "5s")]
     pub rescue_interval: HumanDuration,
 
+    /// How long finished activities (and their logs) are kept before the rescuer
+    /// deletes them; `0s` keeps them forever.
+    #[arg(long, env = "HIGHWAY_RETENTION", default_value = "7d")]
+    pub retention: HumanDuration,
+
     /// Most results written by one completion statement.
     #[arg(long, env = "HIGHWAY_COMPLETE_BATCH", default_value_t = 200)]
     pub complete_batch: usize,

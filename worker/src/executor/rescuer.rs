@@ -1,6 +1,7 @@
 //! The rescuer: a background service (every worker runs one; safe with many) that takes
-//! back attempts whose lease expired by the database's clock and times out waiting
-//! activities past their deadlines. Shape shared by every background service: options,
+//! back attempts whose lease expired by the database's clock, times out waiting
+//! activities past their deadlines, and deletes finished activities after the retention
+//! period (River's job cleaner), so finished rows never pile up in the hot table. Shape shared by every background service: options,
 //! a ticker around `run_once`, a summary logged only when something happened.
 
 use crate::queue::store;
@@ -13,21 +14,40 @@ use tracing::{info, warn};
 /// Rows handled per statement; a backlog is worked through over several passes.
 const BATCH: i64 = 1000;
 
+/// Default for how long finished activities are kept (`HIGHWAY_RETENTION`).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86400);
+
 #[derive(Debug, Clone)]
 pub struct Rescuer {
     pool: PgPool,
     interval: Duration,
+    /// Finished activities older than this are deleted; `None` keeps them forever.
+    retention: Option<Duration>,
 }
 
 impl Rescuer {
     pub fn new(pool: PgPool, interval: Duration) -> Self {
-        Self { pool, interval }
+        Self {
+            pool,
+            interval,
+            retention: Some(DEFAULT_RETENTION),
+        }
+    }
+
+    /// `None` (or zero) keeps finished activities forever.
+    pub fn with_retention(mut self, retention: Option<Duration>) -> Self {
+        self.retention = retention.filter(|r| !r.is_zero());
+        self
     }
 
     /// One pass; the counts are what tests assert on.
     pub async fn run_once(&self) -> Result<RescueCounts, sqlx::Error> {
-        let (counts, runs) = store::rescue(&self.pool, BATCH).await?;
+        let (mut counts, runs) = store::rescue(&self.pool, BATCH).await?;
         store::finish_cancelled_runs(&self.pool, &runs).await?;
+        if let Some(r) = self.retention {
+            counts.deleted =
+                store::delete_finished(&self.pool, r.as_millis() as i64, BATCH).await?;
+        }
         Ok(counts)
     }
 

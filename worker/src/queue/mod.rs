@@ -88,6 +88,8 @@ pub struct RescueCounts {
     pub expired_waiting: u64,
     /// Workers marked lost (no heartbeat for a long time).
     pub lost_workers: u64,
+    /// Finished activities deleted after the retention period.
+    pub deleted: u64,
 }
 
 impl RescueCounts {

@@ -328,6 +328,23 @@ pub async fn rescue(pool: &PgPool, limit: i64) -> Result<(RescueCounts, Vec<Uuid
     Ok((counts, finished_runs))
 }
 
+/// Deletes activities that finished more than `older_than_ms` ago (their logs go with
+/// them), at most `limit` per call. Keeps the table, and so every index, small.
+pub async fn delete_finished(
+    pool: &PgPool,
+    older_than_ms: i64,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM highway.activities WHERE id IN (              SELECT id FROM highway.activities              WHERE status IN ('succeeded', 'failed', 'cancelled', 'timed_out')                AND finished_at < now() - make_interval(secs => $1 / 1000.0)              LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(older_than_ms)
+    .bind(limit)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
 /// Ends cancelling runs whose last activity just finished.
 pub async fn finish_cancelled_runs(db: &PgPool, runs: &[Uuid]) -> Result<u64, sqlx::Error> {
     if runs.is_empty() {
