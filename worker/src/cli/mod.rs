@@ -1,17 +1,18 @@
 //! The `highway` commands (clap). Thin: each command parses, calls the library, prints.
 //! Errors reach `main` as `anyhow` and are printed with their causes.
 
+pub mod audit;
 pub mod bench;
+pub mod bench_cron;
+pub mod bench_docker;
 pub mod bench_reap;
-pub mod gc;
 pub mod containers;
+pub mod gc;
 pub mod logs;
 pub mod remote;
-pub mod tokens;
-pub mod secrets;
-pub mod audit;
-pub mod bench_cron;
 pub mod schedules;
+pub mod secrets;
+pub mod tokens;
 
 use crate::config::{DatabaseArgs, HttpConfig, LogConfig, LogFormat, WorkerConfig};
 use crate::db::{self, embedded::Cluster, PoolOptions};
@@ -84,9 +85,6 @@ pub enum Command {
     /// Benchmarks (programs that print figures; `--json` for machines).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// Run the Docker garbage collector alone (the `docker_gc_worker`): one pass every
-    /// `--gc-period`, or a single pass with `--once`.
-    Gc(gc::GcArgs),
     /// API tokens (stored hashed): create, revoke, ls.
     #[command(subcommand)]
     Tokens(tokens::TokensCommand),
@@ -99,6 +97,9 @@ pub enum Command {
     /// Tracked containers, through the API (HIGHWAY_API_URL, HIGHWAY_TOKEN).
     #[command(subcommand)]
     Containers(containers::ContainersCommand),
+    /// Run the Docker garbage collector alone (the `docker_gc_worker`): one pass every
+    /// `--gc-period`, or a single pass with `--once`.
+    Gc(gc::GcArgs),
     /// Durable cron schedules: create, ls, show, update, delete, pause, resume, trigger,
     /// backfill, preview, fires.
     #[command(subcommand)]
@@ -351,11 +352,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(cmd) => bench::run(cmd, &cli.db).await,
-        Command::Gc(args) => gc::run(args, &cli.db, pool_opts).await,
         Command::Tokens(cmd) => tokens::run(&cli.db, pool_opts, cmd).await,
         Command::Secrets(cmd) => secrets::run(&cli.db, pool_opts, cmd).await,
         Command::Audit(cmd) => audit::run(&cli.db, pool_opts, cmd).await,
         Command::Containers(cmd) => containers::run(cmd).await,
+        Command::Gc(args) => gc::run(args, &cli.db, pool_opts).await,
         Command::Schedules(cmd) => schedules::run(cmd, &cli.db).await,
         Command::Scheduler { scheduler } => {
             crate::scheduler::run_standalone(&cli.db, &scheduler).await

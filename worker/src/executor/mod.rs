@@ -75,6 +75,8 @@ pub struct WorkerOptions {
     pub hard_stop_timeout: Duration,
     /// Run the rescuer in this process (every worker does by default).
     pub run_rescuer: bool,
+    /// Finished activities older than this are deleted by the rescuer (`None`: never).
+    pub retention: Option<Duration>,
 }
 
 impl WorkerOptions {
@@ -93,6 +95,7 @@ impl WorkerOptions {
             max_uncounted_attempts: c.max_uncounted_attempts,
             hard_stop_timeout: Duration::from_secs(60),
             run_rescuer: true,
+            retention: Some(c.retention.0).filter(|r| !r.is_zero()),
         }
     }
 
@@ -112,6 +115,7 @@ impl WorkerOptions {
             max_uncounted_attempts: 20,
             hard_stop_timeout: Duration::from_secs(60),
             run_rescuer: true,
+            retention: Some(rescuer::DEFAULT_RETENTION),
         }
     }
 }
@@ -244,7 +248,8 @@ impl Worker {
             stop_services.clone(),
         ));
         if opts.run_rescuer {
-            let rescuer = Rescuer::new(self.maint_pool.clone(), opts.rescue_interval);
+            let rescuer = Rescuer::new(self.maint_pool.clone(), opts.rescue_interval)
+                .with_retention(opts.retention);
             services.spawn(rescuer.run(stop_services.clone()));
         }
         let fetchers = TaskTracker::new();
@@ -779,7 +784,17 @@ async fn heartbeat_loop(
                 .collect()
         };
         if !beats.is_empty() {
-            heartbeat_once(&pool, &opts, &running, &beats, sent_at, margin, tick, stop_deadline(&running)).await;
+            heartbeat_once(
+                &pool,
+                &opts,
+                &running,
+                &beats,
+                sent_at,
+                margin,
+                tick,
+                stop_deadline(&running),
+            )
+            .await;
         }
         if last_worker_beat.elapsed() >= tick {
             let status = if soft.is_cancelled() {
