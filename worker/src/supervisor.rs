@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub docker: Option<(DockerConfig, PathBuf)>,
     /// The Docker garbage collector of this worker (needs `docker` and `worker`), or none.
     pub gc: Option<GcOptions>,
+    /// The cron scheduler of this worker, or none (`HIGHWAY_SCHEDULER_ENABLED=false`).
+    pub scheduler: Option<crate::config::scheduler::SchedulerConfig>,
 }
 
 /// First signal: soft shutdown, then hard after `grace`. Second signal: hard at once.
@@ -124,8 +126,11 @@ pub async fn run(
     ));
     // Durable cron: every worker runs a scheduler (no leader needed) on its own small
     // pool, so it cannot starve the rescuer; HIGHWAY_SCHEDULER_ENABLED=false turns it off.
-    let sched = crate::config::scheduler::SchedulerConfig::from_env()?;
-    if sched.enabled && opts.worker.is_some() {
+    if let Some(sched) = opts
+        .scheduler
+        .as_ref()
+        .filter(|s| s.enabled && opts.worker.is_some())
+    {
         let sched_pool = db::lazy_pool(
             &opts.database_url,
             &PoolOptions {
@@ -136,7 +141,7 @@ pub async fn run(
         )?;
         let s = crate::scheduler::Scheduler::with_database_clock(
             sched_pool,
-            crate::scheduler::SchedulerOptions::from_config(&sched),
+            crate::scheduler::SchedulerOptions::from_config(sched),
         );
         tracker.spawn(s.run(stop.clone()));
     }

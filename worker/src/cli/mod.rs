@@ -389,6 +389,7 @@ async fn run_services(
                 .unwrap_or_else(|| state_dir.join("artifacts"));
             (w.docker.clone(), dir)
         }),
+        scheduler: worker.map(|w| w.scheduler.clone()),
         gc: match worker {
             Some(w) if w.gc.enabled => Some(w.gc.options(w.docker.stop_grace.0)?),
             _ => None,
@@ -523,4 +524,25 @@ async fn activities(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command and flag is well formed (unique ids across flattened settings).
+    #[test]
+    fn command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn worker_defaults_parse_and_validate() {
+        let cli = Cli::try_parse_from(["highway", "worker"]).unwrap();
+        match cli.command {
+            Command::Worker { worker, .. } => worker.validate().unwrap(),
+            other => panic!("parsed {other:?}"),
+        }
+    }
 }

@@ -150,6 +150,9 @@ pub struct WorkerConfig {
 
     #[command(flatten)]
     pub gc: gc::GcConfig,
+
+    #[command(flatten)]
+    pub scheduler: scheduler::SchedulerConfig,
 }
 
 impl WorkerConfig {

@@ -14,6 +14,7 @@ pub struct SchedulerConfig {
     /// Run the scheduler in this process. Many may run at once: no leader is needed.
     #[arg(
         long = "scheduler-enabled",
+        id = "scheduler_enabled",
         env = "HIGHWAY_SCHEDULER_ENABLED",
         default_value_t = true,
         action = clap::ArgAction::Set
@@ -24,6 +25,7 @@ pub struct SchedulerConfig {
     /// this bounds the delay of a schedule created or changed elsewhere.
     #[arg(
         long = "scheduler-tick",
+        id = "scheduler_tick",
         env = "HIGHWAY_SCHEDULER_TICK",
         default_value = "1s"
     )]
@@ -32,6 +34,7 @@ pub struct SchedulerConfig {
     /// Cron expressions that fire more often than this are refused.
     #[arg(
         long = "scheduler-min-interval",
+        id = "scheduler_min_interval",
         env = "HIGHWAY_SCHEDULER_MIN_INTERVAL",
         default_value = "1s"
     )]
@@ -40,6 +43,7 @@ pub struct SchedulerConfig {
     /// Default cap of catch-up fires per schedule per pass (a schedule may set its own).
     #[arg(
         long = "scheduler-max-catchup-burst",
+        id = "scheduler_max_catchup_burst",
         env = "HIGHWAY_SCHEDULER_MAX_CATCHUP_BURST",
         default_value_t = 10
     )]
@@ -48,6 +52,7 @@ pub struct SchedulerConfig {
     /// Default catch-up window of a schedule that does not set one.
     #[arg(
         long = "scheduler-catchup-window",
+        id = "scheduler_catchup_window",
         env = "HIGHWAY_SCHEDULER_CATCHUP_WINDOW",
         default_value = "1h"
     )]
@@ -56,6 +61,7 @@ pub struct SchedulerConfig {
     /// Slots at most this late are on time and fire whatever the catch-up policy.
     #[arg(
         long = "scheduler-on-time-grace",
+        id = "scheduler_on_time_grace",
         env = "HIGHWAY_SCHEDULER_ON_TIME_GRACE",
         default_value = "5s"
     )]
@@ -64,6 +70,7 @@ pub struct SchedulerConfig {
     /// Schedules handled at once within a pass (each uses one connection).
     #[arg(
         long = "scheduler-concurrency",
+        id = "scheduler_concurrency",
         env = "HIGHWAY_SCHEDULER_CONCURRENCY",
         default_value_t = 8
     )]
