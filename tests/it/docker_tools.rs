@@ -212,6 +212,22 @@ async fn each_tool_on_a_detached_container_and_the_canary_never_leaks() {
     assert_eq!(e["stdout"], "begun\n", "{e}");
     assert!(started.elapsed() < Duration::from_secs(15));
 
+    // A cancelled exec returns promptly (the process itself cannot be killed: moby#9098).
+    let params = json!({"container": id, "command": ["sleep", "30"], "timeout": "60s"});
+    let ctx = activity(&h, TENANT_A, "tools.docker.exec", &params).await;
+    let canceller = {
+        let ctx = ctx.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            ctx.cancel(highway_worker::executor::CancelReason::Requested);
+        }
+    };
+    let exec = ToolHandler::new(h.runtime.clone(), Tool::Exec);
+    let started = std::time::Instant::now();
+    let (r, ()) = tokio::join!(exec.run(ctx, params), canceller);
+    assert_eq!(r.unwrap_err().error_type, "Cancelled");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
     // logs from the daemon while the container exists: redacted, both streams, tail.
     let l = ok(&h, TENANT_A, Tool::Logs, json!({"container": id})).await;
     assert_eq!(l["source"], "docker");

@@ -26,7 +26,9 @@ use crate::docker::client::{self, Removed};
 use crate::docker::runtime::DockerRuntime;
 use crate::docker::secrets::{Redactor, SecretValue, REDACTED};
 use crate::docker::tracking::{self, AuditEvent};
-use crate::executor::{ActivityContext, Handler, HandlerError, HandlerResult, Registry};
+use crate::executor::{
+    ActivityContext, CancelReason, Handler, HandlerError, HandlerResult, Registry,
+};
 use async_trait::async_trait;
 use bollard::container::LogOutput;
 use bollard::models::{ContainerConfig, ContainerInspectResponse};
@@ -148,6 +150,25 @@ fn not_found(what: &str) -> HandlerError {
 
 fn image_not_found(what: &str) -> HandlerError {
     HandlerError::non_retryable("ImageNotFound", format!("image {what:?} not found"))
+}
+
+/// Why the attempt stopped, classified like the run handler does (a lease loss or a
+/// shutdown is retried without burning an attempt).
+fn cancel_error(reason: Option<CancelReason>) -> HandlerError {
+    match reason {
+        Some(CancelReason::Timeout) => {
+            HandlerError::retryable("Timeout", "the attempt's deadline passed")
+        }
+        Some(CancelReason::LeaseLost) => {
+            HandlerError::infrastructure("LeaseLost", "the worker lost the lease")
+        }
+        Some(CancelReason::Shutdown) => {
+            HandlerError::infrastructure("Shutdown", "the worker is shutting down")
+        }
+        Some(CancelReason::Requested) | None => {
+            HandlerError::non_retryable("Cancelled", "the activity was cancelled")
+        }
+    }
 }
 
 /// Maps a Docker failure; the message goes through the container's redactor.
@@ -777,7 +798,7 @@ impl Call<'_> {
             // Cancellation stops reading; the exec itself cannot be killed (moby#9098).
             _ = self.ctx.cancelled() => {
                 self.audit(action, Some(&row.container_id), "cancelled", json!({})).await;
-                return Err(HandlerError::non_retryable("Cancelled", "the activity was cancelled"));
+                return Err(cancel_error(self.ctx.cancel_reason()));
             }
         };
         let inspect = self
@@ -872,30 +893,35 @@ impl Call<'_> {
         let ctx = self.ctx;
         let mut layers: BTreeMap<String, String> = BTreeMap::new();
         let mut last = Instant::now() - Duration::from_secs(1);
-        let res = self
-            .rt
-            .client
-            .pull_image(&image, |info| {
-                if let (Some(id), Some(status)) = (&info.id, &info.status) {
-                    layers.insert(id.clone(), status.clone());
-                }
-                // Only the latest value is sent with a heartbeat: no need to flood.
-                if last.elapsed() >= Duration::from_millis(500) {
-                    last = Instant::now();
-                    let done = layers
-                        .values()
-                        .filter(|s| s.starts_with("Pull complete") || s.starts_with("Already"))
-                        .count();
-                    ctx.record_heartbeat(json!({
-                        "phase": "pulling",
-                        "image": image,
-                        "status": info.status,
-                        "layers": layers.len(),
-                        "layers_done": done,
-                    }));
-                }
-            })
-            .await;
+        let pull = self.rt.client.pull_image(&image, |info| {
+            if let (Some(id), Some(status)) = (&info.id, &info.status) {
+                layers.insert(id.clone(), status.clone());
+            }
+            // Only the latest value is sent with a heartbeat: no need to flood.
+            if last.elapsed() >= Duration::from_millis(500) {
+                last = Instant::now();
+                let done = layers
+                    .values()
+                    .filter(|s| s.starts_with("Pull complete") || s.starts_with("Already"))
+                    .count();
+                ctx.record_heartbeat(json!({
+                    "phase": "pulling",
+                    "image": image,
+                    "status": info.status,
+                    "layers": layers.len(),
+                    "layers_done": done,
+                }));
+            }
+        });
+        // A cancelled activity stops waiting; the daemon may finish the pull anyway
+        // (harmless: images are shared and the next pull finds it present).
+        let res = tokio::select! {
+            r = pull => r,
+            _ = self.ctx.cancelled() => {
+                self.audit(action, Some(&image), "cancelled", json!({})).await;
+                return Err(cancel_error(self.ctx.cancel_reason()));
+            }
+        };
         if let Err(e) = res {
             let msg = e.to_string();
             self.audit(action, Some(&image), "failed", json!({"error": msg}))
