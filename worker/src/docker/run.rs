@@ -738,18 +738,37 @@ impl Attempt<'_> {
                 _ => {}
             }
             tracing::info!(container_id = %id, old_attempt = ?attempt, "removing an older attempt's container");
-            let _ = rt.client.kill_container(&id).await;
-            match rt.client.remove_container(&id).await {
-                Ok(_) => {
-                    let _ = tracking::mark_removed(&rt.pool, &id, &actor, "older_attempt").await;
-                    self.audit(
-                        "container.remove",
-                        Some(&id),
-                        "ok",
-                        json!({"reason": "older_attempt", "attempt": attempt}),
-                    )
-                    .await;
-                }
+            // The removal sequence shared with the garbage collector (one place that
+            // stops, removes, records the reason on the row and audits). No grace: that
+            // attempt's lease is gone, so its run is void.
+            let target = gc::Target {
+                container_id: id.clone(),
+                name: c
+                    .names
+                    .as_ref()
+                    .and_then(|n| n.first())
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .unwrap_or_default(),
+                image: c.image.clone().unwrap_or_default(),
+                tenant_id: ctx.tenant_id.clone(),
+                activity_id: Some(ctx.activity_id),
+                workflow_run_id: ctx.workflow_run_id,
+                attempt,
+                daemon_id: daemon_id.to_string(),
+                labels: json!(c.labels.clone().unwrap_or_default()),
+                running: true,
+            };
+            match gc::stop_and_remove(
+                &rt.client,
+                &rt.pool,
+                &target,
+                Duration::ZERO,
+                &actor,
+                "older_attempt",
+            )
+            .await
+            {
+                Ok(_) => {}
                 Err(e) => {
                     return Err(HandlerError::infrastructure(
                         "PreviousAttemptLive",
