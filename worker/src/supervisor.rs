@@ -171,12 +171,14 @@ pub async fn run(
     // The Docker runtime connects lazily: a daemon that is down does not stop the start.
     let docker_runtime = match (&opts.docker, &opts.worker) {
         (Some((cfg, artifacts)), Some(w)) => {
-            let rt = Arc::new(DockerRuntime::new(
-                cfg.clone(),
-                pool.clone(),
-                w.id,
-                artifacts.clone(),
-            ));
+            // Secrets come from `highway.secrets` (when HIGHWAY_SECRETS_KEY is set), then
+            // HIGHWAY_SECRET_* variables; a malformed key is a configuration error.
+            let secrets = crate::docker::secret_store::TableSecretResolver::from_env(pool.clone())
+                .map_err(|e| anyhow::anyhow!("secrets store: {e}"))?;
+            let rt = Arc::new(
+                DockerRuntime::new(cfg.clone(), pool.clone(), w.id, artifacts.clone())
+                    .with_secrets(Arc::new(secrets)),
+            );
             docker::register(&mut registry, rt.clone());
             Some(rt)
         }
