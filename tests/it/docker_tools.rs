@@ -524,6 +524,15 @@ async fn commit_bakes_no_secret_and_no_highway_label_and_expired_images_are_reap
     let ctx = activity(&h, TENANT_A, "tools.docker.run", &ctx_params).await;
     let out = h.handler.run(ctx, ctx_params).await.expect("child run");
     assert_eq!(out["stdout"], "installed\n", "{out}");
+    // Another tenant cannot run A's snapshot: it answers like a missing image.
+    let p = json!({"image": reference, "pull_policy": "if_not_present", "command": ["true"]});
+    let ctx = activity(&h, TENANT_B, "tools.docker.run", &p).await;
+    let e = h
+        .handler
+        .run(ctx, p)
+        .await
+        .expect_err("foreign image refused");
+    assert_eq!(e.error_type, "ImageNotFound", "{e}");
 
     // Tracked, then reaped once expired (unless pinned).
     let row = tools::tracked_image(&h.db.pool, &image_id)

@@ -629,11 +629,34 @@ impl Attempt<'_> {
         sys: &LogSender,
     ) -> Result<(), HandlerError> {
         let client = &self.rt.client;
-        let present = client
+        // Another tenant's committed snapshot answers exactly like a missing image.
+        let not_found = || {
+            HandlerError::non_retryable(
+                "ImageNotFound",
+                format!("image {image} is not present on the Docker daemon"),
+            )
+        };
+        if crate::docker::tools::in_foreign_namespace(&self.ctx.tenant_id, image) {
+            return Err(not_found());
+        }
+        let inspected = client
             .inspect_image(image)
             .await
-            .map_err(|e| docker_error("ImagePullFailed", e, &self.redactor()))?
-            .is_some();
+            .map_err(|e| docker_error("ImagePullFailed", e, &self.redactor()))?;
+        if let Some(img) = &inspected {
+            let foreign = crate::docker::tools::image_is_foreign(
+                &self.rt.pool,
+                &self.ctx.tenant_id,
+                img.id.as_deref().unwrap_or_default(),
+                img.repo_tags.as_deref().unwrap_or_default(),
+            )
+            .await
+            .map_err(db_error)?;
+            if foreign {
+                return Err(not_found());
+            }
+        }
+        let present = inspected.is_some();
         match (policy, present) {
             (PullPolicy::Never, false) => {
                 return Err(HandlerError::non_retryable(
