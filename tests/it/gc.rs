@@ -338,7 +338,8 @@ async fn r23_only_the_orphan_is_removed() {
     let other = env.run_labelled(&format!("{tag}-other"), &other);
     let live_activity = crashed_attempt(&env.db, json!({}), 1, 3600.0).await;
     let live = env.run_labelled(&format!("{tag}-live"), &env.ours(live_activity, 1));
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Past the 2 s grace even counted from the end of `Created`'s whole second.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let young = env.run_labelled(&format!("{tag}-young"), &env.ours(Uuid::new_v4(), 1));
 
     let gc = env.gc(GcOptions {
@@ -426,7 +427,8 @@ async fn r24_gc_does_nothing_on_partial_information() {
         .execute(&env.db.pool)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Past the 1 s grace even counted from the end of `Created`'s whole second.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
 
     // Docker unreachable: a socket that does not exist.
     let no_docker = DockerClient::new(ClientSettings {
@@ -500,7 +502,8 @@ async fn dry_run_cap_and_the_standalone_command() {
             )
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Past the 1 s grace even counted from the end of `Created`'s whole second.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let c = env
         .gc(GcOptions {
             dry_run: true,
@@ -655,7 +658,8 @@ async fn kept_containers_live_until_their_retention() {
         "kept for inspection"
     );
     let gc = env.gc(Env::gc_opts());
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Past the 1 s grace even counted from the end of `Created`'s whole second.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let c = gc.run_once().await.unwrap();
     assert_eq!((c.protected, c.removed_total()), (1, 0), "{c:?}");
     let c = eventually("removed after the retention", WAIT, || async {
