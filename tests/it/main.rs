@@ -16,3 +16,4 @@ mod process;
 mod queue;
 mod soft_deps;
 mod scheduler;
+mod workflow;

@@ -23,3 +23,4 @@ pub mod health;
 pub mod queue;
 pub mod scheduler;
 pub mod supervisor;
+pub mod workflow;

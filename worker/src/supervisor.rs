@@ -220,6 +220,12 @@ pub async fn run(
             Err(e) => warn!(error = %e, "garbage collector not started"),
         }
     }
+    // Workflow runs: every worker sweeps live runs left with nothing in flight, so a run
+    // whose driver crashed continues on whichever worker is alive (safe with many).
+    if let Some(w) = &opts.worker {
+        let sweeper = crate::workflow::Sweeper::new(maint_pool.clone(), w.rescue_interval);
+        tracker.spawn(sweeper.run(stop.clone()));
+    }
     let summary = match opts.worker {
         Some(w) => {
             Worker::new(w, pool.clone(), maint_pool.clone(), registry)

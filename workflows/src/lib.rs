@@ -5,6 +5,9 @@
 //! - [`types`]: requests and views shared by the client, the worker, the CLI and the
 //!   HTTP API (`EnqueueRequest`, `RetryPolicy`, `Activity`, `ActivityStatus`, ...).
 //! - [`duration`]: human-friendly durations (`"30s"`, `"5m"`, `1500` ms is written `"1500ms"`).
+//! - [`definition`]: the workflow definition format (JSON Schema, validation naming the
+//!   field); [`runs`]: the durable run driver over `highway.workflow_steps` (start, advance,
+//!   status, wait).
 //! - [`client`]: [`Client`], the producer side of the queue. Like River's `Insert`/`InsertTx`
 //!   it writes straight into Postgres, so an enqueue can join the caller's transaction.
 //!   This module owns the enqueue, read and cancel SQL; claiming and completing belong to
@@ -13,9 +16,11 @@
 //! This crate knows nothing of Docker beyond parameter types; it never talks to a daemon.
 
 pub mod client;
+pub mod definition;
 pub mod docker;
 pub mod docker_tools;
 pub mod duration;
+pub mod runs;
 pub mod schedule;
 pub mod types;
 

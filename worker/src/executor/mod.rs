@@ -692,7 +692,7 @@ async fn record(
     let mut delay = Duration::from_millis(50);
     loop {
         let t0 = Instant::now();
-        match store::complete(&pool, opts.id, opts.max_uncounted_attempts, &buf).await {
+        match complete_and_advance(&pool, &opts, &buf).await {
             Ok(rows) => {
                 debug!(
                     batch = buf.len(),
@@ -739,6 +739,38 @@ async fn record(
             }
         }
     }
+}
+
+/// Records a batch and, in the same transaction, advances the definition-driven
+/// workflow runs whose activities finished (the next steps are enqueued exactly when the
+/// completion commits). A failing advance is rolled back to its savepoint and left to the
+/// workflow sweeper: it must never hold back the completions themselves.
+async fn complete_and_advance(
+    pool: &PgPool,
+    opts: &WorkerOptions,
+    buf: &[Completion],
+) -> Result<Vec<(Uuid, String, Option<Uuid>)>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let rows = store::complete(&mut *tx, opts.id, opts.max_uncounted_attempts, buf).await?;
+    let mut runs: Vec<Uuid> = rows
+        .iter()
+        .filter(|r| r.1 != "scheduled")
+        .filter_map(|r| r.2)
+        .collect();
+    if !runs.is_empty() {
+        runs.sort_unstable();
+        runs.dedup();
+        let mut sp = sqlx::Connection::begin(&mut *tx).await?;
+        match crate::workflow::advance_finished(pool, &mut sp, &runs).await {
+            Ok(_) => sp.commit().await?,
+            Err(e) => {
+                warn!(error = %e, "could not advance workflow runs; the sweeper will");
+                sp.rollback().await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(rows)
 }
 
 /// Renews every lease each tick; reports lease loss and cancellations to the attempts.

@@ -1,0 +1,271 @@
+//! Definition-driven workflow runs through real containers: a three-step pipeline passing
+//! files between steps, a diamond DAG, a failing step cancelling its sibling, run
+//! cancellation mid-step, and a worker killed mid-run whose run another worker finishes.
+//! Each test ends with zero containers labelled for the run's activities.
+
+use highway_tests::docker::{
+    assert_no_containers, docker, ensure_test_image, wait_running, TEST_IMAGE,
+};
+use highway_tests::{eventually, Process, TestDb, TestWorker};
+use highway_workflows::definition::WorkflowDefinition;
+use highway_workflows::runs::{self, RunStatus};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(90);
+const TENANT: &str = "tenant-a";
+
+const PIPELINE: &str = include_str!("../../workflows/examples/pipeline.json");
+const DIAMOND: &str = include_str!("../../workflows/examples/diamond.json");
+const SLOW: &str = include_str!("../../workflows/examples/slow.json");
+
+/// A fresh database, an in-process worker with the docker kinds, an artifact directory.
+struct Wf {
+    db: TestDb,
+    worker: Option<TestWorker>,
+    artifacts: PathBuf,
+}
+
+impl Wf {
+    async fn new() -> Self {
+        Self::with_worker(true).await
+    }
+
+    async fn with_worker(start: bool) -> Self {
+        ensure_test_image();
+        let db = TestDb::new().await;
+        let artifacts = std::env::temp_dir().join(format!("highway-wf-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&artifacts).unwrap();
+        let worker = start.then(|| {
+            let opts = TestWorker::fast_options(4);
+            let rt = Arc::new(highway_worker::docker::DockerRuntime::new(
+                highway_worker::config::docker::DockerConfig::default(),
+                db.pool.clone(),
+                opts.id,
+                artifacts.clone(),
+            ));
+            TestWorker::start(&db.pool, opts, |r| {
+                highway_worker::docker::register(r, rt.clone())
+            })
+        });
+        Self {
+            db,
+            worker,
+            artifacts,
+        }
+    }
+
+    async fn start(&self, def: &str, extra: &[(&str, &str)]) -> Uuid {
+        let def = WorkflowDefinition::from_json(def).expect("example is valid");
+        let mut inputs: BTreeMap<String, String> =
+            [("image".to_string(), TEST_IMAGE.to_string())].into();
+        for (k, v) in extra {
+            inputs.insert(k.to_string(), v.to_string());
+        }
+        runs::start_run(&self.db.client(), TENANT, &def, &inputs)
+            .await
+            .expect("run starts")
+    }
+
+    async fn wait(&self, run: Uuid) -> RunStatus {
+        runs::wait_run(&self.db.pool, run, Some(TENANT), WAIT)
+            .await
+            .expect("run finishes")
+    }
+
+    async fn activity_of(&self, run: Uuid, step: &str) -> Uuid {
+        eventually(&format!("step {step} scheduled"), WAIT, || async {
+            let s = runs::run_status(&self.db.pool, run, None).await.unwrap();
+            s.steps
+                .iter()
+                .find(|s| s.step_id == step)
+                .and_then(|s| s.activity_id)
+        })
+        .await
+    }
+
+    /// Zero containers for every activity of the run.
+    async fn assert_clean(&self, run: Uuid) {
+        let d = docker().await;
+        let ids: Vec<(Uuid,)> =
+            sqlx::query_as("SELECT id FROM highway.activities WHERE workflow_run_id = $1")
+                .bind(run)
+                .fetch_all(&self.db.pool)
+                .await
+                .unwrap();
+        for (id,) in ids {
+            assert_no_containers(&d, id).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(w) = self.worker.take() {
+            w.stop().await;
+        }
+        std::fs::remove_dir_all(&self.artifacts).ok();
+    }
+}
+
+fn step<'a>(s: &'a RunStatus, id: &str) -> &'a runs::StepStatus {
+    s.steps.iter().find(|x| x.step_id == id).expect("step")
+}
+
+#[tokio::test]
+async fn three_step_pipeline_passes_files_through_real_containers() {
+    let wf = Wf::new().await;
+    let run = wf.start(PIPELINE, &[]).await;
+    let s = wf.wait(run).await;
+    assert_eq!(s.status, "succeeded", "{s:#?}");
+    let result = s.result.as_ref().unwrap();
+    assert_eq!(result["check"]["stdout"], "HELLO\n", "{result}");
+    assert_eq!(result["check"]["exit_code"], 0);
+    for id in ["produce", "transform", "check"] {
+        assert_eq!(step(&s, id).status, "succeeded", "{s:#?}");
+    }
+    assert!(step(&s, "produce").outputs_artifact.is_some());
+    // Each step ran once, keyed by run and step.
+    let keys: Vec<(String,)> = sqlx::query_as(
+        "SELECT idempotency_key FROM highway.activities WHERE workflow_run_id = $1 ORDER BY created_at",
+    )
+    .bind(run)
+    .fetch_all(&wf.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        keys,
+        vec![
+            (format!("run:{run}:produce"),),
+            (format!("run:{run}:transform"),),
+            (format!("run:{run}:check"),)
+        ]
+    );
+    // Advancing a finished run again changes nothing.
+    let mut conn = wf.db.pool.acquire().await.unwrap();
+    let a = runs::advance(&wf.db.client(), &mut conn, run)
+        .await
+        .unwrap();
+    assert!(a.enqueued.is_empty());
+    drop(conn);
+    wf.assert_clean(run).await;
+    wf.stop().await;
+}
+
+#[tokio::test]
+async fn diamond_dag_joins_both_branches() {
+    let wf = Wf::new().await;
+    let run = wf.start(DIAMOND, &[]).await;
+    let s = wf.wait(run).await;
+    assert_eq!(s.status, "succeeded", "{s:#?}");
+    assert_eq!(s.result.as_ref().unwrap()["join"]["stdout"], "20 21 40\n");
+    // The join started only after both branches finished.
+    let join = step(&s, "join").scheduled_at.unwrap();
+    for b in ["left", "right"] {
+        assert!(step(&s, b).finished_at.unwrap() <= join, "{s:#?}");
+    }
+    wf.assert_clean(run).await;
+    wf.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_step_cancels_its_running_sibling_and_fails_the_run() {
+    let wf = Wf::new().await;
+    let def = serde_json::json!({
+        "name": "fail-fast",
+        "inputs": {"image": {}},
+        "steps": [
+            {"id": "slow", "kind": "tools.docker.run",
+             "params": {"image": "${inputs.image}", "command": ["sh", "-c", "sleep 300"]}},
+            {"id": "bad", "kind": "tools.docker.run",
+             "params": {"image": "${inputs.image}", "command": ["sh", "-c", "sleep 2; exit 3"]},
+             "retry_policy": {"maximum_attempts": 1}},
+            {"id": "after", "kind": "tools.docker.run", "depends_on": ["slow", "bad"],
+             "params": {"image": "${inputs.image}", "command": ["true"]}}
+        ]
+    })
+    .to_string();
+    let run = wf.start(&def, &[]).await;
+    let slow = wf.activity_of(run, "slow").await;
+    wait_running(&docker().await, slow, WAIT).await;
+    let s = wf.wait(run).await;
+    assert_eq!(s.status, "failed", "{s:#?}");
+    assert_eq!(s.error.as_ref().unwrap()["step"], "bad", "{s:#?}");
+    assert_eq!(step(&s, "after").status, "skipped");
+    let (st, _) = eventually("sibling cancelled", WAIT, || async {
+        let st = highway_tests::status_of(&wf.db.pool, slow).await;
+        (st.0 == "cancelled").then_some(st)
+    })
+    .await;
+    assert_eq!(st, "cancelled");
+    wf.assert_clean(run).await;
+    wf.stop().await;
+}
+
+#[tokio::test]
+async fn cancelling_a_run_mid_step_leaves_zero_containers() {
+    let wf = Wf::new().await;
+    let run = wf.start(SLOW, &[]).await;
+    let a = wf.activity_of(run, "wait").await;
+    wait_running(&docker().await, a, WAIT).await;
+    // A cancel may meet the completer's lock on the run (deadlock detection): retry.
+    eventually("cancel accepted", WAIT, || async {
+        wf.db.client().cancel_run(run, Some(TENANT)).await.ok()
+    })
+    .await;
+    let s = wf.wait(run).await;
+    assert_eq!(s.status, "cancelled", "{s:#?}");
+    assert_eq!(step(&s, "first").status, "succeeded");
+    let (st, _) = highway_tests::status_of(&wf.db.pool, a).await;
+    assert_eq!(st, "cancelled");
+    wf.assert_clean(run).await;
+    wf.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_run_is_finished_by_another_worker() {
+    let wf = Wf::with_worker(false).await;
+    let artifacts = wf.artifacts.display().to_string();
+    let spawn = |id: Uuid| {
+        let id = id.to_string();
+        Process::spawn(
+            &wf.db.url,
+            &["worker", "--no-http"],
+            &[
+                ("HIGHWAY_WORKER_ID", id.as_str()),
+                ("HIGHWAY_ARTIFACT_DIR", artifacts.as_str()),
+                ("HIGHWAY_LEASE", "3s"),
+                ("HIGHWAY_POLL_INTERVAL", "100ms"),
+                ("HIGHWAY_RESCUE_INTERVAL", "200ms"),
+                ("HIGHWAY_DOCKER_STOP_GRACE", "1s"),
+            ],
+        )
+    };
+    let mut first = spawn(Uuid::new_v4());
+    let run = wf.start(SLOW, &[("seconds", "6")]).await;
+    let a = wf.activity_of(run, "wait").await;
+    let d = docker().await;
+    wait_running(&d, a, WAIT).await;
+    first.signal(9);
+    first.wait_exit(Duration::from_secs(10)).await;
+    // The killed worker's container is an orphan now; remove it like the GC would, so
+    // the second attempt is what finishes the run.
+    for c in highway_tests::docker::managed_containers(&d, a).await {
+        if let Some(id) = c.id {
+            highway_tests::docker::docker_cli(&["rm", "-f", &id]);
+        }
+    }
+    let mut second = spawn(Uuid::new_v4());
+    let s = wf.wait(run).await;
+    assert_eq!(s.status, "succeeded", "{s:#?}");
+    assert_eq!(
+        s.result.as_ref().unwrap()["wait"]["stdout"],
+        "waiting\none\n"
+    );
+    assert!(step(&s, "wait").attempt.unwrap() >= 2, "{s:#?}");
+    second.signal(15);
+    second.wait_exit(Duration::from_secs(30)).await;
+    wf.assert_clean(run).await;
+    wf.stop().await;
+}

@@ -1,0 +1,487 @@
+//! Workflow runs driven from a [`WorkflowDefinition`]: the durable driver state
+//! (`highway.workflow_steps`) and every SQL statement on it. [`start_run`] stores a run
+//! and enqueues its ready steps in one transaction; [`advance`] (called by the worker's
+//! completer in the completion's transaction, and by its sweeper) moves a run forward
+//! from the database alone, so any worker can continue any run. Also the read side for
+//! clients and the CLI: [`run_status`], [`wait_run`], [`step_logs`].
+//!
+//! Activities are enqueued through [`Client::enqueue_many_tx`] with the idempotency key
+//! `run:<run>:<step>`, so an advance repeated after a crash never runs a step twice.
+
+use crate::client::{Client, CANCEL_CHANNEL};
+use crate::definition::{substitute, WorkflowDefinition};
+use crate::types::{EnqueueRequest, FieldError};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use sqlx::{PgConnection, PgPool};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// Errors callers branch on.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    InvalidField(#[from] FieldError),
+    #[error("workflow run {0} not found")]
+    NotFound(Uuid),
+    #[error("timed out after {0:?} waiting for the workflow run to finish")]
+    WaitTimeout(Duration),
+    #[error("stored definition of run {run} is unreadable: {reason}")]
+    BadDefinition { run: Uuid, reason: String },
+    #[error(transparent)]
+    Client(#[from] crate::client::Error),
+    #[error("database unavailable: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+pub type Result<T, E = RunError> = std::result::Result<T, E>;
+
+/// Stores the run (definition, resolved inputs, one `pending` row per step) and enqueues
+/// the steps without dependencies, all in one transaction.
+pub async fn start_run(
+    client: &Client,
+    tenant: &str,
+    def: &WorkflowDefinition,
+    inputs: &BTreeMap<String, String>,
+) -> Result<Uuid> {
+    def.validate()?;
+    let inputs = def.resolve_inputs(inputs)?;
+    crate::EnqueueRequest::new("tools.docker.run", json!({}))
+        .tenant(tenant)
+        .validate()?;
+    let id = Uuid::now_v7();
+    let mut tx = client.pool().begin().await?;
+    sqlx::query(
+        "INSERT INTO highway.workflow_runs (id, tenant_id, name, input, definition) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(tenant)
+    .bind(&def.name)
+    .bind(json!(inputs))
+    .bind(serde_json::to_value(def).expect("definition serializes"))
+    .execute(&mut *tx)
+    .await?;
+    let steps: Vec<String> = def.steps.iter().map(|s| s.id.clone()).collect();
+    sqlx::query(
+        "INSERT INTO highway.workflow_steps (run_id, step_id) SELECT $1, unnest($2::text[])",
+    )
+    .bind(id)
+    .bind(&steps)
+    .execute(&mut *tx)
+    .await?;
+    advance(client, &mut tx, id).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// What one [`advance`] did (tests and logs).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Advanced {
+    pub enqueued: Vec<String>,
+    /// The run's status afterwards (`None`: not a definition-driven run).
+    pub run_status: Option<String>,
+}
+
+/// Moves a run forward; idempotent and safe to call from many workers (the run row is
+/// locked `FOR UPDATE`). Syncs finished activities into their steps, enqueues steps whose
+/// dependencies all succeeded, fails the run (skipping what is left and cancelling what
+/// still runs) when a step failed, and ends it `succeeded` when every step did.
+pub async fn advance(client: &Client, conn: &mut PgConnection, run_id: Uuid) -> Result<Advanced> {
+    let run: Option<(String, String, Option<Value>, Value)> = sqlx::query_as(
+        "SELECT tenant_id, status, definition, input FROM highway.workflow_runs WHERE id = $1 FOR UPDATE",
+    )
+    .bind(run_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((tenant, status, Some(def), input)) = run else {
+        return Ok(Advanced::default());
+    };
+    // Steps whose activity ended take its outcome (fenced: only `scheduled` steps move).
+    sqlx::query(
+        "UPDATE highway.workflow_steps s \
+         SET status = CASE a.status WHEN 'succeeded' THEN 'succeeded' WHEN 'cancelled' THEN 'cancelled' ELSE 'failed' END, \
+             outputs_artifact = CASE WHEN a.status = 'succeeded' THEN (a.result->'outputs'->>'id')::uuid END, \
+             finished_at = COALESCE(a.finished_at, now()) \
+         FROM highway.activities a \
+         WHERE s.run_id = $1 AND s.status = 'scheduled' AND a.id = s.activity_id \
+           AND a.status IN ('succeeded', 'failed', 'cancelled', 'timed_out')",
+    )
+    .bind(run_id)
+    .execute(&mut *conn)
+    .await?;
+    let mut out = Advanced {
+        run_status: Some(status.clone()),
+        ..Default::default()
+    };
+    match status.as_str() {
+        "running" => {}
+        "cancelling" | "cancelled" => {
+            // Nothing new starts in a cancelled run.
+            sqlx::query(
+                "UPDATE highway.workflow_steps SET status = 'cancelled', finished_at = now() \
+                 WHERE run_id = $1 AND status = 'pending'",
+            )
+            .bind(run_id)
+            .execute(&mut *conn)
+            .await?;
+            return Ok(out);
+        }
+        _ => return Ok(out),
+    }
+    let def: WorkflowDefinition =
+        serde_json::from_value(def).map_err(|e| RunError::BadDefinition {
+            run: run_id,
+            reason: e.to_string(),
+        })?;
+    let inputs: BTreeMap<String, String> = serde_json::from_value(input).unwrap_or_default();
+    let rows: Vec<StepRow> = sqlx::query_as(
+        "SELECT s.step_id, s.status, s.activity_id, s.outputs_artifact, a.result, a.error \
+         FROM highway.workflow_steps s LEFT JOIN highway.activities a ON a.id = s.activity_id \
+         WHERE s.run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let steps: HashMap<&str, &StepRow> = rows.iter().map(|r| (r.step_id.as_str(), r)).collect();
+
+    if let Some(bad) = rows
+        .iter()
+        .find(|r| r.status == "failed" || r.status == "cancelled")
+    {
+        let error = json!({"type": "StepFailed", "step": bad.step_id, "step_status": bad.status,
+                           "activity_id": bad.activity_id, "error": bad.error});
+        fail_run(&mut *conn, run_id, &error).await?;
+        out.run_status = Some("failed".into());
+        return Ok(out);
+    }
+
+    let mut reqs = Vec::new();
+    let mut ready_ids = Vec::new();
+    for s in &def.steps {
+        if steps.get(s.id.as_str()).map(|r| r.status.as_str()) != Some("pending") {
+            continue;
+        }
+        let deps_done = s.depends_on.iter().all(|d| {
+            matches!(
+                steps.get(d.as_str()).map(|r| r.status.as_str()),
+                Some("succeeded" | "cached")
+            )
+        });
+        if !deps_done {
+            continue;
+        }
+        let req = match step_request(&def, s, &steps, &inputs, &tenant, run_id) {
+            Ok(r) => r,
+            Err(e) => {
+                // A step that cannot even be enqueued fails the run, naming the field.
+                let error = json!({"type": "StepInvalid", "step": s.id, "field": e.field, "message": e.reason});
+                fail_run(&mut *conn, run_id, &error).await?;
+                out.run_status = Some("failed".into());
+                return Ok(out);
+            }
+        };
+        reqs.push(req);
+        ready_ids.push(s.id.clone());
+    }
+    if !reqs.is_empty() {
+        let enq = client.enqueue_many_tx(&mut *conn, &reqs).await?;
+        let ids: Vec<Uuid> = enq.iter().map(|e| e.id).collect();
+        sqlx::query(
+            "UPDATE highway.workflow_steps s SET status = 'scheduled', activity_id = u.activity_id, scheduled_at = now() \
+             FROM unnest($2::text[], $3::uuid[]) AS u(step_id, activity_id) \
+             WHERE s.run_id = $1 AND s.step_id = u.step_id AND s.status = 'pending'",
+        )
+        .bind(run_id)
+        .bind(&ready_ids)
+        .bind(&ids)
+        .execute(&mut *conn)
+        .await?;
+        out.enqueued = ready_ids;
+        return Ok(out);
+    }
+    if rows
+        .iter()
+        .all(|r| r.status == "succeeded" || r.status == "cached")
+    {
+        let result: Map<String, Value> = rows
+            .iter()
+            .map(|r| (r.step_id.clone(), r.result.clone().unwrap_or(Value::Null)))
+            .collect();
+        sqlx::query(
+            "UPDATE highway.workflow_runs SET status = 'succeeded', result = $2, finished_at = now() \
+             WHERE id = $1 AND status = 'running'",
+        )
+        .bind(run_id)
+        .bind(Value::Object(result))
+        .execute(&mut *conn)
+        .await?;
+        out.run_status = Some("succeeded".into());
+    }
+    Ok(out)
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct StepRow {
+    step_id: String,
+    status: String,
+    activity_id: Option<Uuid>,
+    outputs_artifact: Option<Uuid>,
+    result: Option<Value>,
+    error: Option<Value>,
+}
+
+/// The enqueue request of a ready step: inputs substituted, artifacts of earlier steps
+/// appended to `params.inputs`.
+fn step_request(
+    def: &WorkflowDefinition,
+    s: &crate::definition::StepDefinition,
+    steps: &HashMap<&str, &StepRow>,
+    inputs: &BTreeMap<String, String>,
+    tenant: &str,
+    run_id: Uuid,
+) -> Result<EnqueueRequest, FieldError> {
+    let idx = def.steps.iter().position(|x| x.id == s.id).unwrap_or(0);
+    let mut params = substitute(&s.params, inputs);
+    for (j, inp) in s.inputs_from.iter().enumerate() {
+        let field = format!("steps[{idx}].inputs_from[{j}].from");
+        let (from, _) = inp
+            .source()
+            .ok_or_else(|| FieldError::new(&field, "must be STEP:PATH"))?;
+        let artifact = steps
+            .get(from)
+            .and_then(|r| r.outputs_artifact)
+            .ok_or_else(|| {
+                FieldError::new(&field, format!("step {from:?} produced no output artifact"))
+            })?;
+        let list = params
+            .as_object_mut()
+            .ok_or_else(|| FieldError::new(format!("steps[{idx}].params"), "must be an object"))?
+            .entry("inputs")
+            .or_insert_with(|| json!([]));
+        list.as_array_mut()
+            .ok_or_else(|| {
+                FieldError::new(format!("steps[{idx}].params.inputs"), "must be an array")
+            })?
+            .push(json!({"path": inp.path, "artifact": artifact}));
+    }
+    let mut req = EnqueueRequest::new(s.kind.clone(), params)
+        .tenant(tenant)
+        .workflow_run(run_id)
+        .idempotency_key(format!("run:{run_id}:{}", s.id));
+    if let Some(rp) = &s.retry_policy {
+        req.retry_policy = rp.clone();
+    }
+    if let Some(t) = &s.timeouts {
+        req.timeouts = t.clone();
+    }
+    req.validate()
+        .map_err(|e| FieldError::new(format!("steps[{idx}].{}", e.field), e.reason))?;
+    Ok(req)
+}
+
+/// Fails the run: pending steps are skipped, waiting activities cancelled at once and
+/// running ones told to stop (the semantics of `Client::cancel_run`, inside our
+/// transaction so the failure and the cancellations commit together).
+async fn fail_run(conn: &mut PgConnection, run_id: Uuid, error: &Value) -> Result<()> {
+    sqlx::query(
+        "UPDATE highway.workflow_runs SET status = 'failed', error = $2, finished_at = now() \
+         WHERE id = $1 AND status = 'running'",
+    )
+    .bind(run_id)
+    .bind(error)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE highway.workflow_steps SET status = 'skipped', finished_at = now() \
+         WHERE run_id = $1 AND status = 'pending'",
+    )
+    .bind(run_id)
+    .execute(&mut *conn)
+    .await?;
+    let running: Vec<(Uuid,)> = sqlx::query_as(
+        r#"WITH upd AS (
+            UPDATE highway.activities
+            SET cancel_requested_at = COALESCE(cancel_requested_at, now()),
+                status = CASE WHEN status = 'scheduled' THEN 'cancelled' ELSE status END,
+                finished_at = CASE WHEN status = 'scheduled' THEN now() ELSE finished_at END,
+                error = CASE WHEN status = 'scheduled'
+                             THEN jsonb_build_object('type', 'Cancelled', 'message', 'workflow run failed', 'retryable', false)
+                             ELSE error END
+            WHERE workflow_run_id = $1 AND status IN ('scheduled', 'running')
+            RETURNING id, status
+        )
+        SELECT id FROM upd WHERE status = 'running'"#,
+    )
+    .bind(run_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (id,) in running {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CANCEL_CHANNEL)
+            .bind(id.to_string())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Of `runs`, those a definition drives and that are still live: the completer advances
+/// only these, so runs without a definition cost one indexed lookup and nothing else.
+pub async fn driven_runs(conn: &mut PgConnection, runs: &[Uuid]) -> Result<Vec<Uuid>> {
+    if runs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(Uuid,)> = sqlx::query_as(
+        "SELECT id FROM highway.workflow_runs WHERE id = ANY($1) AND definition IS NOT NULL \
+           AND status IN ('running', 'cancelling') ORDER BY id",
+    )
+    .bind(runs)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+/// Live definition-driven runs with no activity waiting or running: a driver crashed
+/// between a completion and its advance, or the rescuer ended an activity. The sweeper
+/// advances them.
+pub async fn stalled_runs(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>> {
+    let rows: Vec<(Uuid,)> = sqlx::query_as(
+        "SELECT r.id FROM highway.workflow_runs r \
+         WHERE r.status IN ('running', 'cancelling') AND r.definition IS NOT NULL \
+           AND NOT EXISTS (SELECT 1 FROM highway.activities a \
+                           WHERE a.workflow_run_id = r.id AND a.status IN ('scheduled', 'running')) \
+         ORDER BY r.created_at LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+/// One step as seen by clients.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StepStatus {
+    pub step_id: String,
+    pub status: String,
+    pub activity_id: Option<Uuid>,
+    pub activity_status: Option<String>,
+    pub attempt: Option<i32>,
+    pub outputs_artifact: Option<Uuid>,
+    pub cache_decision: Option<String>,
+    pub scheduled_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A run and its steps.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunStatus {
+    pub id: Uuid,
+    pub tenant_id: String,
+    pub name: String,
+    pub status: String,
+    pub result: Option<Value>,
+    pub error: Option<Value>,
+    pub steps: Vec<StepStatus>,
+}
+
+impl RunStatus {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.status.as_str(), "succeeded" | "failed" | "cancelled")
+    }
+}
+
+/// Reads a run and its steps (in definition order when it has one). With `tenant`,
+/// another tenant's run is `NotFound`.
+pub async fn run_status(pool: &PgPool, run_id: Uuid, tenant: Option<&str>) -> Result<RunStatus> {
+    type RunRow = (
+        String,
+        String,
+        String,
+        Option<Value>,
+        Option<Value>,
+        Option<Value>,
+    );
+    let row: Option<RunRow> = sqlx::query_as(
+        "SELECT tenant_id, name, status, result, error, definition FROM highway.workflow_runs \
+         WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
+    )
+    .bind(run_id)
+    .bind(tenant)
+    .fetch_optional(pool)
+    .await?;
+    let Some((tenant_id, name, status, result, error, def)) = row else {
+        return Err(RunError::NotFound(run_id));
+    };
+    let mut steps: Vec<StepStatus> = sqlx::query_as(
+        "SELECT s.step_id, s.status, s.activity_id, a.status AS activity_status, a.attempt, \
+                s.outputs_artifact, s.cache_decision, s.scheduled_at, s.finished_at \
+         FROM highway.workflow_steps s LEFT JOIN highway.activities a ON a.id = s.activity_id \
+         WHERE s.run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?;
+    let order: Vec<String> = def
+        .and_then(|d| serde_json::from_value::<WorkflowDefinition>(d).ok())
+        .map(|d| d.steps.into_iter().map(|s| s.id).collect())
+        .unwrap_or_default();
+    steps.sort_by_key(|s| order.iter().position(|o| o == &s.step_id));
+    Ok(RunStatus {
+        id: run_id,
+        tenant_id,
+        name,
+        status,
+        result,
+        error,
+        steps,
+    })
+}
+
+/// Waits until the run is terminal, polling (10 ms growing to 250 ms).
+pub async fn wait_run(
+    pool: &PgPool,
+    run_id: Uuid,
+    tenant: Option<&str>,
+    timeout: Duration,
+) -> Result<RunStatus> {
+    let deadline = Instant::now() + timeout;
+    let mut interval = Duration::from_millis(10);
+    loop {
+        match run_status(pool, run_id, tenant).await {
+            Ok(s) if s.is_terminal() => return Ok(s),
+            Ok(_) => {}
+            Err(e @ RunError::NotFound(_)) => return Err(e),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(e) => tracing::debug!(error = %e, "wait_run: transient database error"),
+        }
+        if Instant::now() >= deadline {
+            return Err(RunError::WaitTimeout(timeout));
+        }
+        tokio::time::sleep(interval.min(deadline.saturating_duration_since(Instant::now()))).await;
+        interval = (interval * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// One stored log line of a step's activity.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct LogLine {
+    pub seq: i64,
+    pub attempt: i32,
+    pub stream: String,
+    pub line: String,
+}
+
+/// Log lines of an activity after `after_seq` (for following a run).
+pub async fn step_logs(pool: &PgPool, activity_id: Uuid, after_seq: i64) -> Result<Vec<LogLine>> {
+    Ok(sqlx::query_as(
+        "SELECT seq, attempt, stream, line FROM highway.activity_logs \
+         WHERE activity_id = $1 AND seq > $2 ORDER BY seq LIMIT 1000",
+    )
+    .bind(activity_id)
+    .bind(after_seq)
+    .fetch_all(pool)
+    .await?)
+}
