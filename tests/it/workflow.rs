@@ -269,3 +269,81 @@ async fn a_worker_killed_mid_run_is_finished_by_another_worker() {
     wf.assert_clean(run).await;
     wf.stop().await;
 }
+
+/// `highway run FILE --input image=REF --follow`: step states, live log lines, exit 0 on
+/// success and non-zero on failure.
+#[tokio::test]
+async fn cli_run_follows_steps_and_logs_and_exits_with_the_outcome() {
+    let wf = Wf::new().await;
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../workflows/examples");
+    let image = format!("image={TEST_IMAGE}");
+    let run_cli = |file: String, extra: Vec<String>| {
+        let url = wf.db.url.clone();
+        let image = image.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new(highway_tests::highway_bin());
+            cmd.env("DATABASE_URL", url)
+                .env("RUST_LOG", "warn")
+                .args([
+                    "run", &file, "--input", &image, "--tenant", TENANT, "--follow",
+                ])
+                .args(extra);
+            cmd.output().expect("run highway")
+        })
+    };
+    let out = run_cli(format!("{examples}/pipeline.json"), vec![])
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("[check] stdout: HELLO"), "{stdout}");
+    assert!(stdout.contains("succeeded"), "{stdout}");
+    for s in ["produce", "transform", "check"] {
+        assert!(stdout.contains(s), "{stdout}");
+    }
+
+    // A failing run: the exit code says so; --json prints machine-readable events.
+    let bad = std::env::temp_dir().join(format!("highway-bad-{}.json", Uuid::new_v4()));
+    std::fs::write(
+        &bad,
+        serde_json::json!({"name": "bad", "inputs": {"image": {}}, "steps": [
+            {"id": "boom", "kind": "tools.docker.run", "retry_policy": {"maximum_attempts": 1},
+             "params": {"image": "${inputs.image}", "command": ["sh", "-c", "echo nope; exit 4"]}}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let out = run_cli(bad.display().to_string(), vec!["--json".into()])
+        .await
+        .unwrap();
+    std::fs::remove_file(&bad).ok();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    let last: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap()).expect("json line");
+    assert_eq!(last["status"], "failed", "{stdout}");
+    assert_eq!(last["error"]["step"], "boom", "{stdout}");
+    let run: Uuid = last["run_id"].as_str().unwrap().parse().unwrap();
+    wf.assert_clean(run).await;
+    wf.stop().await;
+}
+
+/// A definition with an error is refused before anything is stored, naming the field.
+#[tokio::test]
+async fn an_invalid_definition_names_the_field_and_stores_nothing() {
+    let db = TestDb::new().await;
+    let def = WorkflowDefinition::from_json(PIPELINE).unwrap();
+    let e = runs::start_run(&db.client(), TENANT, &def, &BTreeMap::new())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("inputs.image"), "{e}");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM highway.workflow_runs")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+}

@@ -10,6 +10,7 @@ pub mod containers;
 pub mod gc;
 pub mod logs;
 pub mod remote;
+pub mod run;
 pub mod schedules;
 pub mod secrets;
 pub mod tokens;
@@ -63,6 +64,9 @@ pub enum Command {
     Migrate,
     /// Enqueue one activity.
     Enqueue(EnqueueArgs),
+    /// Start a workflow run from a definition file, show its steps (`--follow`: and their
+    /// logs) and exit with its outcome.
+    Run(run::RunArgs),
     /// List and inspect activities.
     #[command(subcommand)]
     Activities(ActivitiesCommand),
@@ -308,6 +312,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Enqueue(args) => enqueue(&cli.db, pool_opts, args).await,
+        Command::Run(args) => run::run(args, &cli.db).await,
         // Through the API: needs no DATABASE_URL.
         Command::Activities(ActivitiesCommand::Logs(a)) => logs::run(a).await,
         Command::Activities(cmd) => activities(&cli.db, pool_opts, cmd).await,
