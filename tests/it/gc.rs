@@ -976,14 +976,24 @@ async fn r10_worker_cut_from_postgres_stops_within_the_lease() {
             .await
             .unwrap();
     proxy.set(Mode::Blackhole);
-    eventually("the cut worker stopped its container", WAIT, || async {
-        (!env.is_running(&c1).await).then_some(())
+    // When the container actually stopped: its `FinishedAt` (the daemon and Postgres
+    // share this machine's clock), not when this poll happened to notice.
+    let stopped_by = eventually("the cut worker stopped its container", WAIT, || async {
+        match env.docker.inspect_container(&c1, None).await {
+            Ok(c) => {
+                let st = c.state.unwrap_or_default();
+                if st.running.unwrap_or(false) {
+                    return None;
+                }
+                st.finished_at
+                    .and_then(|f| chrono::DateTime::parse_from_rfc3339(&f).ok())
+                    .map(|t| t.with_timezone(&chrono::Utc))
+            }
+            // Already removed: only an upper bound is known.
+            Err(_) => Some(chrono::Utc::now()),
+        }
     })
     .await;
-    let stopped_by: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
-        .fetch_one(&env.db.pool)
-        .await
-        .unwrap();
     let lease_end: chrono::DateTime<chrono::Utc> =
         sqlx::query_scalar("SELECT lease_expires_at FROM highway.activities WHERE id = $1")
             .bind(a)
