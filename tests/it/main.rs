@@ -1,12 +1,15 @@
 //! The one integration test binary. Each module covers one area against a real Postgres
 //! (a fresh database per test) and the real Docker daemon.
 //!
-//! - `api`: the HTTP API through the router (tokens, tenancy, limits), e2e, the CLI.
 //! - `queue`: enqueue, claim races, retries, rescuer, fencing, cancellation, timeouts.
-//! - `process`: the `highway` binary as a child: SIGTERM drain, kill -9 and rescue.
-//! - `soft_deps`: Docker and Postgres outages through the fault proxy and a private
-//!   cluster: monitor, circuit breaker, readiness, recovery (R8, R12, R13, R15).
-//! - `scheduler`: durable cron: exactly once with many schedulers, catch-up, DST, overlap.
+//! - `process`: the `highway` binary as a child: SIGTERM drain, kill -9 and rescue, CLI.
+//! - `docker_run`: `tools.docker.run` end to end: lifecycle, limits, I/O, cleanup paths.
+//! - `docker_tools`: exec, stop, remove, logs, inspect, pull, images, commit; tenancy; secrets.
+//! - `gc`: the garbage collector and the crash / pause / cut-off / cancel scenarios.
+//! - `soft_deps`: Docker and Postgres outages through fault proxies.
+//! - `scheduler`: durable cron: exactly-once fires, catch-up, overlap, DST.
+//! - `api`: the HTTP API: auth, tenancy, limits, log streams, CLI against `highway up`.
+//! - `workflow`: multi-step runs with files passed between steps.
 
 mod api;
 mod docker_run;
@@ -14,6 +17,6 @@ mod docker_tools;
 mod gc;
 mod process;
 mod queue;
-mod soft_deps;
 mod scheduler;
+mod soft_deps;
 mod workflow;

@@ -14,8 +14,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod docker;
-pub mod proxy;
 pub mod fault_proxy;
+pub mod proxy;
 
 const TEMPLATE: &str = "highway_test_template";
 
