@@ -12,6 +12,11 @@ CREATE TABLE highway.workflow_steps (
     outputs_artifact uuid,
     -- Cache decision: hit | miss-build-as | miss-no-commit (NULL without a cache).
     cache_decision  text CHECK (cache_decision IN ('hit', 'miss-build-as', 'miss-no-commit')),
+    -- The resolved cache key, the snapshot image (`docker_images.reference`) the step
+    -- reused or committed, and the `tools.docker.commit` activity of a miss.
+    cache_key       text,
+    cache_image     text,
+    commit_activity_id uuid,
     created_at      timestamptz NOT NULL DEFAULT now(),
     scheduled_at    timestamptz,
     finished_at     timestamptz,

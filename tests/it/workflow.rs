@@ -347,3 +347,77 @@ async fn an_invalid_definition_names_the_field_and_stores_nothing() {
         .unwrap();
     assert_eq!(n, 0);
 }
+
+/// A cached step: the first run misses, runs the step and commits its container as the
+/// key (`tools.docker.commit`); the second run hits, skips the step (no activity) and
+/// reuses the snapshot and the output artifact, so its dependents still get the files.
+#[tokio::test]
+async fn a_cache_hit_skips_the_step_and_reuses_the_snapshot() {
+    const CACHED: &str = include_str!("../../workflows/examples/cached.json");
+    let wf = Wf::new().await;
+    let d = docker().await;
+    let first = wf.start(CACHED, &[]).await;
+    let s1 = wf.wait(first).await;
+    assert_eq!(s1.status, "succeeded", "{s1:#?}");
+    let b1 = step(&s1, "build");
+    assert_eq!(
+        b1.cache_decision.as_deref(),
+        Some("miss-build-as"),
+        "{s1:#?}"
+    );
+    assert_eq!(s1.result.as_ref().unwrap()["use"]["stdout"], "built-v1\n");
+    let image: String = sqlx::query_scalar(
+        "SELECT cache_image FROM highway.workflow_steps WHERE run_id = $1 AND step_id = 'build'",
+    )
+    .bind(first)
+    .fetch_one(&wf.db.pool)
+    .await
+    .unwrap();
+    // The snapshot holds the step's filesystem.
+    let out = highway_tests::docker::docker_cli(&["run", "--rm", &image, "cat", "/opt-state"]);
+    assert_eq!(out, "built-v1\n");
+    // The miss kept its container for the commit; it is ours to remove now.
+    let b1_activity = b1.activity_id.unwrap();
+    for c in highway_tests::docker::managed_containers(&d, b1_activity).await {
+        highway_tests::docker::docker_cli(&["rm", "-f", c.id.as_deref().unwrap()]);
+    }
+
+    let second = wf.start(CACHED, &[]).await;
+    let s2 = wf.wait(second).await;
+    assert_eq!(s2.status, "succeeded", "{s2:#?}");
+    let b2 = step(&s2, "build");
+    assert_eq!(b2.status, "cached", "{s2:#?}");
+    assert_eq!(b2.cache_decision.as_deref(), Some("hit"));
+    assert!(b2.activity_id.is_none(), "a hit runs nothing: {s2:#?}");
+    let r2 = s2.result.as_ref().unwrap();
+    assert_eq!(r2["build"]["cached"], true);
+    assert_eq!(r2["build"]["image"], image.as_str());
+    assert_eq!(r2["use"]["stdout"], "built-v1\n");
+    // Another key misses again.
+    let third = wf.start(CACHED, &[("version", "2")]).await;
+    let s3 = wf.wait(third).await;
+    assert_eq!(
+        step(&s3, "build").cache_decision.as_deref(),
+        Some("miss-build-as")
+    );
+    assert_eq!(s3.result.as_ref().unwrap()["use"]["stdout"], "built-v2\n");
+    let b3_activity = step(&s3, "build").activity_id.unwrap();
+    for c in highway_tests::docker::managed_containers(&d, b3_activity).await {
+        highway_tests::docker::docker_cli(&["rm", "-f", c.id.as_deref().unwrap()]);
+    }
+    let images: Vec<(String,)> = sqlx::query_as(
+        "SELECT cache_image FROM highway.workflow_steps WHERE cache_decision = 'miss-build-as'",
+    )
+    .fetch_all(&wf.db.pool)
+    .await
+    .unwrap();
+    for (img,) in images {
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", "-f", &img])
+            .output();
+    }
+    for r in [first, second, third] {
+        wf.assert_clean(r).await;
+    }
+    wf.stop().await;
+}

@@ -62,7 +62,9 @@ pub struct StepDefinition {
     #[serde(default)]
     #[schemars(with = "Option<Value>")]
     pub timeouts: Option<Timeouts>,
-    /// Snapshot cache (parsed and validated; see the crate docs for its status).
+    /// Snapshot cache: on a hit (a live `tools.docker.commit` image for the resolved key)
+    /// the step does not run and reuses the snapshot and the output artifact of the run
+    /// that built it; on a miss it runs, keeps its container and commits it as the key.
     #[serde(default)]
     pub cache: Option<CacheSpec>,
 }
@@ -84,7 +86,9 @@ impl InputFrom {
     }
 }
 
-/// A cache key template over the inputs (`"build-${inputs.image}"`).
+/// A cache key template over the inputs (`"build-${inputs.image}"`); the image tag is a
+/// hash of workflow name, step id and the resolved key. The image digest is not part of
+/// the key (the driver never talks to Docker): put the image reference in the template.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSpec {

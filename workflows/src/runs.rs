@@ -100,6 +100,7 @@ pub async fn advance(client: &Client, conn: &mut PgConnection, run_id: Uuid) -> 
         return Ok(Advanced::default());
     };
     // Steps whose activity ended take its outcome (fenced: only `scheduled` steps move).
+    // A cached step's successful run is not done yet: its container is committed first.
     sqlx::query(
         "UPDATE highway.workflow_steps s \
          SET status = CASE a.status WHEN 'succeeded' THEN 'succeeded' WHEN 'cancelled' THEN 'cancelled' ELSE 'failed' END, \
@@ -107,7 +108,26 @@ pub async fn advance(client: &Client, conn: &mut PgConnection, run_id: Uuid) -> 
              finished_at = COALESCE(a.finished_at, now()) \
          FROM highway.activities a \
          WHERE s.run_id = $1 AND s.status = 'scheduled' AND a.id = s.activity_id \
-           AND a.status IN ('succeeded', 'failed', 'cancelled', 'timed_out')",
+           AND s.commit_activity_id IS NULL \
+           AND (a.status IN ('failed', 'cancelled', 'timed_out') \
+                OR (a.status = 'succeeded' AND s.cache_key IS NULL))",
+    )
+    .bind(run_id)
+    .execute(&mut *conn)
+    .await?;
+    // The commit of a cache miss ended: the step is done either way (a failed commit
+    // only means the next run misses again).
+    sqlx::query(
+        "UPDATE highway.workflow_steps s \
+         SET status = 'succeeded', \
+             outputs_artifact = (a.result->'outputs'->>'id')::uuid, \
+             cache_image = CASE WHEN c.status = 'succeeded' THEN c.result->>'reference' END, \
+             cache_decision = CASE WHEN c.status = 'succeeded' THEN 'miss-build-as' ELSE 'miss-no-commit' END, \
+             finished_at = COALESCE(c.finished_at, now()) \
+         FROM highway.activities a, highway.activities c \
+         WHERE s.run_id = $1 AND s.status = 'scheduled' AND a.id = s.activity_id \
+           AND c.id = s.commit_activity_id \
+           AND c.status IN ('succeeded', 'failed', 'cancelled', 'timed_out')",
     )
     .bind(run_id)
     .execute(&mut *conn)
@@ -137,90 +157,240 @@ pub async fn advance(client: &Client, conn: &mut PgConnection, run_id: Uuid) -> 
             reason: e.to_string(),
         })?;
     let inputs: BTreeMap<String, String> = serde_json::from_value(input).unwrap_or_default();
-    let rows: Vec<StepRow> = sqlx::query_as(
-        "SELECT s.step_id, s.status, s.activity_id, s.outputs_artifact, a.result, a.error \
-         FROM highway.workflow_steps s LEFT JOIN highway.activities a ON a.id = s.activity_id \
-         WHERE s.run_id = $1",
+    // A cache hit finishes a step without an activity, which may make others ready:
+    // loop until a pass changes nothing.
+    loop {
+        let rows: Vec<StepRow> = sqlx::query_as(
+            "SELECT s.step_id, s.status, s.activity_id, s.outputs_artifact, s.cache_key, s.cache_image, \
+                    s.commit_activity_id, a.status AS activity_status, a.result, a.error \
+             FROM highway.workflow_steps s LEFT JOIN highway.activities a ON a.id = s.activity_id \
+             WHERE s.run_id = $1",
+        )
+        .bind(run_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        let steps: HashMap<&str, &StepRow> = rows.iter().map(|r| (r.step_id.as_str(), r)).collect();
+
+        if let Some(bad) = rows
+            .iter()
+            .find(|r| r.status == "failed" || r.status == "cancelled")
+        {
+            let error = json!({"type": "StepFailed", "step": bad.step_id, "step_status": bad.status,
+                               "activity_id": bad.activity_id, "error": bad.error});
+            fail_run(&mut *conn, run_id, &error).await?;
+            out.run_status = Some("failed".into());
+            return Ok(out);
+        }
+
+        // Cache misses whose run succeeded: commit the kept container as the key.
+        let mut commits = Vec::new();
+        let mut commit_ids = Vec::new();
+        for r in &rows {
+            if r.status == "scheduled"
+                && r.cache_key.is_some()
+                && r.commit_activity_id.is_none()
+                && r.activity_status.as_deref() == Some("succeeded")
+            {
+                let container = r
+                    .result
+                    .as_ref()
+                    .and_then(|v| v.get("container_id"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let req = EnqueueRequest::new(
+                    crate::docker_tools::KIND_COMMIT,
+                    json!({"container": container, "repository": CACHE_REPOSITORY,
+                           "tag": r.cache_key, "comment": format!("workflow cache of step {}", r.step_id)}),
+                )
+                .tenant(&tenant)
+                .workflow_run(run_id)
+                .idempotency_key(format!("run:{run_id}:{}:commit", r.step_id))
+                .max_attempts(2);
+                commits.push(req);
+                commit_ids.push(r.step_id.clone());
+            }
+        }
+        if !commits.is_empty() {
+            let enq = client.enqueue_many_tx(&mut *conn, &commits).await?;
+            let ids: Vec<Uuid> = enq.iter().map(|e| e.id).collect();
+            sqlx::query(
+                "UPDATE highway.workflow_steps s SET commit_activity_id = u.activity_id \
+                 FROM unnest($2::text[], $3::uuid[]) AS u(step_id, activity_id) \
+                 WHERE s.run_id = $1 AND s.step_id = u.step_id AND s.commit_activity_id IS NULL",
+            )
+            .bind(run_id)
+            .bind(&commit_ids)
+            .bind(&ids)
+            .execute(&mut *conn)
+            .await?;
+        }
+
+        let mut reqs = Vec::new();
+        let mut ready_ids = Vec::new();
+        let mut keys: Vec<Option<String>> = Vec::new();
+        let mut hit = false;
+        for s in &def.steps {
+            if steps.get(s.id.as_str()).map(|r| r.status.as_str()) != Some("pending") {
+                continue;
+            }
+            let deps_done = s.depends_on.iter().all(|d| {
+                matches!(
+                    steps.get(d.as_str()).map(|r| r.status.as_str()),
+                    Some("succeeded" | "cached")
+                )
+            });
+            if !deps_done {
+                continue;
+            }
+            let key = s
+                .cache
+                .as_ref()
+                .map(|c| cache_tag(&def.name, &s.id, &substitute_key(&c.key, &inputs)));
+            if let Some(key) = &key {
+                if cache_hit(&mut *conn, &tenant, run_id, &s.id, key).await? {
+                    hit = true;
+                    continue;
+                }
+            }
+            let req = match step_request(&def, s, &steps, &inputs, &tenant, run_id) {
+                Ok(mut r) => {
+                    if key.is_some() {
+                        // Keep the exited container for the commit; the GC removes it
+                        // after the retention.
+                        r.params["auto_remove"] = json!(false);
+                        r.params["retention"] = json!(CACHE_CONTAINER_RETENTION);
+                    }
+                    r
+                }
+                Err(e) => {
+                    // A step that cannot even be enqueued fails the run, naming the field.
+                    let error = json!({"type": "StepInvalid", "step": s.id, "field": e.field, "message": e.reason});
+                    fail_run(&mut *conn, run_id, &error).await?;
+                    out.run_status = Some("failed".into());
+                    return Ok(out);
+                }
+            };
+            reqs.push(req);
+            ready_ids.push(s.id.clone());
+            keys.push(key);
+        }
+        if !reqs.is_empty() {
+            let enq = client.enqueue_many_tx(&mut *conn, &reqs).await?;
+            let ids: Vec<Uuid> = enq.iter().map(|e| e.id).collect();
+            sqlx::query(
+                "UPDATE highway.workflow_steps s SET status = 'scheduled', activity_id = u.activity_id, \
+                        scheduled_at = now(), cache_key = u.cache_key, \
+                        cache_decision = CASE WHEN u.cache_key IS NOT NULL THEN 'miss-build-as' END \
+                 FROM unnest($2::text[], $3::uuid[], $4::text[]) AS u(step_id, activity_id, cache_key) \
+                 WHERE s.run_id = $1 AND s.step_id = u.step_id AND s.status = 'pending'",
+            )
+            .bind(run_id)
+            .bind(&ready_ids)
+            .bind(&ids)
+            .bind(&keys)
+            .execute(&mut *conn)
+            .await?;
+            out.enqueued.extend(ready_ids);
+        }
+        if hit {
+            continue;
+        }
+        if !out.enqueued.is_empty() || !commits.is_empty() {
+            return Ok(out);
+        }
+        if rows
+            .iter()
+            .all(|r| r.status == "succeeded" || r.status == "cached")
+        {
+            let result: Map<String, Value> = rows
+                .iter()
+                .map(|r| {
+                    let v = if r.status == "cached" {
+                        json!({"cached": true, "image": r.cache_image,
+                               "outputs": r.outputs_artifact.map(|id| json!({"id": id}))})
+                    } else {
+                        r.result.clone().unwrap_or(Value::Null)
+                    };
+                    (r.step_id.clone(), v)
+                })
+                .collect();
+            sqlx::query(
+                "UPDATE highway.workflow_runs SET status = 'succeeded', result = $2, finished_at = now() \
+                 WHERE id = $1 AND status = 'running'",
+            )
+            .bind(run_id)
+            .bind(Value::Object(result))
+            .execute(&mut *conn)
+            .await?;
+            out.run_status = Some("succeeded".into());
+        }
+        return Ok(out);
+    }
+}
+
+/// The repository (under the tenant's image namespace) of workflow cache snapshots.
+pub const CACHE_REPOSITORY: &str = "wfcache";
+/// How long the container of a cache miss is kept for its commit.
+const CACHE_CONTAINER_RETENTION: &str = "10m";
+
+fn substitute_key(key: &str, inputs: &BTreeMap<String, String>) -> String {
+    match substitute(&Value::String(key.to_string()), inputs) {
+        Value::String(s) => s,
+        _ => key.to_string(),
+    }
+}
+
+/// The image tag of a cache key: a hash of the workflow, the step and the resolved key
+/// (any text may be a key; a tag may not).
+pub fn cache_tag(workflow: &str, step: &str, key: &str) -> String {
+    use sha2::Digest as _;
+    let h = sha2::Sha256::digest(format!("{workflow}\0{step}\0{key}").as_bytes());
+    format!("k{}", hex::encode(&h[..20]))
+}
+
+/// A live snapshot for `tag` in the tenant's namespace marks the step `cached` (reusing
+/// the image and the output artifact of the run that committed it). Reads the image
+/// table of `tools.docker.commit` (only it writes there).
+async fn cache_hit(
+    conn: &mut PgConnection,
+    tenant: &str,
+    run_id: Uuid,
+    step: &str,
+    tag: &str,
+) -> Result<bool> {
+    let reference = format!(
+        "highway/{}/{CACHE_REPOSITORY}:{tag}",
+        crate::docker_tools::tenant_namespace(tenant)
+    );
+    let hit: Option<(Option<Uuid>,)> = sqlx::query_as(
+        "SELECT (SELECT s.outputs_artifact FROM highway.workflow_steps s \
+                 WHERE s.cache_image = i.reference AND s.cache_decision = 'miss-build-as' \
+                 ORDER BY s.finished_at DESC LIMIT 1) \
+         FROM highway.docker_images i \
+         WHERE i.tenant_id = $1 AND i.reference = $2 AND i.removed_at IS NULL \
+           AND (i.expires_at IS NULL OR i.expires_at > now()) \
+         ORDER BY i.created_at DESC LIMIT 1",
+    )
+    .bind(tenant)
+    .bind(&reference)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((artifact,)) = hit else {
+        return Ok(false);
+    };
+    sqlx::query(
+        "UPDATE highway.workflow_steps SET status = 'cached', cache_decision = 'hit', cache_key = $3, \
+                cache_image = $4, outputs_artifact = $5, finished_at = now() \
+         WHERE run_id = $1 AND step_id = $2 AND status = 'pending'",
     )
     .bind(run_id)
-    .fetch_all(&mut *conn)
+    .bind(step)
+    .bind(tag)
+    .bind(&reference)
+    .bind(artifact)
+    .execute(&mut *conn)
     .await?;
-    let steps: HashMap<&str, &StepRow> = rows.iter().map(|r| (r.step_id.as_str(), r)).collect();
-
-    if let Some(bad) = rows
-        .iter()
-        .find(|r| r.status == "failed" || r.status == "cancelled")
-    {
-        let error = json!({"type": "StepFailed", "step": bad.step_id, "step_status": bad.status,
-                           "activity_id": bad.activity_id, "error": bad.error});
-        fail_run(&mut *conn, run_id, &error).await?;
-        out.run_status = Some("failed".into());
-        return Ok(out);
-    }
-
-    let mut reqs = Vec::new();
-    let mut ready_ids = Vec::new();
-    for s in &def.steps {
-        if steps.get(s.id.as_str()).map(|r| r.status.as_str()) != Some("pending") {
-            continue;
-        }
-        let deps_done = s.depends_on.iter().all(|d| {
-            matches!(
-                steps.get(d.as_str()).map(|r| r.status.as_str()),
-                Some("succeeded" | "cached")
-            )
-        });
-        if !deps_done {
-            continue;
-        }
-        let req = match step_request(&def, s, &steps, &inputs, &tenant, run_id) {
-            Ok(r) => r,
-            Err(e) => {
-                // A step that cannot even be enqueued fails the run, naming the field.
-                let error = json!({"type": "StepInvalid", "step": s.id, "field": e.field, "message": e.reason});
-                fail_run(&mut *conn, run_id, &error).await?;
-                out.run_status = Some("failed".into());
-                return Ok(out);
-            }
-        };
-        reqs.push(req);
-        ready_ids.push(s.id.clone());
-    }
-    if !reqs.is_empty() {
-        let enq = client.enqueue_many_tx(&mut *conn, &reqs).await?;
-        let ids: Vec<Uuid> = enq.iter().map(|e| e.id).collect();
-        sqlx::query(
-            "UPDATE highway.workflow_steps s SET status = 'scheduled', activity_id = u.activity_id, scheduled_at = now() \
-             FROM unnest($2::text[], $3::uuid[]) AS u(step_id, activity_id) \
-             WHERE s.run_id = $1 AND s.step_id = u.step_id AND s.status = 'pending'",
-        )
-        .bind(run_id)
-        .bind(&ready_ids)
-        .bind(&ids)
-        .execute(&mut *conn)
-        .await?;
-        out.enqueued = ready_ids;
-        return Ok(out);
-    }
-    if rows
-        .iter()
-        .all(|r| r.status == "succeeded" || r.status == "cached")
-    {
-        let result: Map<String, Value> = rows
-            .iter()
-            .map(|r| (r.step_id.clone(), r.result.clone().unwrap_or(Value::Null)))
-            .collect();
-        sqlx::query(
-            "UPDATE highway.workflow_runs SET status = 'succeeded', result = $2, finished_at = now() \
-             WHERE id = $1 AND status = 'running'",
-        )
-        .bind(run_id)
-        .bind(Value::Object(result))
-        .execute(&mut *conn)
-        .await?;
-        out.run_status = Some("succeeded".into());
-    }
-    Ok(out)
+    Ok(true)
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -229,6 +399,10 @@ struct StepRow {
     status: String,
     activity_id: Option<Uuid>,
     outputs_artifact: Option<Uuid>,
+    cache_key: Option<String>,
+    cache_image: Option<String>,
+    commit_activity_id: Option<Uuid>,
+    activity_status: Option<String>,
     result: Option<Value>,
     error: Option<Value>,
 }
