@@ -211,6 +211,8 @@ pub struct GcCounts {
     pub pending_adopted: u64,
     /// Placeholder rows closed: the create never happened.
     pub pending_closed: u64,
+    /// Committed snapshot images removed (or found gone) after their TTL.
+    pub images_removed: u64,
 }
 
 impl GcCounts {
@@ -231,6 +233,7 @@ impl GcCounts {
             + self.pending_adopted
             + self.pending_closed
             + self.deferred
+            + self.images_removed
             > 0
     }
 }
@@ -622,6 +625,19 @@ impl DockerGarbageCollector {
             }
             Err(e) => warn!(error = %e, "gc: could not mark vanished containers"),
         }
+        // Snapshot images (`tools.docker.commit`) past their TTL, unless pinned.
+        match crate::docker::tools::reap_expired_images(
+            &self.client,
+            &self.pool,
+            &self.actor,
+            &clock.id,
+            o.max_per_pass as i64,
+        )
+        .await
+        {
+            Ok(r) => counts.images_removed = r.removed + r.gone,
+            Err(e) => warn!(error = %e, "gc: expired images not reaped this pass"),
+        }
         Ok(counts)
     }
 
@@ -642,6 +658,7 @@ impl DockerGarbageCollector {
                     missing = c.missing,
                     pending_adopted = c.pending_adopted,
                     pending_closed = c.pending_closed,
+                    images_removed = c.images_removed,
                     "garbage collector pass"
                 ),
                 Ok(_) => {}
