@@ -223,6 +223,9 @@ async fn eight_workers_claim_each_activity_exactly_once() {
         .map(|_| {
             let mut o = TestWorker::fast_options(16);
             o.fetch_batch = 7; // small batches: many more racing claims
+                               // This test is about claim exclusivity; leases must not expire under load.
+            o.lease = Duration::from_secs(30);
+            o.heartbeat_interval = Duration::from_secs(5);
             TestWorker::start(&db.pool, o, |_| {})
         })
         .collect();

@@ -355,9 +355,7 @@ impl Client {
     pub async fn cancel_run(&self, run_id: Uuid, tenant: Option<&str>) -> Result<CancelOutcome> {
         let mut tx = self.pool.begin().await?;
         let run: Option<(String,)> = sqlx::query_as(
-            "UPDATE highway.workflow_runs SET cancel_requested_at = COALESCE(cancel_requested_at, now()), \
-                    status = CASE WHEN status = 'running' THEN 'cancelling' ELSE status END \
-             WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2) RETURNING status",
+            "SELECT status FROM highway.workflow_runs WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
         )
         .bind(run_id)
         .bind(tenant)
@@ -366,14 +364,32 @@ impl Client {
         let Some((status,)) = run else {
             return Err(Error::NotFound(run_id));
         };
-        if status != "cancelling" {
+        if status != "running" && status != "cancelling" {
             tx.commit().await?;
             return Ok(CancelOutcome::AlreadyFinished);
         }
-        let running: Vec<(Uuid,)> = sqlx::query_as(CANCEL_RUN_ACTIVITIES)
+        // Lock order: activities first, then the run, the same order the completer and
+        // the run driver take (they lock a finished activity, then its run); the reverse
+        // order deadlocks against them.
+        let mut running: Vec<(Uuid,)> = sqlx::query_as(CANCEL_RUN_ACTIVITIES)
             .bind(run_id)
             .fetch_all(&mut *tx)
             .await?;
+        sqlx::query(
+            "UPDATE highway.workflow_runs SET cancel_requested_at = COALESCE(cancel_requested_at, now()), \
+                    status = 'cancelling' \
+             WHERE id = $1 AND status IN ('running', 'cancelling')",
+        )
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        // A step the driver enqueued while we waited for the run's lock is caught here.
+        running.extend(
+            sqlx::query_as::<_, (Uuid,)>(CANCEL_RUN_ACTIVITIES)
+                .bind(run_id)
+                .fetch_all(&mut *tx)
+                .await?,
+        );
         for (id,) in &running {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(CANCEL_CHANNEL)
