@@ -371,10 +371,7 @@ impl Client {
         // Lock order: activities first, then the run, the same order the completer and
         // the run driver take (they lock a finished activity, then its run); the reverse
         // order deadlocks against them.
-        let mut running: Vec<(Uuid,)> = sqlx::query_as(CANCEL_RUN_ACTIVITIES)
-            .bind(run_id)
-            .fetch_all(&mut *tx)
-            .await?;
+        let mut running = cancel_run_activities(&mut tx, run_id, "workflow run cancelled").await?;
         sqlx::query(
             "UPDATE highway.workflow_runs SET cancel_requested_at = COALESCE(cancel_requested_at, now()), \
                     status = 'cancelling' \
@@ -384,13 +381,8 @@ impl Client {
         .execute(&mut *tx)
         .await?;
         // A step the driver enqueued while we waited for the run's lock is caught here.
-        running.extend(
-            sqlx::query_as::<_, (Uuid,)>(CANCEL_RUN_ACTIVITIES)
-                .bind(run_id)
-                .fetch_all(&mut *tx)
-                .await?,
-        );
-        for (id,) in &running {
+        running.extend(cancel_run_activities(&mut tx, run_id, "workflow run cancelled").await?);
+        for id in &running {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(CANCEL_CHANNEL)
                 .bind(id.to_string())
@@ -421,6 +413,23 @@ impl Client {
             }
         }
     }
+}
+
+/// Cancels every activity of a run: scheduled ones at once (with `message` as their
+/// error), running ones flagged. Returns the running ones, which the caller must
+/// announce on `CANCEL_CHANNEL` in the same transaction. Lock order: activities before
+/// the run row (the completer's order).
+pub async fn cancel_run_activities(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    message: &str,
+) -> Result<Vec<Uuid>> {
+    let rows: Vec<(Uuid,)> = sqlx::query_as(CANCEL_RUN_ACTIVITIES)
+        .bind(run_id)
+        .bind(message)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
 /// After an insert skipped on a conflict of (tenant_id, idempotency_key): the same
@@ -602,7 +611,7 @@ WITH upd AS (
         status = CASE WHEN status = 'scheduled' THEN 'cancelled' ELSE status END,
         finished_at = CASE WHEN status = 'scheduled' THEN now() ELSE finished_at END,
         error = CASE WHEN status = 'scheduled'
-                     THEN jsonb_build_object('type', 'Cancelled', 'message', 'workflow run cancelled', 'retryable', false)
+                     THEN jsonb_build_object('type', 'Cancelled', 'message', $2::text, 'retryable', false)
                      ELSE error END
     WHERE workflow_run_id = $1 AND status IN ('scheduled', 'running')
     RETURNING id, status

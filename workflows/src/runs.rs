@@ -475,24 +475,9 @@ async fn fail_run(conn: &mut PgConnection, run_id: Uuid, error: &Value) -> Resul
     .bind(run_id)
     .execute(&mut *conn)
     .await?;
-    let running: Vec<(Uuid,)> = sqlx::query_as(
-        r#"WITH upd AS (
-            UPDATE highway.activities
-            SET cancel_requested_at = COALESCE(cancel_requested_at, now()),
-                status = CASE WHEN status = 'scheduled' THEN 'cancelled' ELSE status END,
-                finished_at = CASE WHEN status = 'scheduled' THEN now() ELSE finished_at END,
-                error = CASE WHEN status = 'scheduled'
-                             THEN jsonb_build_object('type', 'Cancelled', 'message', 'workflow run failed', 'retryable', false)
-                             ELSE error END
-            WHERE workflow_run_id = $1 AND status IN ('scheduled', 'running')
-            RETURNING id, status
-        )
-        SELECT id FROM upd WHERE status = 'running'"#,
-    )
-    .bind(run_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    for (id,) in running {
+    let running =
+        crate::client::cancel_run_activities(&mut *conn, run_id, "workflow run failed").await?;
+    for id in running {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CANCEL_CHANNEL)
             .bind(id.to_string())

@@ -67,6 +67,7 @@ async fn list(
         since,
         before_id,
         limit: parse_limit(q.limit.as_deref(), 100, 1000)?,
+        ..Default::default()
     };
     let items = store::list_audit(&st.pool, &f).await?;
     Ok(Json(json!({ "items": items })))

@@ -399,31 +399,55 @@ pub struct AuditRow {
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
     pub tenant: Option<String>,
+    /// An action; a trailing `*` matches a prefix (`image.*`).
     pub action: Option<String>,
+    /// Rows whose target (container or image id) starts with this.
+    pub target_prefix: Option<String>,
     pub activity: Option<Uuid>,
     pub run: Option<Uuid>,
     pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
     /// Rows with an id below this (paging backwards).
     pub before_id: Option<i64>,
     pub limit: i64,
 }
 
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+/// The audit rows matching `f`, newest first. The one audit query: the API and
+/// `highway audit ls` both use it.
 pub async fn list_audit(db: impl PgExecutor<'_>, f: &AuditFilter) -> sqlx::Result<Vec<AuditRow>> {
+    let action_like = f.action.as_deref().map(|a| match a.strip_suffix('*') {
+        Some(prefix) => format!("{}%", like_escape(prefix)),
+        None => like_escape(a),
+    });
+    let target_like = f
+        .target_prefix
+        .as_deref()
+        .map(|t| format!("{}%", like_escape(t)));
     sqlx::query_as(
         "SELECT id, at, tenant_id, actor, action, target, activity_id, workflow_run_id, outcome, details
            FROM highway.audit_log
-          WHERE ($1::text IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR action = $2)
-            AND ($3::uuid IS NULL OR activity_id = $3) AND ($4::uuid IS NULL OR workflow_run_id = $4)
-            AND ($5::timestamptz IS NULL OR at >= $5) AND ($6::bigint IS NULL OR id < $6)
-          ORDER BY id DESC LIMIT $7",
+          WHERE ($1::text IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR action LIKE $2)
+            AND ($3::text IS NULL OR target LIKE $3)
+            AND ($4::uuid IS NULL OR activity_id = $4) AND ($5::uuid IS NULL OR workflow_run_id = $5)
+            AND ($6::timestamptz IS NULL OR at >= $6) AND ($7::timestamptz IS NULL OR at < $7)
+            AND ($8::bigint IS NULL OR id < $8)
+          ORDER BY id DESC LIMIT $9",
     )
     .bind(&f.tenant)
-    .bind(&f.action)
+    .bind(action_like)
+    .bind(target_like)
     .bind(f.activity)
     .bind(f.run)
     .bind(f.since)
+    .bind(f.until)
     .bind(f.before_id)
-    .bind(f.limit)
+    .bind(f.limit.clamp(1, 100_000))
     .fetch_all(db)
     .await
 }

@@ -2,14 +2,12 @@
 //! target (container or image id, or a prefix of one) and time range, as a table or
 //! JSON lines. Read-only: nothing ever updates or deletes an audit row.
 
+use crate::api::store;
 use crate::config::DatabaseArgs;
 use crate::db::{self, PoolOptions};
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
-use serde_json::Value;
-use sqlx::PgPool;
 use std::process::ExitCode;
-use uuid::Uuid;
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
@@ -40,51 +38,17 @@ pub struct AuditFilter {
     pub json: bool,
 }
 
-/// One audit row.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
-pub struct AuditRow {
-    pub id: i64,
-    pub at: DateTime<Utc>,
-    pub tenant_id: Option<String>,
-    pub actor: String,
-    pub action: String,
-    pub target: Option<String>,
-    pub activity_id: Option<Uuid>,
-    pub workflow_run_id: Option<Uuid>,
-    pub outcome: String,
-    pub details: Value,
-}
-
-/// The rows matching `f`, newest first.
-pub async fn list(pool: &PgPool, f: &AuditFilter) -> sqlx::Result<Vec<AuditRow>> {
-    let action_like = f.action.as_ref().map(|a| match a.strip_suffix('*') {
-        Some(prefix) => format!("{}%", prefix.replace('%', "\\%").replace('_', "\\_")),
-        None => a.replace('%', "\\%").replace('_', "\\_"),
-    });
-    let target_like = f
-        .container
-        .as_ref()
-        .map(|c| format!("{}%", c.replace('%', "\\%").replace('_', "\\_")));
-    sqlx::query_as(
-        "SELECT id, at, tenant_id, actor, action, target, activity_id, workflow_run_id,
-                outcome, details
-           FROM highway.audit_log
-          WHERE ($1::text IS NULL OR tenant_id = $1)
-            AND ($2::text IS NULL OR action LIKE $2)
-            AND ($3::text IS NULL OR target LIKE $3)
-            AND ($4::timestamptz IS NULL OR at >= $4)
-            AND ($5::timestamptz IS NULL OR at < $5)
-          ORDER BY at DESC, id DESC
-          LIMIT $6",
-    )
-    .bind(&f.tenant)
-    .bind(action_like)
-    .bind(target_like)
-    .bind(f.since)
-    .bind(f.until)
-    .bind(f.limit.clamp(1, 100_000))
-    .fetch_all(pool)
-    .await
+/// The filter of the one audit query (`api::store::list_audit`).
+fn to_store_filter(f: &AuditFilter) -> store::AuditFilter {
+    store::AuditFilter {
+        tenant: f.tenant.clone(),
+        action: f.action.clone(),
+        target_prefix: f.container.clone(),
+        since: f.since,
+        until: f.until,
+        limit: f.limit,
+        ..Default::default()
+    }
 }
 
 pub async fn run(
@@ -97,7 +61,7 @@ pub async fn run(
         anyhow::bail!("--container needs at least 4 characters");
     }
     let pool = db::connect(&db_args.resolve_url()?, &pool_opts).await?;
-    let rows = list(&pool, &f).await?;
+    let rows = store::list_audit(&pool, &to_store_filter(&f)).await?;
     if f.json {
         for r in rows {
             println!("{}", serde_json::to_string(&r)?);

@@ -381,7 +381,7 @@ impl FetchLoop {
             // Under a backlog, slots free up one by one as tasks finish; claiming each
             // alone would turn the queue into one round trip per activity. Wait a moment
             // for a useful batch of slots (half the batch), then take what is free.
-            let target = self.opts.concurrency.min(self.opts.fetch_batch) / 2;
+            let target = self.opts.concurrency.min(self.opts.fetch_batch) * 3 / 4;
             if backlog && target > 1 && self.slots.available_permits() + 1 < target {
                 if let Ok(Ok(more)) = tokio::time::timeout(
                     FETCH_GATHER,
