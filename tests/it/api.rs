@@ -988,3 +988,71 @@ async fn s26_cli_against_highway_up_token_from_env_or_file_never_argv() {
     assert!(!logged.contains(&bad[3..]), "token in server log");
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// R8 over HTTP: with Postgres unreachable, `/health` stays 200 and says degraded, and an
+/// enqueue answers 503 `postgres_not_ready` at once instead of hanging.
+#[tokio::test]
+async fn postgres_down_enqueue_answers_503_fast_and_health_is_degraded() {
+    // A port nothing listens on: the pool connects lazily and every query fails.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://postgres:x@127.0.0.1:{port}/highway");
+    let pool = highway_worker::db::lazy_pool(&url, &Default::default()).unwrap();
+    let health = Health::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let monitor = tokio::spawn(highway_worker::health::postgres_monitor(
+        pool.clone(),
+        health.postgres.clone(),
+        Duration::from_secs(5),
+        stop.clone(),
+    ));
+    eventually("postgres seen down", Duration::from_secs(10), || async {
+        (!health.postgres.is_up() && health.postgres.snapshot().consecutive_failures > 0)
+            .then_some(())
+    })
+    .await;
+    let app = api::router(AppState::new(health.clone(), pool, ApiConfig::default()));
+    let t0 = std::time::Instant::now();
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::post("/v1/activities")
+                .header("content-type", "application/json")
+                .header("authorization", "Bearer hw_whatever")
+                .body(Body::from(r#"{"kind":"highway.noop","params":{}}"#))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    let body: Value = serde_json::from_slice(
+        &axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(body["error"]["code"], "postgres_not_ready");
+    let resp = app
+        .oneshot(Request::get("/health").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = serde_json::from_slice(
+        &axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["dependencies"]["postgres"]["status"], "down");
+    assert!(
+        !body.to_string().contains(&port.to_string()),
+        "no connection details: {body}"
+    );
+    stop.cancel();
+    monitor.await.unwrap();
+}
