@@ -71,6 +71,28 @@ pub fn handle_signals(
     });
 }
 
+/// For single-phase daemons (`highway gc`, `highway scheduler`): the first SIGTERM or
+/// SIGINT cancels `stop` (they finish the pass in progress, then exit).
+pub fn stop_on_signal(stop: CancellationToken, tracker: &TaskTracker, what: &'static str) {
+    tracker.spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            warn!(service = what, "cannot install signal handlers; stopping");
+            stop.cancel();
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => info!(service = what, signal = "SIGTERM", "stopping after the pass in progress"),
+            _ = int.recv() => info!(service = what, signal = "SIGINT", "stopping after the pass in progress"),
+            _ = stop.cancelled() => {}
+        }
+        stop.cancel();
+    });
+}
+
 /// Runs the configured services until shutdown completes.
 pub async fn run(
     opts: RunOptions,
@@ -98,24 +120,11 @@ pub async fn run(
     );
 
     // Migrations at start; a database that is down at start is waited for.
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match db::migrate(&pool).await {
-            Ok(()) => break,
-            Err(e) => {
-                warn!(dependency = "postgres", error = %e, retry_in_ms = delay.as_millis() as u64, "migrations not applied yet");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.soft.cancelled() => {
-                        stop.cancel();
-                        tracker.close();
-                        tracker.wait().await;
-                        return Ok(WorkerSummary::default());
-                    }
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
+    if !db::migrate_when_available(&pool, &shutdown.soft).await {
+        stop.cancel();
+        tracker.close();
+        tracker.wait().await;
+        return Ok(WorkerSummary::default());
     }
 
     tracker.spawn(health::postgres_monitor(

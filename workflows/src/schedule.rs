@@ -27,8 +27,8 @@ pub use store::{BackfillReport, ScheduleClient, TickOptions, TickReport, Trigger
 
 use crate::duration::HumanDuration;
 use crate::types::{
-    EnqueueRequest, FieldError, RetryPolicy, Timeouts, DEFAULT_PRIORITY, DEFAULT_QUEUE,
-    DEFAULT_TENANT,
+    default_priority, default_queue, default_tenant, empty_object, EnqueueRequest, FieldError,
+    RetryPolicy, Timeouts, DEFAULT_PRIORITY,
 };
 use chrono::{
     DateTime, Duration as ChronoDuration, LocalResult, NaiveDateTime, Offset, SecondsFormat,
@@ -414,18 +414,6 @@ fn check_name(v: &str) -> Result<(), FieldError> {
     }
 }
 
-fn empty_object() -> Value {
-    Value::Object(Default::default())
-}
-fn default_tenant() -> String {
-    DEFAULT_TENANT.to_owned()
-}
-fn default_queue() -> String {
-    DEFAULT_QUEUE.to_owned()
-}
-fn default_priority() -> i16 {
-    DEFAULT_PRIORITY
-}
 fn default_timezone() -> String {
     "UTC".to_owned()
 }

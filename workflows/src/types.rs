@@ -145,16 +145,16 @@ pub struct EnqueueRequest {
     pub idempotency_key: Option<String>,
 }
 
-fn empty_object() -> Value {
+pub(crate) fn empty_object() -> Value {
     Value::Object(Default::default())
 }
-fn default_tenant() -> String {
+pub(crate) fn default_tenant() -> String {
     DEFAULT_TENANT.to_owned()
 }
-fn default_queue() -> String {
+pub(crate) fn default_queue() -> String {
     DEFAULT_QUEUE.to_owned()
 }
-fn default_priority() -> i16 {
+pub(crate) fn default_priority() -> i16 {
     DEFAULT_PRIORITY
 }
 

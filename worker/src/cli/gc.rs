@@ -71,25 +71,7 @@ pub async fn run(
     }
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
-    {
-        let stop = stop.clone();
-        tracker.spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                stop.cancel();
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            tracing::info!("garbage collector: signal received, stopping after this pass");
-            stop.cancel();
-        });
-    }
+    crate::supervisor::stop_on_signal(stop.clone(), &tracker, "garbage collector");
     tracker.spawn(gc.run(stop.clone()));
     tracker.close();
     stop.cancelled().await;

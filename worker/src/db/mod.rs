@@ -101,6 +101,29 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
     Ok(())
 }
 
+/// Applies the migrations, waiting with backoff while the database is unreachable (a
+/// process may start during an outage). Returns false when `cancel` fired first.
+pub async fn migrate_when_available(
+    pool: &PgPool,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> bool {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match migrate(pool).await {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::warn!(dependency = "postgres", error = %e, retry_in_ms = delay.as_millis() as u64,
+                               "migrations not applied yet");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => return false,
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// True for errors that mean "the database is unreachable right now".
 pub fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {

@@ -618,9 +618,7 @@ impl DockerGarbageCollector {
                         outcome: "ok",
                         details: json!({"reason": "not_on_daemon", "daemon_id": clock.id}),
                     };
-                    if let Err(e) = tracking::audit(&self.pool, &ev).await {
-                        warn!(error = %e, "gc: audit row not written");
-                    }
+                    tracking::audit_or_warn(&self.pool, &ev).await;
                 }
             }
             Err(e) => warn!(error = %e, "gc: could not mark vanished containers"),
@@ -808,9 +806,7 @@ pub async fn stop_and_remove(
                 outcome: "ok",
                 details: json!({"reason": why, "attempt": t.attempt, "daemon_id": t.daemon_id}),
             };
-            if let Err(e) = tracking::audit(pool, &ev).await {
-                warn!(error = %e, "audit row not written");
-            }
+            tracking::audit_or_warn(pool, &ev).await;
         }
         // Gone from the daemon but not recorded: the next pass marks the row `missing`.
         Err(e) => warn!(error = %e, container_id = %t.container_id, "removal not recorded"),

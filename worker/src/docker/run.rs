@@ -335,9 +335,7 @@ impl Attempt<'_> {
     async fn audit(&self, action: &str, target: Option<&str>, outcome: &str, details: Value) {
         let actor = self.rt.actor();
         let ev = self.audit_event(&actor, action, target, outcome, details);
-        if let Err(e) = tracking::audit(&self.rt.pool, &ev).await {
-            tracing::warn!(error = %e, action, "audit row not written");
-        }
+        tracking::audit_or_warn(&self.rt.pool, &ev).await;
     }
 
     /// Everything from the image to the result. Anything it creates is cleaned by the
@@ -1237,9 +1235,7 @@ async fn cleanup(rt: &DockerRuntime, ctx: &ActivityContext, state: &Mutex<RunSta
                 outcome,
                 details,
             };
-            if let Err(e) = tracking::audit(&rt.pool, &ev).await {
-                tracing::warn!(error = %e, "audit row not written");
-            }
+            tracking::audit_or_warn(&rt.pool, &ev).await;
         }
     };
     let id = match (&s.container_id, &s.name) {

@@ -281,9 +281,7 @@ impl Call<'_> {
             outcome,
             details,
         };
-        if let Err(e) = tracking::audit(&self.rt.pool, &ev).await {
-            tracing::warn!(error = %e, action, "audit row not written");
-        }
+        tracking::audit_or_warn(&self.rt.pool, &ev).await;
     }
 
     /// The tenant's container, or `ContainerNotFound` (audited, no Docker call).
@@ -1375,9 +1373,7 @@ pub async fn reap_expired_images(
             outcome,
             details,
         };
-        if let Err(e) = tracking::audit(pool, &ev).await {
-            tracing::warn!(error = %e, "audit row not written");
-        }
+        tracking::audit_or_warn(pool, &ev).await;
     }
     Ok(counts)
 }

@@ -63,6 +63,14 @@ pub async fn insert_pending(db: impl PgExecutor<'_>, row: &ContainerRow) -> sqlx
     Ok(())
 }
 
+/// `audit`, for paths whose Docker operation already happened: a failed write is logged
+/// (with the action and target) but must not undo or fail that operation.
+pub async fn audit_or_warn(db: impl PgExecutor<'_>, e: &AuditEvent<'_>) {
+    if let Err(err) = audit(db, e).await {
+        tracing::warn!(error = %err, action = e.action, target = e.target, "audit row not written");
+    }
+}
+
 /// Replaces the placeholder by the real container id (created or adopted).
 pub async fn record_created(
     db: impl PgExecutor<'_>,

@@ -282,40 +282,8 @@ pub async fn run_standalone(
     )?;
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
-    {
-        let stop = stop.clone();
-        tracker.spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                warn!("cannot install signal handlers");
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => info!(signal = "SIGTERM", "scheduler: stopping"),
-                _ = int.recv() => info!(signal = "SIGINT", "scheduler: stopping"),
-                _ = stop.cancelled() => {}
-            }
-            stop.cancel();
-        });
-    }
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match db::migrate(&pool).await {
-            Ok(()) => break,
-            Err(e) => {
-                warn!(dependency = "postgres", error = %e, retry_in_ms = delay.as_millis() as u64, "migrations not applied yet");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.cancelled() => break,
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-    if !stop.is_cancelled() {
+    crate::supervisor::stop_on_signal(stop.clone(), &tracker, "scheduler");
+    if db::migrate_when_available(&pool, &stop).await {
         info!("scheduler running");
         Scheduler::with_database_clock(pool.clone(), SchedulerOptions::from_config(config))
             .run(stop.clone())
