@@ -1,14 +1,18 @@
 //! Definition-driven workflow runs through real containers: a three-step pipeline passing
 //! files between steps, a diamond DAG, a failing step cancelling its sibling, run
-//! cancellation mid-step, and a worker killed mid-run whose run another worker finishes.
+//! cancellation mid-step, a worker killed mid-run whose run another worker finishes, the
+//! snapshot cache (keyed by the image digest too), per-path `inputs_from` selection, and
+//! runs started, shown and cancelled through the API and `highway runs`.
 //! Each test ends with zero containers labelled for the run's activities.
 
 use highway_tests::docker::{
     assert_no_containers, docker, ensure_test_image, wait_running, TEST_IMAGE,
 };
 use highway_tests::{eventually, Process, TestDb, TestWorker};
+use highway_worker::docker::client::{ClientSettings, DockerClient};
+use highway_worker::workflow::DockerDigests;
 use highway_workflows::definition::WorkflowDefinition;
-use highway_workflows::runs::{self, RunStatus};
+use highway_workflows::runs::{self, ImageDigests, RunStatus};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,12 +25,23 @@ const TENANT: &str = "tenant-a";
 const PIPELINE: &str = include_str!("../../workflows/examples/pipeline.json");
 const DIAMOND: &str = include_str!("../../workflows/examples/diamond.json");
 const SLOW: &str = include_str!("../../workflows/examples/slow.json");
+const CACHED: &str = include_str!("../../workflows/examples/cached.json");
 
 /// A fresh database, an in-process worker with the docker kinds, an artifact directory.
 struct Wf {
     db: TestDb,
     worker: Option<TestWorker>,
     artifacts: PathBuf,
+    /// Resolves image digests of steps ready at start (the test starts runs itself).
+    digests: Arc<dyn ImageDigests>,
+}
+
+/// A digest resolver without a TTL: a test that rebuilds an image sees it at once.
+fn fresh_digests() -> Arc<dyn ImageDigests> {
+    Arc::new(DockerDigests::with_ttl(
+        DockerClient::new(ClientSettings::default()),
+        Duration::ZERO,
+    ))
 }
 
 impl Wf {
@@ -51,10 +66,13 @@ impl Wf {
                 highway_worker::docker::register(r, rt.clone())
             })
         });
+        // The completer hook and the sweeper of in-process workers use the installed one.
+        highway_worker::workflow::install_digests(fresh_digests());
         Self {
             db,
             worker,
             artifacts,
+            digests: fresh_digests(),
         }
     }
 
@@ -65,9 +83,15 @@ impl Wf {
         for (k, v) in extra {
             inputs.insert(k.to_string(), v.to_string());
         }
-        runs::start_run(&self.db.client(), TENANT, &def, &inputs)
-            .await
-            .expect("run starts")
+        runs::start_run(
+            &self.db.client(),
+            TENANT,
+            &def,
+            &inputs,
+            self.digests.as_ref(),
+        )
+        .await
+        .expect("run starts")
     }
 
     async fn wait(&self, run: Uuid) -> RunStatus {
@@ -144,7 +168,7 @@ async fn three_step_pipeline_passes_files_through_real_containers() {
     );
     // Advancing a finished run again changes nothing.
     let mut conn = wf.db.pool.acquire().await.unwrap();
-    let a = runs::advance(&wf.db.client(), &mut conn, run)
+    let a = runs::advance(&wf.db.client(), &mut conn, run, wf.digests.as_ref())
         .await
         .unwrap();
     assert!(a.enqueued.is_empty());
@@ -337,9 +361,15 @@ async fn cli_run_follows_steps_and_logs_and_exits_with_the_outcome() {
 async fn an_invalid_definition_names_the_field_and_stores_nothing() {
     let db = TestDb::new().await;
     let def = WorkflowDefinition::from_json(PIPELINE).unwrap();
-    let e = runs::start_run(&db.client(), TENANT, &def, &BTreeMap::new())
-        .await
-        .unwrap_err();
+    let e = runs::start_run(
+        &db.client(),
+        TENANT,
+        &def,
+        &BTreeMap::new(),
+        fresh_digests().as_ref(),
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("inputs.image"), "{e}");
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM highway.workflow_runs")
         .fetch_one(&db.pool)
@@ -353,7 +383,6 @@ async fn an_invalid_definition_names_the_field_and_stores_nothing() {
 /// reuses the snapshot and the output artifact, so its dependents still get the files.
 #[tokio::test]
 async fn a_cache_hit_skips_the_step_and_reuses_the_snapshot() {
-    const CACHED: &str = include_str!("../../workflows/examples/cached.json");
     let wf = Wf::new().await;
     let d = docker().await;
     let first = wf.start(CACHED, &[]).await;
@@ -419,5 +448,335 @@ async fn a_cache_hit_skips_the_step_and_reuses_the_snapshot() {
     for r in [first, second, third] {
         wf.assert_clean(r).await;
     }
+    wf.stop().await;
+}
+
+/// Removes the container a cache miss kept for its commit (the GC's job after its
+/// retention; the test does it now).
+async fn remove_kept_container(activity: Uuid) {
+    let d = docker().await;
+    for c in highway_tests::docker::managed_containers(&d, activity).await {
+        highway_tests::docker::docker_cli(&["rm", "-f", c.id.as_deref().unwrap()]);
+    }
+}
+
+/// Removes every snapshot image the database's cache misses committed.
+async fn remove_cache_images(pool: &sqlx::PgPool) {
+    let images: Vec<(String,)> = sqlx::query_as(
+        "SELECT cache_image FROM highway.workflow_steps WHERE cache_decision = 'miss-build-as' \
+           AND cache_image IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for (img,) in images {
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", "-f", &img])
+            .output();
+    }
+}
+
+/// Builds (offline, from the test image) a derived image under `reference`; `version`
+/// makes its content, and so its id, differ. Returns the image id.
+fn build_image(reference: &str, version: &str) -> String {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", reference, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("docker build");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            format!("FROM {TEST_IMAGE}\nLABEL dev.highway-test.wf-digest={version}\n").as_bytes(),
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "docker build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    highway_tests::docker::docker_cli(&["image", "inspect", "--format", "{{.Id}}", reference])
+        .trim()
+        .to_string()
+}
+
+/// The image digest is part of every cache key: rebuilding the image under the same
+/// reference turns a hit into a miss; an image Docker cannot resolve runs the step
+/// uncached (`miss-no-commit` with a reason), never a hit. The worker's resolver caches
+/// a digest for its TTL and then sees the rebuild.
+#[tokio::test]
+async fn rebuilding_the_image_under_the_same_ref_turns_a_hit_into_a_miss() {
+    let wf = Wf::new().await;
+    let image = format!("highway-test/wf-digest:{}", Uuid::new_v4().simple());
+    let v1 = build_image(&image, "1");
+
+    let first = wf.start(CACHED, &[("image", &image)]).await;
+    let s1 = wf.wait(first).await;
+    assert_eq!(s1.status, "succeeded", "{s1:#?}");
+    let b1 = step(&s1, "build");
+    assert_eq!(
+        b1.cache_decision.as_deref(),
+        Some("miss-build-as"),
+        "{s1:#?}"
+    );
+    assert_eq!(b1.image_digest.as_deref(), Some(v1.as_str()), "{s1:#?}");
+    remove_kept_container(b1.activity_id.unwrap()).await;
+
+    let second = wf.start(CACHED, &[("image", &image)]).await;
+    let s2 = wf.wait(second).await;
+    assert_eq!(
+        step(&s2, "build").cache_decision.as_deref(),
+        Some("hit"),
+        "{s2:#?}"
+    );
+
+    // The worker's resolver: a rebuild is seen once the cached digest expired.
+    let cached = DockerDigests::new(DockerClient::new(ClientSettings::default()));
+    assert_eq!(cached.digest(TENANT, &image).await.unwrap(), v1);
+    let v2 = build_image(&image, "2");
+    assert_ne!(v1, v2);
+    assert_eq!(
+        cached.digest(TENANT, &image).await.unwrap(),
+        v1,
+        "within the TTL"
+    );
+    tokio::time::sleep(highway_worker::workflow::DIGEST_TTL).await;
+    assert_eq!(
+        cached.digest(TENANT, &image).await.unwrap(),
+        v2,
+        "after the TTL"
+    );
+
+    let third = wf.start(CACHED, &[("image", &image)]).await;
+    let s3 = wf.wait(third).await;
+    assert_eq!(s3.status, "succeeded", "{s3:#?}");
+    let b3 = step(&s3, "build");
+    assert_eq!(
+        b3.cache_decision.as_deref(),
+        Some("miss-build-as"),
+        "{s3:#?}"
+    );
+    assert_eq!(b3.image_digest.as_deref(), Some(v2.as_str()));
+    assert!(b3.activity_id.is_some(), "the miss ran the step: {s3:#?}");
+    assert_eq!(s3.result.as_ref().unwrap()["use"]["stdout"], "built-v1\n");
+    remove_kept_container(b3.activity_id.unwrap()).await;
+
+    // An image that is not there: no digest, so no hit and no commit; the step fails.
+    let missing = serde_json::json!({
+        "name": "cached", "inputs": {"image": {}},
+        "steps": [{"id": "build", "kind": "tools.docker.run", "cache": {"key": "k"},
+                   "retry_policy": {"maximum_attempts": 1},
+                   "params": {"image": "${inputs.image}", "pull_policy": "never", "command": ["true"]}}]
+    })
+    .to_string();
+    let absent = format!("highway-test/wf-digest-absent:{}", Uuid::new_v4().simple());
+    let fourth = wf.start(&missing, &[("image", &absent)]).await;
+    let s4 = wf.wait(fourth).await;
+    assert_eq!(s4.status, "failed", "{s4:#?}");
+    let b4 = step(&s4, "build");
+    assert_eq!(
+        b4.cache_decision.as_deref(),
+        Some("miss-no-commit"),
+        "{s4:#?}"
+    );
+    assert!(
+        b4.cache_reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("not present"),
+        "{s4:#?}"
+    );
+    assert!(b4.image_digest.is_none());
+
+    remove_cache_images(&wf.db.pool).await;
+    highway_tests::docker::docker_cli(&["rmi", "-f", &image]);
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", "-f", &v1])
+        .output();
+    for r in [first, second, third, fourth] {
+        wf.assert_clean(r).await;
+    }
+    wf.stop().await;
+}
+
+/// `from: "make:/out/app", path: "/in"` places exactly that subtree at `/in/app` (and a
+/// selected file at `path/<name>`): the sibling of `/out/app` is absent. A `from` path
+/// the producing step did not write fails the consumer, the run's error naming
+/// `steps[1].inputs_from[0].from`.
+#[tokio::test]
+async fn per_path_inputs_deliver_only_the_selected_entry() {
+    let wf = Wf::new().await;
+    let def = |from: &str| {
+        serde_json::json!({
+            "name": "select", "inputs": {"image": {}},
+            "steps": [
+                {"id": "make", "kind": "tools.docker.run",
+                 "params": {"image": "${inputs.image}", "outputs": ["/out"], "command": ["sh", "-c",
+                    "mkdir -p /out/app/bin && echo exe > /out/app/bin/x && echo sib > /out/sibling"]}},
+                {"id": "use", "kind": "tools.docker.run", "depends_on": ["make"],
+                 "retry_policy": {"maximum_attempts": 1},
+                 "inputs_from": [{"from": from, "path": "/in"},
+                                 {"from": "make:/out/sibling", "path": "/f"}],
+                 "params": {"image": "${inputs.image}",
+                            "inputs": [{"path": "/etc/own", "content": "own"}],
+                            "command": ["sh", "-c",
+                    "test ! -e /in/sibling && test ! -e /in/out && ls /in && cat /in/app/bin/x /f/sibling /etc/own"]}}
+            ]
+        })
+        .to_string()
+    };
+    let ok = wf.start(&def("make:/out/app"), &[]).await;
+    let s = wf.wait(ok).await;
+    assert_eq!(s.status, "succeeded", "{s:#?}");
+    assert_eq!(
+        s.result.as_ref().unwrap()["use"]["stdout"],
+        "app\nexe\nsib\nown",
+        "{s:#?}"
+    );
+
+    let bad = wf.start(&def("make:/out/nope"), &[]).await;
+    let s = wf.wait(bad).await;
+    assert_eq!(s.status, "failed", "{s:#?}");
+    let e = s.error.as_ref().unwrap();
+    assert_eq!(e["field"], "steps[1].inputs_from[0].from", "{e}");
+    assert_eq!(e["error"]["type"], "InputPathNotFound", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("/out/nope"), "{e}");
+    for r in [ok, bad] {
+        wf.assert_clean(r).await;
+    }
+    wf.stop().await;
+}
+
+/// `POST /v1/runs` with a definition: a bad one is a 422 naming the field; `highway
+/// runs start` starts one through the API, `highway runs show --json` shows its steps,
+/// `highway runs cancel` cancels it mid-step, leaving zero containers.
+#[tokio::test]
+async fn runs_through_the_api_start_show_and_cancel() {
+    let wf = Wf::new().await;
+    let (_, token) = highway_worker::api::store::create_token(&wf.db.pool, "runs", Some(TENANT))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let state = highway_worker::api::AppState::new(
+        highway_worker::health::Health::default(),
+        wf.db.pool.clone(),
+        highway_worker::config::api::ApiConfig::default(),
+    );
+    let server = {
+        let stop = stop.clone();
+        tokio::spawn(highway_worker::api::serve(listener, state, async move {
+            stop.cancelled().await
+        }))
+    };
+
+    let http = reqwest::Client::new();
+    let mut bad: serde_json::Value = serde_json::from_str(SLOW).unwrap();
+    bad["steps"][1]["depends_on"] = serde_json::json!(["nope"]);
+    let resp = http
+        .post(format!("{base}/v1/runs"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"definition": bad, "inputs": {"image": TEST_IMAGE}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 422);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["error"]["field"], "definition.steps[1].depends_on[0]",
+        "{body}"
+    );
+
+    let cli = |args: Vec<String>| {
+        let base = base.clone();
+        let token = token.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(highway_tests::highway_bin())
+                .args(&args)
+                .env("HIGHWAY_API_URL", base)
+                .env("HIGHWAY_TOKEN", token)
+                .env_remove("HIGHWAY_TOKEN_FILE")
+                .env_remove("DATABASE_URL")
+                .env("RUST_LOG", "warn")
+                .output()
+                .expect("run highway");
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+    };
+    let slow = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../workflows/examples/slow.json"
+    );
+    let (rc, out, err) = cli(vec![
+        "runs".into(),
+        "start".into(),
+        slow.into(),
+        "--input".into(),
+        format!("image={TEST_IMAGE}"),
+        "--json".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(rc, 0, "{out}{err}");
+    assert!(!out.contains(&token) && !err.contains(&token));
+    let started: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(started["tenant_id"], TENANT, "{started}");
+    let run: Uuid = started["id"].as_str().unwrap().parse().unwrap();
+    assert!(
+        started["steps"].as_array().is_some_and(|s| s.len() == 2),
+        "{started}"
+    );
+
+    let a = wf.activity_of(run, "wait").await;
+    wait_running(&docker().await, a, WAIT).await;
+    let (rc, out, err) = cli(vec![
+        "runs".into(),
+        "show".into(),
+        run.to_string(),
+        "--json".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(rc, 0, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(shown["status"], "running", "{shown}");
+    assert_eq!(shown["steps"][0]["step_id"], "first");
+    assert_eq!(shown["steps"][0]["status"], "succeeded");
+    assert_eq!(shown["steps"][1]["step_id"], "wait");
+    assert_eq!(shown["steps"][1]["activity_id"], a.to_string());
+    let (rc, table, _) = cli(vec!["runs".into(), "show".into(), run.to_string()])
+        .await
+        .unwrap();
+    assert_eq!(rc, 0);
+    assert!(table.contains("STEP") && table.contains("wait"), "{table}");
+
+    // A cancel may meet the completer's lock on the run (deadlock detection): retry.
+    let out = eventually("runs cancel accepted", WAIT, || {
+        let cancel = cli(vec!["runs".into(), "cancel".into(), run.to_string()]);
+        async move {
+            let (rc, out, _) = cancel.await.unwrap();
+            (rc == 0).then_some(out)
+        }
+    })
+    .await;
+    assert!(out.contains(&run.to_string()), "{out}");
+    let s = wf.wait(run).await;
+    assert_eq!(s.status, "cancelled", "{s:#?}");
+    let (st, _) = highway_tests::status_of(&wf.db.pool, a).await;
+    assert_eq!(st, "cancelled");
+    wf.assert_clean(run).await;
+    stop.cancel();
+    server.await.unwrap().unwrap();
     wf.stop().await;
 }

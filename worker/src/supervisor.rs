@@ -231,6 +231,13 @@ pub async fn run(
     }
     // Workflow runs: every worker sweeps live runs left with nothing in flight, so a run
     // whose driver crashed continues on whichever worker is alive (safe with many).
+    // Cache keys of workflow steps carry the image digest, resolved with this client
+    // (bounded and cached: the completer's hook calls it inside its transaction).
+    if let Some(rt) = &docker_runtime {
+        crate::workflow::install_digests(Arc::new(crate::workflow::DockerDigests::new(
+            rt.client.clone(),
+        )));
+    }
     if let Some(w) = &opts.worker {
         let sweeper = crate::workflow::Sweeper::new(maint_pool.clone(), w.rescue_interval);
         tracker.spawn(sweeper.run(stop.clone()));

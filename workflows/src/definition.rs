@@ -12,6 +12,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The kinds a step may use: workflows only drive docker activities.
 pub const STEP_KIND_PREFIX: &str = "tools.docker.";
+/// The only kind a `cache` applies to (a miss commits the run's container).
+pub const CACHED_STEP_KIND: &str = "tools.docker.run";
+/// In a cache key template: the content id of the step's image (`sha256:...`).
+pub const IMAGE_DIGEST_PLACEHOLDER: &str = "${image.digest}";
 
 /// A workflow: inputs and steps. Unknown fields are refused so a typo is an error, not
 /// a silently ignored setting.
@@ -52,8 +56,9 @@ pub struct StepDefinition {
     /// Steps that must succeed before this one is enqueued.
     #[serde(default)]
     pub depends_on: Vec<String>,
-    /// Files from earlier steps' outputs: the output artifact of step `S` (which holds
-    /// the declared output `P`) is unpacked under `path`, so `P` appears at `path` + `P`.
+    /// Files from earlier steps' outputs: `{"from": "S:P", "path": D}` places the entry
+    /// `P` of step `S`'s output (a file, or a directory with everything under it) at
+    /// `D/<last segment of P>`, like `docker cp S:P D/`; nothing else of the output.
     #[serde(default)]
     pub inputs_from: Vec<InputFrom>,
     #[serde(default)]
@@ -62,20 +67,28 @@ pub struct StepDefinition {
     #[serde(default)]
     #[schemars(with = "Option<Value>")]
     pub timeouts: Option<Timeouts>,
-    /// Snapshot cache: on a hit (a live `tools.docker.commit` image for the resolved key)
-    /// the step does not run and reuses the snapshot and the output artifact of the run
-    /// that built it; on a miss it runs, keeps its container and commits it as the key.
+    /// Snapshot cache (`tools.docker.run` steps only): on a hit (a live
+    /// `tools.docker.commit` image for the resolved key and image digest) the step does
+    /// not run and reuses the snapshot and the output artifact of the run that built it;
+    /// on a miss it runs, keeps its container and commits it as the key. When the image
+    /// digest cannot be resolved the step runs uncached (`miss-no-commit`).
     #[serde(default)]
     pub cache: Option<CacheSpec>,
 }
 
-/// `{"from": "build:/out/app", "path": "/in"}`.
+/// `{"from": "build:/out/app", "path": "/in"}` places build's `/out/app` (a file, or a
+/// directory and everything under it) at `/in/app`, and nothing else of build's output:
+/// the rule of `docker cp build:/out/app /in/`. `"from": "build:/out"` gives `/in/out/...`.
+/// A PATH the producing run did not write fails this step (`InputPathNotFound`), the
+/// run's error naming `steps[i].inputs_from[j].from`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InputFrom {
-    /// `STEP:PATH`, PATH being (under) one of STEP's declared `outputs`.
+    /// `STEP:PATH`: PATH (absolute, normalised) is one of STEP's declared `outputs` or
+    /// lies under one; the entry at PATH is what this step receives.
     pub from: String,
-    /// Absolute path in this step's container under which the files are placed.
+    /// Absolute directory in this step's container; the entry lands at
+    /// `path/<last segment of PATH>`.
     pub path: String,
 }
 
@@ -86,12 +99,14 @@ impl InputFrom {
     }
 }
 
-/// A cache key template over the inputs (`"build-${inputs.image}"`); the image tag is a
-/// hash of workflow name, step id and the resolved key. The image digest is not part of
-/// the key (the driver never talks to Docker): put the image reference in the template.
+/// A cache key template over the inputs and the image digest
+/// (`"build-${inputs.version}"`, `"${image.digest}"` allowed). The snapshot tag is a
+/// hash of workflow name, step id, the resolved key and the content id of the step's
+/// image, always: the same image reference rebuilt misses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSpec {
+    /// Template text: `${inputs.NAME}` and `${image.digest}` are replaced.
     pub key: String,
 }
 
@@ -159,7 +174,21 @@ impl WorkflowDefinition {
             }
             check_templates(&s.params, &self.inputs, &f("params"))?;
             if let Some(c) = &s.cache {
+                if s.kind != CACHED_STEP_KIND {
+                    return Err(FieldError::new(
+                        f("cache"),
+                        format!("only {CACHED_STEP_KIND} steps can be cached"),
+                    ));
+                }
                 check_templates(&Value::String(c.key.clone()), &self.inputs, &f("cache.key"))?;
+                let rest = c.key.replace(IMAGE_DIGEST_PLACEHOLDER, "");
+                if let Some(p) = rest.split("${").skip(1).find(|p| !p.starts_with("inputs.")) {
+                    let name = p.split('}').next().unwrap_or(p);
+                    return Err(FieldError::new(
+                        f("cache.key"),
+                        format!("unknown placeholder ${{{name}}}: use ${{inputs.NAME}} or {IMAGE_DIGEST_PLACEHOLDER}"),
+                    ));
+                }
             }
         }
         for (i, s) in self.steps.iter().enumerate() {
@@ -189,6 +218,18 @@ impl WorkflowDefinition {
                         "must be STEP:PATH",
                     ));
                 };
+                let normalised = from_path.strip_prefix('/').is_some_and(|rest| {
+                    !rest.is_empty()
+                        && rest
+                            .split('/')
+                            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+                });
+                if !normalised {
+                    return Err(FieldError::new(
+                        format!("{field}.from"),
+                        "PATH must be absolute and normalised (no '.', '..', '//' or trailing '/')",
+                    ));
+                }
                 if !ancestors.contains(from_step) {
                     return Err(FieldError::new(
                         format!("{field}.from"),
@@ -447,6 +488,26 @@ mod tests {
         assert_eq!(e.field, "steps[0].params.image");
         let e = def(json!([{"id": "a", "kind": "tools.docker.run", "bogus": 1}])).unwrap_err();
         assert!(e.reason.contains("bogus"), "{e}");
+        let mut c = step("c", &["a"]);
+        c["inputs_from"] = json!([{"from": "a:/out/", "path": "/in"}]);
+        let e = def(json!([step("a", &[]), c])).unwrap_err();
+        assert_eq!(e.field, "steps[1].inputs_from[0].from");
+        assert!(e.reason.contains("normalised"), "{e}");
+    }
+
+    #[test]
+    fn cache_keys_take_inputs_and_the_image_digest_only() {
+        let mut a = step("a", &[]);
+        a["cache"] = json!({"key": "k-${inputs.image}-${image.digest}"});
+        assert!(def(json!([a.clone()])).is_ok());
+        a["cache"] = json!({"key": "k-${image.tag}"});
+        let e = def(json!([a.clone()])).unwrap_err();
+        assert_eq!(e.field, "steps[0].cache.key");
+        assert!(e.reason.contains("image.tag"), "{e}");
+        a["cache"] = json!({"key": "k"});
+        a["kind"] = json!("tools.docker.exec");
+        let e = def(json!([a])).unwrap_err();
+        assert_eq!(e.field, "steps[0].cache");
     }
 
     #[test]

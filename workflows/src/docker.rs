@@ -1008,6 +1008,11 @@ pub struct InputFile {
     pub path: String,
     pub source: InputSource,
     pub mode: Option<FileMode>,
+    /// Artifacts only: the one entry of the artifact to place (an absolute path as the
+    /// producing run saw it, `/out/app`, a file or a directory subtree). It lands at
+    /// `path` + `/` + its last segment (`/in/app`), like `docker cp S:/out/app /in/`;
+    /// an entry missing from the artifact fails the run (`InputPathNotFound`).
+    pub select: Option<String>,
 }
 
 impl InputFile {
@@ -1039,6 +1044,11 @@ struct RawInput {
     artifact: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mode: Option<FileMode>,
+    /// With `artifact`: place only this entry of it (absolute path as the producing run
+    /// saw it, e.g. `/out/app`) at `path`/`app`, like `docker cp`. Without it the whole
+    /// artifact is unpacked under `path` (`/in/out/app`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    select: Option<String>,
 }
 
 impl Serialize for InputFile {
@@ -1049,6 +1059,7 @@ impl Serialize for InputFile {
             base64: None,
             artifact: None,
             mode: self.mode,
+            select: self.select.clone(),
         };
         match &self.source {
             InputSource::Content(c) => raw.content = Some(c.clone()),
@@ -1078,10 +1089,14 @@ impl<'de> Deserialize<'de> for InputFile {
                 ))
             }
         };
+        if raw.select.is_some() && !matches!(source, InputSource::Artifact(_)) {
+            return Err(D::Error::custom("`select` is only valid with `artifact`"));
+        }
         Ok(Self {
             path: raw.path,
             source,
             mode: raw.mode,
+            select: raw.select,
         })
     }
 }
@@ -1829,6 +1844,21 @@ impl DockerRunParams {
         };
         let mut seen = BTreeSet::new();
         for (i, f) in self.inputs.iter().enumerate() {
+            if let Some(sel) = &f.select {
+                let clean = sel.strip_prefix('/').is_some_and(|rest| {
+                    !rest.is_empty()
+                        && !rest.contains('\0')
+                        && rest
+                            .split('/')
+                            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+                });
+                if !clean {
+                    return Err(FieldError::new(
+                        format!("inputs[{i}].select"),
+                        "must be a normalised absolute path other than '/' (no '.', '..' or '//')",
+                    ));
+                }
+            }
             let field = format!("inputs[{i}].path");
             placed(field.clone(), &f.path)?;
             if !seen.insert(normal_path(&f.path)) {
@@ -2293,6 +2323,23 @@ mod tests {
             "inputs[0].mode",
             "0644",
         );
+        refused(
+            with(json!({"inputs": [{"path": "/a", "content": "x", "select": "/out"}]})),
+            "inputs[0]",
+            "only valid with `artifact`",
+        );
+        for bad in ["out/app", "/", "/out/../etc", "/out//app", "/out/./app"] {
+            refused(
+                with(json!({"inputs": [{"path": "/a", "artifact": Uuid::nil(), "select": bad}]})),
+                "inputs[0].select",
+                "normalised absolute path",
+            );
+        }
+        let ok = parse(with(
+            json!({"inputs": [{"path": "/a", "artifact": Uuid::nil(), "select": "/out/app"}]}),
+        ))
+        .unwrap();
+        assert_eq!(ok.inputs[0].select.as_deref(), Some("/out/app"));
         refused(
             with(json!({"memory_limit": "12zb"})),
             "memory_limit",

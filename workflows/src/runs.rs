@@ -7,11 +7,17 @@
 //!
 //! Activities are enqueued through [`Client::enqueue_many_tx`] with the idempotency key
 //! `run:<run>:<step>`, so an advance repeated after a crash never runs a step twice.
+//!
+//! Cache keys include the content id of the step's image, resolved through an
+//! [`ImageDigests`] the caller passes (the driver itself never talks to Docker): the same
+//! reference rebuilt is another key, and an image whose digest cannot be resolved runs
+//! the step uncached (`miss-no-commit` with a recorded reason), never a hit.
 
 use crate::client::{Client, CANCEL_CHANNEL};
 use crate::definition::{substitute, WorkflowDefinition};
 use crate::types::{EnqueueRequest, FieldError};
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use sqlx::{PgConnection, PgPool};
@@ -38,13 +44,33 @@ pub enum RunError {
 
 pub type Result<T, E = RunError> = std::result::Result<T, E>;
 
+/// Why an image's digest could not be resolved (image missing, Docker down, timeout);
+/// the step then runs uncached and this text is its recorded `cache_reason`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DigestError(pub String);
+
+/// Resolves the image a cached step runs to its content id (`sha256:...`), which every
+/// cache tag mixes in. [`advance`] may call it inside the completion transaction, so an
+/// implementation must answer quickly (bounded, cached); the worker's uses the Docker
+/// client with a 2 s timeout and a short in-process TTL.
+pub trait ImageDigests: Send + Sync {
+    fn digest<'a>(
+        &'a self,
+        tenant: &'a str,
+        image: &'a str,
+    ) -> BoxFuture<'a, Result<String, DigestError>>;
+}
+
 /// Stores the run (definition, resolved inputs, one `pending` row per step) and enqueues
-/// the steps without dependencies, all in one transaction.
+/// the steps without dependencies, all in one transaction. `digests` resolves the image
+/// of cached steps (see [`ImageDigests`]).
 pub async fn start_run(
     client: &Client,
     tenant: &str,
     def: &WorkflowDefinition,
     inputs: &BTreeMap<String, String>,
+    digests: &dyn ImageDigests,
 ) -> Result<Uuid> {
     def.validate()?;
     let inputs = def.resolve_inputs(inputs)?;
@@ -72,7 +98,7 @@ pub async fn start_run(
     .bind(&steps)
     .execute(&mut *tx)
     .await?;
-    advance(client, &mut tx, id).await?;
+    advance(client, &mut tx, id, digests).await?;
     tx.commit().await?;
     Ok(id)
 }
@@ -89,7 +115,12 @@ pub struct Advanced {
 /// locked `FOR UPDATE`). Syncs finished activities into their steps, enqueues steps whose
 /// dependencies all succeeded, fails the run (skipping what is left and cancelling what
 /// still runs) when a step failed, and ends it `succeeded` when every step did.
-pub async fn advance(client: &Client, conn: &mut PgConnection, run_id: Uuid) -> Result<Advanced> {
+pub async fn advance(
+    client: &Client,
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    digests: &dyn ImageDigests,
+) -> Result<Advanced> {
     let run: Option<(String, String, Option<Value>, Value)> = sqlx::query_as(
         "SELECT tenant_id, status, definition, input FROM highway.workflow_runs WHERE id = $1 FOR UPDATE",
     )
@@ -123,6 +154,7 @@ pub async fn advance(client: &Client, conn: &mut PgConnection, run_id: Uuid) -> 
              outputs_artifact = (a.result->'outputs'->>'id')::uuid, \
              cache_image = CASE WHEN c.status = 'succeeded' THEN c.result->>'reference' END, \
              cache_decision = CASE WHEN c.status = 'succeeded' THEN 'miss-build-as' ELSE 'miss-no-commit' END, \
+             cache_reason = CASE WHEN c.status = 'succeeded' THEN NULL ELSE 'the commit of the container ' || c.status END, \
              finished_at = COALESCE(c.finished_at, now()) \
          FROM highway.activities a, highway.activities c \
          WHERE s.run_id = $1 AND s.status = 'scheduled' AND a.id = s.activity_id \
@@ -175,8 +207,12 @@ pub async fn advance(client: &Client, conn: &mut PgConnection, run_id: Uuid) -> 
             .iter()
             .find(|r| r.status == "failed" || r.status == "cancelled")
         {
-            let error = json!({"type": "StepFailed", "step": bad.step_id, "step_status": bad.status,
+            let mut error = json!({"type": "StepFailed", "step": bad.step_id, "step_status": bad.status,
                                "activity_id": bad.activity_id, "error": bad.error});
+            if let Some((field, message)) = missing_input_field(&def, &inputs, bad) {
+                error["field"] = json!(field);
+                error["message"] = json!(message);
+            }
             fail_run(&mut *conn, run_id, &error).await?;
             out.run_status = Some("failed".into());
             return Ok(out);
@@ -228,6 +264,9 @@ pub async fn advance(client: &Client, conn: &mut PgConnection, run_id: Uuid) -> 
         let mut reqs = Vec::new();
         let mut ready_ids = Vec::new();
         let mut keys: Vec<Option<String>> = Vec::new();
+        let mut decisions: Vec<Option<&str>> = Vec::new();
+        let mut reasons: Vec<Option<String>> = Vec::new();
+        let mut image_digests: Vec<Option<String>> = Vec::new();
         let mut hit = false;
         for s in &def.steps {
             if steps.get(s.id.as_str()).map(|r| r.status.as_str()) != Some("pending") {
@@ -242,14 +281,30 @@ pub async fn advance(client: &Client, conn: &mut PgConnection, run_id: Uuid) -> 
             if !deps_done {
                 continue;
             }
-            let key = s
-                .cache
-                .as_ref()
-                .map(|c| cache_tag(&def.name, &s.id, &substitute_key(&c.key, &inputs)));
-            if let Some(key) = &key {
-                if cache_hit(&mut *conn, &tenant, run_id, &s.id, key).await? {
-                    hit = true;
-                    continue;
+            let mut key = None;
+            let mut decision = None;
+            let mut reason = None;
+            let mut image_digest = None;
+            if let Some(c) = &s.cache {
+                let params = substitute(&s.params, &inputs);
+                let image = params.get("image").and_then(Value::as_str).unwrap_or("");
+                match digests.digest(&tenant, image).await {
+                    Ok(d) => {
+                        let tag =
+                            cache_tag(&def.name, &s.id, &substitute_key(&c.key, &inputs, &d), &d);
+                        if cache_hit(&mut *conn, &tenant, run_id, &s.id, &tag, &d).await? {
+                            hit = true;
+                            continue;
+                        }
+                        key = Some(tag);
+                        decision = Some("miss-build-as");
+                        image_digest = Some(d);
+                    }
+                    Err(e) => {
+                        // Never a hit without the digest: run uncached, say why.
+                        decision = Some("miss-no-commit");
+                        reason = Some(format!("image digest of {image:?} unavailable: {e}"));
+                    }
                 }
             }
             let req = match step_request(&def, s, &steps, &inputs, &tenant, run_id) {
@@ -273,21 +328,28 @@ pub async fn advance(client: &Client, conn: &mut PgConnection, run_id: Uuid) -> 
             reqs.push(req);
             ready_ids.push(s.id.clone());
             keys.push(key);
+            decisions.push(decision);
+            reasons.push(reason);
+            image_digests.push(image_digest);
         }
         if !reqs.is_empty() {
             let enq = client.enqueue_many_tx(&mut *conn, &reqs).await?;
             let ids: Vec<Uuid> = enq.iter().map(|e| e.id).collect();
             sqlx::query(
                 "UPDATE highway.workflow_steps s SET status = 'scheduled', activity_id = u.activity_id, \
-                        scheduled_at = now(), cache_key = u.cache_key, \
-                        cache_decision = CASE WHEN u.cache_key IS NOT NULL THEN 'miss-build-as' END \
-                 FROM unnest($2::text[], $3::uuid[], $4::text[]) AS u(step_id, activity_id, cache_key) \
+                        scheduled_at = now(), cache_key = u.cache_key, cache_decision = u.decision, \
+                        cache_reason = u.reason, image_digest = u.digest \
+                 FROM unnest($2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[]) \
+                      AS u(step_id, activity_id, cache_key, decision, reason, digest) \
                  WHERE s.run_id = $1 AND s.step_id = u.step_id AND s.status = 'pending'",
             )
             .bind(run_id)
             .bind(&ready_ids)
             .bind(&ids)
             .bind(&keys)
+            .bind(&decisions)
+            .bind(&reasons)
+            .bind(&image_digests)
             .execute(&mut *conn)
             .await?;
             out.enqueued.extend(ready_ids);
@@ -333,18 +395,21 @@ pub const CACHE_REPOSITORY: &str = "wfcache";
 /// How long the container of a cache miss is kept for its commit.
 const CACHE_CONTAINER_RETENTION: &str = "10m";
 
-fn substitute_key(key: &str, inputs: &BTreeMap<String, String>) -> String {
-    match substitute(&Value::String(key.to_string()), inputs) {
+/// The key template resolved: `${inputs.NAME}` and `${image.digest}`.
+fn substitute_key(key: &str, inputs: &BTreeMap<String, String>, digest: &str) -> String {
+    let key = key.replace(crate::definition::IMAGE_DIGEST_PLACEHOLDER, digest);
+    match substitute(&Value::String(key.clone()), inputs) {
         Value::String(s) => s,
-        _ => key.to_string(),
+        _ => key,
     }
 }
 
-/// The image tag of a cache key: a hash of the workflow, the step and the resolved key
-/// (any text may be a key; a tag may not).
-pub fn cache_tag(workflow: &str, step: &str, key: &str) -> String {
+/// The image tag of a cache key: a hash of the workflow, the step, the resolved key and
+/// the image digest (any text may be a key; a tag may not). The digest is always mixed
+/// in, so the same image reference rebuilt never hits an older snapshot.
+pub fn cache_tag(workflow: &str, step: &str, key: &str, image_digest: &str) -> String {
     use sha2::Digest as _;
-    let h = sha2::Sha256::digest(format!("{workflow}\0{step}\0{key}").as_bytes());
+    let h = sha2::Sha256::digest(format!("{workflow}\0{step}\0{key}\0{image_digest}").as_bytes());
     format!("k{}", hex::encode(&h[..20]))
 }
 
@@ -357,6 +422,7 @@ async fn cache_hit(
     run_id: Uuid,
     step: &str,
     tag: &str,
+    image_digest: &str,
 ) -> Result<bool> {
     let reference = format!(
         "highway/{}/{CACHE_REPOSITORY}:{tag}",
@@ -380,7 +446,7 @@ async fn cache_hit(
     };
     sqlx::query(
         "UPDATE highway.workflow_steps SET status = 'cached', cache_decision = 'hit', cache_key = $3, \
-                cache_image = $4, outputs_artifact = $5, finished_at = now() \
+                cache_image = $4, outputs_artifact = $5, image_digest = $6, finished_at = now() \
          WHERE run_id = $1 AND step_id = $2 AND status = 'pending'",
     )
     .bind(run_id)
@@ -388,6 +454,7 @@ async fn cache_hit(
     .bind(tag)
     .bind(&reference)
     .bind(artifact)
+    .bind(image_digest)
     .execute(&mut *conn)
     .await?;
     Ok(true)
@@ -407,8 +474,38 @@ struct StepRow {
     error: Option<Value>,
 }
 
+/// A step whose run failed because an `inputs_from` entry names a path its source's
+/// output artifact does not hold (`InputPathNotFound` of `params.inputs[k]`): the field
+/// `steps[i].inputs_from[j].from` and a message. `inputs_from[j]` is `params.inputs[n +
+/// j]`, `n` being the inputs the step's own params declare (see [`step_request`]).
+fn missing_input_field(
+    def: &WorkflowDefinition,
+    inputs: &BTreeMap<String, String>,
+    row: &StepRow,
+) -> Option<(String, String)> {
+    let err = row.error.as_ref()?;
+    if err.get("type").and_then(Value::as_str) != Some("InputPathNotFound") {
+        return None;
+    }
+    let k = err.pointer("/details/input").and_then(Value::as_u64)? as usize;
+    let idx = def.steps.iter().position(|s| s.id == row.step_id)?;
+    let s = &def.steps[idx];
+    let own = substitute(&s.params, inputs)
+        .get("inputs")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let j = k.checked_sub(own)?;
+    let inp = s.inputs_from.get(j)?;
+    let (from, path) = inp.source()?;
+    Some((
+        format!("steps[{idx}].inputs_from[{j}].from"),
+        format!("{path:?} is not in the output artifact of step {from:?}"),
+    ))
+}
+
 /// The enqueue request of a ready step: inputs substituted, artifacts of earlier steps
-/// appended to `params.inputs`.
+/// appended to `params.inputs`, each selecting its `from` path (placed under `path` by
+/// its last segment, see [`crate::definition::InputFrom`]).
 fn step_request(
     def: &WorkflowDefinition,
     s: &crate::definition::StepDefinition,
@@ -421,7 +518,7 @@ fn step_request(
     let mut params = substitute(&s.params, inputs);
     for (j, inp) in s.inputs_from.iter().enumerate() {
         let field = format!("steps[{idx}].inputs_from[{j}].from");
-        let (from, _) = inp
+        let (from, from_path) = inp
             .source()
             .ok_or_else(|| FieldError::new(&field, "must be STEP:PATH"))?;
         let artifact = steps
@@ -439,7 +536,7 @@ fn step_request(
             .ok_or_else(|| {
                 FieldError::new(format!("steps[{idx}].params.inputs"), "must be an array")
             })?
-            .push(json!({"path": inp.path, "artifact": artifact}));
+            .push(json!({"path": inp.path, "artifact": artifact, "select": from_path}));
     }
     let mut req = EnqueueRequest::new(s.kind.clone(), params)
         .tenant(tenant)
@@ -529,7 +626,12 @@ pub struct StepStatus {
     pub activity_status: Option<String>,
     pub attempt: Option<i32>,
     pub outputs_artifact: Option<Uuid>,
+    /// `hit`, `miss-build-as` or `miss-no-commit` (cached steps only).
     pub cache_decision: Option<String>,
+    /// Why a cached step ran uncached (`miss-no-commit` before it ran).
+    pub cache_reason: Option<String>,
+    /// The content id of the image a cached step's key was built with.
+    pub image_digest: Option<String>,
     pub scheduled_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
 }
@@ -576,7 +678,8 @@ pub async fn run_status(pool: &PgPool, run_id: Uuid, tenant: Option<&str>) -> Re
     };
     let mut steps: Vec<StepStatus> = sqlx::query_as(
         "SELECT s.step_id, s.status, s.activity_id, a.status AS activity_status, a.attempt, \
-                s.outputs_artifact, s.cache_decision, s.scheduled_at, s.finished_at \
+                s.outputs_artifact, s.cache_decision, s.cache_reason, s.image_digest, \
+                s.scheduled_at, s.finished_at \
          FROM highway.workflow_steps s LEFT JOIN highway.activities a ON a.id = s.activity_id \
          WHERE s.run_id = $1",
     )

@@ -49,8 +49,8 @@ pub const OPS: &[Op] = &[
     Op { method: "get", path: "/v1/activities/{id}/logs", summary: "Log lines as server-sent events (event `log`, id = seq; then `end`); resume with Last-Event-ID or ?after=", query: &["after", "follow"], body: None, answer: Some("LogRow"), auth: true },
     Op { method: "get", path: "/v1/containers", summary: "List tracked containers (view=orphans for orphans)", query: &["status", "tenant", "run", "activity", "image", "older_than", "view", "limit"], body: None, answer: None, auth: true },
     Op { method: "get", path: "/v1/containers/{id}", summary: "Get a container by id, short id or name", query: &[], body: None, answer: Some("Container"), auth: true },
-    Op { method: "post", path: "/v1/runs", summary: "Start a workflow run", query: &[], body: Some("StartRun"), answer: Some("Run"), auth: true },
-    Op { method: "get", path: "/v1/runs/{id}", summary: "Get a workflow run", query: &[], body: None, answer: Some("Run"), auth: true },
+    Op { method: "post", path: "/v1/runs", summary: "Start a workflow run: from a definition (`definition`, `inputs`; 422 naming the field) or a bare run record (`name`, `input`)", query: &[], body: Some("StartRun"), answer: Some("RunView"), auth: true },
+    Op { method: "get", path: "/v1/runs/{id}", summary: "Get a workflow run (with its steps when a definition drives it)", query: &[], body: None, answer: Some("RunView"), auth: true },
     Op { method: "post", path: "/v1/runs/{id}/cancel", summary: "Cancel a workflow run and its activities", query: &[], body: None, answer: None, auth: true },
     Op { method: "get", path: "/v1/audit", summary: "Query the audit log, newest first", query: &["tenant", "action", "activity", "run", "since", "before", "limit"], body: None, answer: None, auth: true },
 ];
@@ -148,6 +148,7 @@ fn components() -> Map<String, Value> {
         ),
         ("Run", g.subschema_for::<store::Run>().to_value()),
         ("StartRun", g.subschema_for::<runs::StartRun>().to_value()),
+        ("RunView", g.subschema_for::<runs::RunView>().to_value()),
         ("AuditRow", g.subschema_for::<store::AuditRow>().to_value()),
         ("LogRow", g.subschema_for::<store::LogRow>().to_value()),
         (

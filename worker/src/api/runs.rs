@@ -1,18 +1,27 @@
 //! `/v1/runs`: start, get and cancel workflow runs. A run here is the record that groups
-//! activities (`workflow_run_id`); starting one records it, cancelling it cancels every
-//! activity of the run through `highway_workflows::Client::cancel_run`.
+//! activities (`workflow_run_id`). `POST /v1/runs` takes either the bare form (`name`,
+//! `input`: records a run that activities are enqueued into) or a definition
+//! (`definition`, `inputs`: validated, 422 naming the field, then started through the
+//! same driver start as `highway run`, `highway_workflows::runs::start_run`). `GET`
+//! shows a definition-driven run's steps. Cancelling cancels every activity of the run
+//! through `highway_workflows::Client::cancel_run`.
 
 use super::auth::Caller;
-use super::body::ApiJson;
+use super::body::{decode, JsonBytes};
 use super::error::{parse_uuid, ApiError};
 use super::{store, AppState};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use highway_workflows::definition::WorkflowDefinition;
+use highway_workflows::runs::{self, RunError, StepStatus};
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use uuid::Uuid;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -21,10 +30,34 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/runs/{id}/cancel", post(cancel))
 }
 
-/// Body of `POST /v1/runs`.
+/// Body of `POST /v1/runs`: a definition to run, or a bare run record.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum StartRun {
+    Definition(StartDefinitionRun),
+    Bare(StartBareRun),
+}
+
+/// Starts a run of a workflow definition (the format of `workflows/examples/`).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct StartRun {
+pub struct StartDefinitionRun {
+    /// The workflow definition; a field that does not validate is a 422 naming it
+    /// (`definition.steps[1].depends_on[0]`).
+    #[schemars(with = "WorkflowDefinition")]
+    pub definition: Value,
+    /// Values of the definition's declared inputs (defaults fill the rest).
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+    /// Admin tokens only; a tenant token's own tenant otherwise.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+}
+
+/// Records a run without a definition, for grouping activities enqueued into it.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartBareRun {
     /// A name for people (`nightly-build`).
     pub name: String,
     #[serde(default)]
@@ -34,54 +67,160 @@ pub struct StartRun {
     pub tenant_id: Option<String>,
 }
 
+/// A run as `GET /v1/runs/{id}` shows it: the run record and, for a definition-driven
+/// run, its steps in definition order (`step_id`, `status`, `activity_id`,
+/// `activity_status`, `attempt`, `outputs_artifact`, `cache_decision`, `cache_reason`,
+/// `image_digest`, `scheduled_at`, `finished_at`).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct RunView {
+    #[serde(flatten)]
+    pub run: store::Run,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Vec<Value>>")]
+    pub steps: Option<Vec<StepStatus>>,
+}
+
+/// Errors of `POST /v1/runs`: the API's, or a definition (or its inputs) that does not
+/// validate, a 422 naming the field in the body.
+#[derive(Debug)]
+enum StartError {
+    Api(ApiError),
+    Invalid { field: String, reason: String },
+}
+
+impl From<ApiError> for StartError {
+    fn from(e: ApiError) -> Self {
+        Self::Api(e)
+    }
+}
+
+impl From<sqlx::Error> for StartError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Api(e.into())
+    }
+}
+
+impl IntoResponse for StartError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Api(e) => e.into_response(),
+            Self::Invalid { field, reason } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({"error": {"code": "invalid_definition",
+                                      "message": format!("{field}: {reason}"),
+                                      "field": field}})),
+            )
+                .into_response(),
+        }
+    }
+}
+
+fn run_error(e: RunError) -> StartError {
+    match e {
+        RunError::InvalidField(f) => StartError::Invalid {
+            field: f.field,
+            reason: f.reason,
+        },
+        RunError::Database(e) => StartError::Api(ApiError::db(e)),
+        RunError::Client(e) => StartError::Api(e.into()),
+        RunError::NotFound(_) => StartError::Api(ApiError::NotFound("run")),
+        other => StartError::Api(ApiError::Internal(other.to_string())),
+    }
+}
+
+/// The tenant a run is started for: a tenant token's own, an admin's choice, or the
+/// default tenant.
+fn tenant_of(caller: &Caller, requested: Option<String>) -> Result<String, ApiError> {
+    match (&caller.tenant, requested) {
+        (Some(own), Some(t)) if *own != t => Err(ApiError::field(
+            "tenant_id",
+            "a tenant token can only start runs for its own tenant",
+        )),
+        (Some(own), _) => Ok(own.clone()),
+        (None, Some(t)) => Ok(t),
+        (None, None) => Ok(highway_workflows::types::DEFAULT_TENANT.to_string()),
+    }
+}
+
 async fn start(
     State(st): State<AppState>,
     caller: Caller,
-    ApiJson(body): ApiJson<StartRun>,
-) -> Result<(StatusCode, Json<store::Run>), ApiError> {
-    if body.name.is_empty() || body.name.len() > 200 || body.name.chars().any(char::is_control) {
-        return Err(ApiError::field(
-            "name",
-            "must be 1 to 200 printable characters",
-        ));
-    }
-    let tenant = match (&caller.tenant, body.tenant_id) {
-        (Some(own), Some(t)) if *own != t => {
-            return Err(ApiError::field(
-                "tenant_id",
-                "a tenant token can only start runs for its own tenant",
-            ))
+    JsonBytes(bytes): JsonBytes,
+) -> Result<(StatusCode, Json<RunView>), StartError> {
+    let doc: Value = decode(&bytes)?;
+    let (id, tenant, name) = if doc.get("definition").is_some() {
+        let body: StartDefinitionRun = decode(&bytes)?;
+        let def = WorkflowDefinition::from_json(&body.definition.to_string()).map_err(|e| {
+            let inner = e.field.trim_start_matches('.');
+            StartError::Invalid {
+                field: if inner.is_empty() {
+                    "definition".into()
+                } else {
+                    format!("definition.{inner}")
+                },
+                reason: e.reason,
+            }
+        })?;
+        let tenant = tenant_of(&caller, body.tenant_id)?;
+        let digests = crate::workflow::digests();
+        let id = runs::start_run(&st.client, &tenant, &def, &body.inputs, digests.as_ref())
+            .await
+            .map_err(run_error)?;
+        (id, tenant, def.name)
+    } else {
+        let body: StartBareRun = decode(&bytes)?;
+        if body.name.is_empty() || body.name.len() > 200 || body.name.chars().any(char::is_control)
+        {
+            return Err(ApiError::field("name", "must be 1 to 200 printable characters").into());
         }
-        (Some(own), _) => own.clone(),
-        (None, Some(t)) => t,
-        (None, None) => highway_workflows::types::DEFAULT_TENANT.to_string(),
+        let tenant = tenant_of(&caller, body.tenant_id)?;
+        let input = body.input.unwrap_or_else(|| json!({}));
+        let id = st
+            .client
+            .create_run(&tenant, &body.name, &input)
+            .await
+            .map_err(ApiError::from)?;
+        (id, tenant, body.name)
     };
-    let input = body.input.unwrap_or_else(|| json!({}));
-    let id = st.client.create_run(&tenant, &body.name, &input).await?;
     store::audit(
         &st.pool,
         Some(&tenant),
         &caller.actor(),
         "run.start",
-        Some(&body.name),
+        Some(&name),
         None,
         Some(id),
         "ok",
     )
     .await?;
-    let run = store::get_run(&st.pool, id, None)
+    let view = view(&st, id, None)
         .await?
         .ok_or(ApiError::Internal("run vanished after insert".into()))?;
-    Ok((StatusCode::CREATED, Json(run)))
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// The run and, when a definition drives it, its steps.
+async fn view(st: &AppState, id: Uuid, tenant: Option<&str>) -> Result<Option<RunView>, ApiError> {
+    let Some(run) = store::get_run(&st.pool, id, tenant).await? else {
+        return Ok(None);
+    };
+    let steps = match runs::run_status(&st.pool, id, tenant).await {
+        Ok(s) if s.steps.is_empty() => None,
+        Ok(s) => Some(s.steps),
+        Err(RunError::NotFound(_)) => return Ok(None),
+        Err(RunError::Database(e)) => return Err(ApiError::db(e)),
+        Err(e) => return Err(ApiError::Internal(e.to_string())),
+    };
+    Ok(Some(RunView { run, steps }))
 }
 
 async fn show(
     State(st): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<store::Run>, ApiError> {
+) -> Result<Json<RunView>, ApiError> {
     let id = parse_uuid("id", &id)?;
-    store::get_run(&st.pool, id, caller.scope(None))
+    view(&st, id, caller.scope(None))
         .await?
         .map(Json)
         .ok_or(ApiError::NotFound("run"))

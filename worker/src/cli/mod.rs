@@ -11,6 +11,7 @@ pub mod gc;
 pub mod logs;
 pub mod remote;
 pub mod run;
+pub mod runs;
 pub mod schedules;
 pub mod secrets;
 pub mod tokens;
@@ -67,6 +68,10 @@ pub enum Command {
     /// Start a workflow run from a definition file, show its steps (`--follow`: and their
     /// logs) and exit with its outcome.
     Run(run::RunArgs),
+    /// Workflow runs through the API (HIGHWAY_API_URL, HIGHWAY_TOKEN): start a definition
+    /// file, show a run's steps, cancel a run.
+    #[command(subcommand)]
+    Runs(runs::RunsCommand),
     /// List and inspect activities.
     #[command(subcommand)]
     Activities(ActivitiesCommand),
@@ -313,6 +318,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Enqueue(args) => enqueue(&cli.db, pool_opts, args).await,
         Command::Run(args) => run::run(args, &cli.db).await,
+        Command::Runs(cmd) => runs::run(cmd).await,
         // Through the API: needs no DATABASE_URL.
         Command::Activities(ActivitiesCommand::Logs(a)) => logs::run(a).await,
         Command::Activities(cmd) => activities(&cli.db, pool_opts, cmd).await,

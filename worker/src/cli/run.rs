@@ -2,9 +2,16 @@
 //! definition file, shows each step's state as it changes (and with `--follow` the live
 //! log lines of its activities from `highway.activity_logs`), and exits with the run's
 //! outcome (0 only when it succeeded). The driving itself is done by the workers.
+//!
+//! Talks to the database directly (DATABASE_URL), unlike `highway runs start`, which goes
+//! through the API. Steps with a `cache` that are ready at start have their image digest
+//! resolved here, with a Docker client built from the worker's settings
+//! (`HIGHWAY_DOCKER_HOST`, ...); the workers resolve the later ones.
 
+use crate::config::docker::DockerConfig;
 use crate::config::DatabaseArgs;
 use crate::db::{self, PoolOptions};
+use crate::docker::client::{ClientSettings, DockerClient};
 use anyhow::{bail, Context};
 use highway_workflows::definition::WorkflowDefinition;
 use highway_workflows::runs::{self, RunStatus};
@@ -34,6 +41,9 @@ pub struct RunArgs {
     /// Give up waiting after this long (the run keeps going); exit code 3.
     #[arg(long, value_parser = humantime_like)]
     pub timeout: Option<Duration>,
+    /// The daemon whose images cached steps are keyed by (the workers' settings).
+    #[command(flatten)]
+    pub docker: DockerConfig,
 }
 
 fn humantime_like(s: &str) -> Result<Duration, String> {
@@ -42,7 +52,7 @@ fn humantime_like(s: &str) -> Result<Duration, String> {
         .map_err(|e| e.to_string())
 }
 
-fn parse_inputs(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+pub(crate) fn parse_inputs(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for r in raw {
         let Some((k, v)) = r.split_once('=') else {
@@ -69,7 +79,11 @@ pub async fn run(args: RunArgs, db_args: &DatabaseArgs) -> anyhow::Result<ExitCo
     )
     .await?;
     let client = Client::new(pool.clone());
-    let run_id = runs::start_run(&client, &args.tenant, &def, &inputs).await?;
+    let digests = crate::workflow::DockerDigests::new(DockerClient::new(ClientSettings {
+        host: args.docker.effective_host(),
+        ..ClientSettings::default()
+    }));
+    let run_id = runs::start_run(&client, &args.tenant, &def, &inputs, &digests).await?;
     if args.json {
         println!("{}", json!({"event": "started", "run_id": run_id}));
     } else {

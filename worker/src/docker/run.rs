@@ -946,7 +946,15 @@ impl Attempt<'_> {
                                     format!("`inputs[{i}].artifact`: {other}"),
                                 ),
                             })?;
-                    InputData::ArtifactTar(a.path)
+                    match &input.select {
+                        // `select` is validated absolute and normalised with the params.
+                        Some(sel) => InputData::ArtifactEntry {
+                            tar: a.path,
+                            select: sel.trim_start_matches('/').to_string(),
+                            index: i,
+                        },
+                        None => InputData::ArtifactTar(a.path),
+                    }
                 }
                 _ => InputData::Bytes(bytes::Bytes::copy_from_slice(
                     input.inline_bytes().unwrap_or_default(),
@@ -983,6 +991,16 @@ impl Attempt<'_> {
             HandlerError::retryable("InputUploadFailed", format!("input tar task failed: {e}"))
         })?;
         match (built, uploaded) {
+            (Err(TarError::NotInArtifact { input, select }), _) => {
+                let e = TarError::NotInArtifact {
+                    input,
+                    select: select.clone(),
+                };
+                Err(
+                    HandlerError::non_retryable("InputPathNotFound", e.to_string())
+                        .with_details(json!({"input": input, "select": select})),
+                )
+            }
             (Err(e), _) if e.is_content_error() => Err(HandlerError::non_retryable(
                 "InvalidInput",
                 self.redactor().redact(&e.to_string()),

@@ -38,6 +38,9 @@ pub enum TarError {
     Compressed { format: &'static str },
     #[error("input {path:?}: {reason}")]
     InvalidInput { path: String, reason: String },
+    /// `inputs[input].select` names an entry the artifact does not hold.
+    #[error("`inputs[{input}].select`: {select:?} is not in the artifact")]
+    NotInArtifact { input: usize, select: String },
     #[error("tar stream failed: {0}")]
     Io(#[from] io::Error),
 }
@@ -178,21 +181,23 @@ pub enum EntryKind {
     Hardlink,
 }
 
-/// Copies every entry of `src` into `dst`, validated and renamed with `rename`.
-/// `scope` is the relative directory (after renaming) that symlinks must stay inside.
-/// Returns nothing; the listing is appended to `listing` (capped).
+/// Copies the entries of `src` into `dst`, validated and renamed with `rename` (`None`:
+/// the entry is not wanted and is skipped unread). `scope` is the relative directory
+/// (after renaming) that symlinks must stay inside. Returns how many entries were
+/// copied; the listing is appended to `listing` (capped).
 fn copy_validated<R: Read, W: Write>(
     src: R,
     dst: &mut tar::Builder<W>,
-    rename: &dyn Fn(&str) -> String,
+    rename: &dyn Fn(&str) -> Option<String>,
     scope: &str,
     limits: &TarLimits,
     totals: &mut Totals,
     seen: &mut HashSet<String>,
     listing: &mut Listing,
     owner: Option<(u64, u64)>,
-) -> Result<(), TarError> {
+) -> Result<u64, TarError> {
     let mut archive = tar::Archive::new(src);
+    let mut copied = 0u64;
     for entry in archive.entries()? {
         let mut entry = entry?;
         let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
@@ -205,8 +210,11 @@ fn copy_validated<R: Read, W: Write>(
             }
             return Err(refused(&raw_name, "empty path"));
         }
+        let Some(new_name) = rename(&name) else {
+            continue;
+        };
         totals.add_entry(limits)?;
-        let new_name = rename(&name);
+        copied += 1;
         let header = entry.header();
         let mode = header.mode().unwrap_or(0o644) & 0o777; // no setuid/setgid/sticky
         let mtime = header.mtime().unwrap_or(0);
@@ -254,7 +262,8 @@ fn copy_validated<R: Read, W: Write>(
                     .unwrap_or_default();
                 let clean = clean_relative(&target)
                     .map_err(|r| refused(&raw_name, format!("hard link to {target:?}: {r}")))?;
-                let new_target = rename(&clean);
+                // A target outside the selection is outside the archive set.
+                let new_target = rename(&clean).unwrap_or_default();
                 // A hard link may only point at a regular file already in this archive
                 // set, so it can never reach a file outside it.
                 if clean.is_empty() || !seen.contains(&new_target) {
@@ -288,7 +297,7 @@ fn copy_validated<R: Read, W: Write>(
             seen.insert(new_name);
         }
     }
-    Ok(())
+    Ok(copied)
 }
 
 /// The list of entries reported in a run result: capped so a million-file output does
@@ -373,6 +382,15 @@ pub enum InputData {
     /// A stored artifact tar (validated when stored, validated again here): its entries
     /// are placed under the input's path.
     ArtifactTar(PathBuf),
+    /// One entry of a stored artifact tar: `select` (relative archive path, `out/app`)
+    /// and, for a directory, everything under it, placed as `<path>/<last segment>`
+    /// (`docker cp` semantics). `index` is the input's position in the run's `inputs`,
+    /// named by [`TarError::NotInArtifact`] when the artifact holds no such entry.
+    ArtifactEntry {
+        tar: PathBuf,
+        select: String,
+        index: usize,
+    },
 }
 
 /// One input of a run.
@@ -432,7 +450,7 @@ fn write_input_tar<W: Write>(
             InputData::ArtifactTar(file) => {
                 let f = std::fs::File::open(file)?;
                 let prefix = rel.clone();
-                let rename = move |name: &str| format!("{prefix}/{name}");
+                let rename = move |name: &str| Some(format!("{prefix}/{name}"));
                 copy_validated(
                     io::BufReader::with_capacity(CHUNK, f),
                     &mut builder,
@@ -444,6 +462,38 @@ fn write_input_tar<W: Write>(
                     &mut listing,
                     input.owner,
                 )?;
+            }
+            InputData::ArtifactEntry { tar, select, index } => {
+                let not_found = || TarError::NotInArtifact {
+                    input: *index,
+                    select: format!("/{select}"),
+                };
+                let select = clean_relative(select).map_err(|_| not_found())?;
+                let base = select.rsplit('/').next().unwrap_or_default().to_string();
+                if base.is_empty() {
+                    return Err(not_found());
+                }
+                let f = std::fs::File::open(tar)?;
+                let target = format!("{rel}/{base}");
+                let sel = select.clone();
+                let rename = move |name: &str| {
+                    let rest = name.strip_prefix(sel.as_str())?;
+                    (rest.is_empty() || rest.starts_with('/')).then(|| format!("{target}{rest}"))
+                };
+                let copied = copy_validated(
+                    io::BufReader::with_capacity(CHUNK, f),
+                    &mut builder,
+                    &rename,
+                    &rel,
+                    limits,
+                    &mut totals,
+                    &mut seen,
+                    &mut listing,
+                    input.owner,
+                )?;
+                if copied == 0 {
+                    return Err(not_found());
+                }
             }
         }
     }
@@ -633,7 +683,7 @@ pub fn import_archive<R: Read>(
     copy_validated(
         src,
         &mut builder,
-        &|n: &str| n.to_string(),
+        &|n: &str| Some(n.to_string()),
         "",
         limits,
         &mut totals,
@@ -674,11 +724,11 @@ impl OutputTarWriter {
                 let rename = {
                     let parent = parent.clone();
                     move |name: &str| {
-                        if parent.is_empty() {
+                        Some(if parent.is_empty() {
                             name.to_string()
                         } else {
                             format!("{parent}/{name}")
-                        }
+                        })
                     }
                 };
                 let mut reader = ArchiveReader {
@@ -803,7 +853,7 @@ mod tests {
         copy_validated(
             bytes,
             &mut out,
-            &|n: &str| n.to_string(),
+            &|n: &str| Some(n.to_string()),
             scope,
             &LIM,
             &mut Totals::default(),
@@ -906,5 +956,53 @@ mod tests {
         let mut data = Vec::new();
         e.read_to_end(&mut data).unwrap();
         assert_eq!(data, vec![0, 1, 2, 255]);
+    }
+
+    /// `select` places one entry (a directory subtree or a file) under the input path
+    /// by its last segment, and nothing else; a missing entry names the input.
+    #[test]
+    fn artifact_entry_selects_one_subtree() {
+        use tar::EntryType as T;
+        let artifact = raw_tar(&[
+            ("out", T::Directory, b"", None),
+            ("out/app", T::Directory, b"", None),
+            ("out/app/bin", T::Regular, b"exe", None),
+            ("out/apple", T::Regular, b"no", None),
+            ("out/sibling", T::Regular, b"no", None),
+        ]);
+        let file = std::env::temp_dir().join(format!("tario-select-{}.tar", uuid::Uuid::new_v4()));
+        std::fs::write(&file, &artifact).unwrap();
+        let names = |select: &str| -> Result<Vec<String>, TarError> {
+            let inputs = vec![InputFile {
+                path: "/in".into(),
+                mode: None,
+                owner: None,
+                data: InputData::ArtifactEntry {
+                    tar: file.clone(),
+                    select: select.into(),
+                    index: 2,
+                },
+            }];
+            let bytes = build_input_tar_bytes(&inputs, &LIM)?;
+            let mut a = tar::Archive::new(&bytes[..]);
+            Ok(a.entries()
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    String::from_utf8_lossy(&e.path_bytes())
+                        .trim_end_matches('/')
+                        .to_string()
+                })
+                .collect())
+        };
+        assert_eq!(names("out/app").unwrap(), ["in/app", "in/app/bin"]);
+        assert_eq!(names("out/sibling").unwrap(), ["in/sibling"]);
+        let e = names("out/missing").unwrap_err();
+        assert!(
+            matches!(&e, TarError::NotInArtifact { input: 2, select } if select == "/out/missing"),
+            "{e:?}"
+        );
+        assert!(e.is_content_error());
+        std::fs::remove_file(&file).ok();
     }
 }

@@ -3,14 +3,147 @@
 //! that advances live runs left with nothing in flight (a crashed driver, an activity the
 //! rescuer ended), so another worker continues any run from the database. The driver
 //! logic and all `workflow_steps` SQL live in `highway_workflows::runs`.
+//!
+//! Also the image digest resolver of cache keys ([`DockerDigests`]) and the one this
+//! process uses ([`install_digests`] / [`digests`]): the supervisor installs it once at
+//! start, so the completer's hook keeps its signature. Why resolve inside the completion
+//! transaction rather than leave the step for the sweeper: a cached step would otherwise
+//! wait a sweep interval (and the sweeper only sees runs with nothing in flight); the
+//! call is bounded by [`DIGEST_TIMEOUT`] and cached for [`DIGEST_TTL`], so the locks of
+//! the batch are held at most that long, and usually not at all.
 
-use highway_workflows::runs::{self, RunError};
+use crate::docker::client::DockerClient;
+use futures::future::BoxFuture;
+use highway_workflows::runs::{self, DigestError, ImageDigests, RunError};
 use highway_workflows::Client;
 use sqlx::{PgConnection, PgPool};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
+
+/// Longest a digest lookup may take (it may run while the completion holds row locks).
+pub const DIGEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a resolved digest (or a failure) is reused: an image rebuilt under the same
+/// reference is seen at most this late.
+pub const DIGEST_TTL: Duration = Duration::from_secs(3);
+
+/// Resolves image references to content ids with the worker's Docker client: the
+/// image's `Id` (`sha256:...`, what a local build changes; `RepoDigests` are absent for
+/// local images and name the registry manifest, not the content). Bounded by
+/// [`DIGEST_TIMEOUT`], cached per reference for [`DIGEST_TTL`] (failures too, so a down
+/// daemon costs one timeout per TTL, not one per step).
+#[derive(Debug)]
+pub struct DockerDigests {
+    client: DockerClient,
+    ttl: Duration,
+    cache: Mutex<HashMap<String, Resolved>>,
+}
+
+/// A lookup's answer and when it was made.
+type Resolved = (Instant, Result<String, DigestError>);
+
+impl DockerDigests {
+    pub fn new(client: DockerClient) -> Self {
+        Self::with_ttl(client, DIGEST_TTL)
+    }
+
+    pub fn with_ttl(client: DockerClient, ttl: Duration) -> Self {
+        Self {
+            client,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn lookup(&self, image: &str) -> Result<String, DigestError> {
+        let r = image.to_string();
+        let inspected = self
+            .client
+            .call("inspect_image", DIGEST_TIMEOUT, |d| async move {
+                d.inspect_image(&r).await
+            })
+            .await;
+        match inspected {
+            Ok(i) => {
+                i.id.filter(|id| !id.is_empty())
+                    .ok_or_else(|| DigestError(format!("image {image} has no id")))
+            }
+            Err(e) if e.is_not_found() => Err(DigestError(format!(
+                "image {image} is not present on the Docker daemon"
+            ))),
+            Err(e) => Err(DigestError(format!("docker: {}", e.message()))),
+        }
+    }
+}
+
+impl ImageDigests for DockerDigests {
+    fn digest<'a>(
+        &'a self,
+        tenant: &'a str,
+        image: &'a str,
+    ) -> BoxFuture<'a, Result<String, DigestError>> {
+        Box::pin(async move {
+            if image.is_empty() {
+                return Err(DigestError("the step has no params.image".into()));
+            }
+            // Another tenant's snapshot answers like a missing image (as in the run).
+            if crate::docker::tools::in_foreign_namespace(tenant, image) {
+                return Err(DigestError(format!(
+                    "image {image} is not present on the Docker daemon"
+                )));
+            }
+            let now = Instant::now();
+            if let Some((at, r)) = lock(&self.cache).get(image) {
+                if now.duration_since(*at) < self.ttl {
+                    return r.clone();
+                }
+            }
+            let r = self.lookup(image).await;
+            let mut cache = lock(&self.cache);
+            cache.retain(|_, (at, _)| now.duration_since(*at) < self.ttl);
+            cache.insert(image.to_string(), (now, r.clone()));
+            r
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The resolver of a process without Docker settings: every cached step runs uncached.
+#[derive(Debug, Clone, Copy)]
+pub struct NoDigests;
+
+impl ImageDigests for NoDigests {
+    fn digest<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<String, DigestError>> {
+        Box::pin(async {
+            Err(DigestError(
+                "no Docker client in this process to resolve image digests".into(),
+            ))
+        })
+    }
+}
+
+static DIGESTS: RwLock<Option<Arc<dyn ImageDigests>>> = RwLock::new(None);
+
+/// Installs the resolver the completer hook, the sweeper and the API use (the
+/// supervisor, once, with the worker's Docker client; tests, theirs).
+pub fn install_digests(d: Arc<dyn ImageDigests>) {
+    *DIGESTS.write().unwrap_or_else(|e| e.into_inner()) = Some(d);
+}
+
+/// The installed resolver, or [`NoDigests`].
+pub fn digests() -> Arc<dyn ImageDigests> {
+    DIGESTS
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_else(|| Arc::new(NoDigests))
+}
 
 /// Runs advanced per sweeper pass.
 const SWEEP_BATCH: i64 = 100;
@@ -28,8 +161,9 @@ pub async fn advance_finished(
         return Ok(0);
     }
     let client = Client::new(pool.clone());
+    let digests = digests();
     for run in &driven {
-        let a = runs::advance(&client, conn, *run).await?;
+        let a = runs::advance(&client, conn, *run, digests.as_ref()).await?;
         debug!(workflow_run_id = %run, enqueued = ?a.enqueued, status = ?a.run_status, "run advanced");
     }
     Ok(driven.len())
@@ -52,11 +186,12 @@ impl Sweeper {
     pub async fn run_once(&self) -> Result<usize, RunError> {
         let stalled = runs::stalled_runs(&self.pool, SWEEP_BATCH).await?;
         let client = Client::new(self.pool.clone());
+        let digests = digests();
         let mut n = 0;
         for run in stalled {
             let res = async {
                 let mut tx = self.pool.begin().await?;
-                let a = runs::advance(&client, &mut tx, run).await?;
+                let a = runs::advance(&client, &mut tx, run, digests.as_ref()).await?;
                 // A cancelling run with nothing left running ends here too.
                 sqlx::query(highway_workflows::client::FINISH_CANCELLED_RUN)
                     .bind(run)

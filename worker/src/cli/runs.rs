@@ -1,0 +1,262 @@
+//! `highway runs start|show|cancel`: workflow runs through the API (`/v1/runs`), with the
+//! token from HIGHWAY_TOKEN or a file, never argv (see `remote`). `start` posts a
+//! definition file with its inputs (`--follow`: shows step changes and log lines until the
+//! run ends, exiting with its outcome); `show` prints a run's steps as a table (`--json`:
+//! the API's answer); `cancel` cancels a run and every activity of it.
+//!
+//! `highway run FILE` stays the database-direct variant (DATABASE_URL, no API needed).
+
+use super::remote::{Remote, RemoteArgs};
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Subcommand, Debug)]
+pub enum RunsCommand {
+    /// Start a run of a workflow definition file (JSON; see `workflows/examples/`).
+    Start {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        file: PathBuf,
+        /// An input value, `NAME=VALUE` (repeatable).
+        #[arg(long = "input", value_name = "NAME=VALUE")]
+        inputs: Vec<String>,
+        /// Admin tokens only: the tenant to run for.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Show step changes and log lines until the run ends; exit 0 only on success.
+        #[arg(long)]
+        follow: bool,
+        /// JSON: the API's answer (with --follow, one JSON event per line).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a run and its steps (status, activity, cache decision).
+    Show {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a run: waiting activities at once, running ones are stopped.
+    Cancel {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(cmd: RunsCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        RunsCommand::Start {
+            remote,
+            file,
+            inputs,
+            tenant,
+            follow,
+            json,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let definition: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", file.display()))?;
+            let inputs = super::run::parse_inputs(&inputs)?;
+            let mut body = json!({"definition": definition, "inputs": inputs});
+            if let Some(t) = tenant {
+                body["tenant_id"] = json!(t);
+            }
+            let api = Remote::new(&remote)?;
+            let run = api.post_json("/v1/runs", &body).await?;
+            let id = run["id"].as_str().unwrap_or_default().to_string();
+            if !follow {
+                if json {
+                    println!("{run}");
+                } else {
+                    println!("run {id} ({}) {}", s(&run["name"]), s(&run["status"]));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            if json {
+                println!("{}", json!({"event": "started", "run_id": id}));
+            } else {
+                println!("run {id} ({}) started", s(&run["name"]));
+            }
+            follow_run(&api, &id, json).await
+        }
+        RunsCommand::Show { remote, id, json } => {
+            let api = Remote::new(&remote)?;
+            let run = api.get_json(&format!("/v1/runs/{id}"), &[]).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&run)?);
+            } else {
+                print_run(&run);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RunsCommand::Cancel { remote, id, json } => {
+            let api = Remote::new(&remote)?;
+            let v = api
+                .post_json(&format!("/v1/runs/{id}/cancel"), &json!({}))
+                .await?;
+            if json {
+                println!("{v}");
+            } else {
+                println!("{id}: {}", s(&v["outcome"]));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn print_run(run: &Value) {
+    println!(
+        "run {} ({}) {}  tenant {}",
+        s(&run["id"]),
+        s(&run["name"]),
+        s(&run["status"]),
+        s(&run["tenant_id"])
+    );
+    if let Some(e) = run.get("error").filter(|e| !e.is_null()) {
+        println!("  error: {e}");
+    }
+    let Some(steps) = run["steps"].as_array() else {
+        println!("  (no definition: activities {})", run["activities"]);
+        return;
+    };
+    println!(
+        "{:<20} {:<10} {:<36} {:<10} {:<7} CACHE",
+        "STEP", "STATUS", "ACTIVITY", "ACTIVITY_STATUS", "ATTEMPT"
+    );
+    for st in steps {
+        let cache = match (st["cache_decision"].as_str(), st["cache_reason"].as_str()) {
+            (Some(d), Some(r)) => format!("{d} ({r})"),
+            (Some(d), None) => d.to_string(),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<20} {:<10} {:<36} {:<10} {:<7} {cache}",
+            s(&st["step_id"]),
+            s(&st["status"]),
+            s(&st["activity_id"]),
+            s(&st["activity_status"]),
+            s(&st["attempt"]),
+        );
+    }
+}
+
+/// Polls the run (50 ms growing to 1 s) until it ends: prints each step change and the
+/// new log lines of every step's activity. Exit code: 0 only when it succeeded.
+async fn follow_run(api: &Remote, id: &str, as_json: bool) -> anyhow::Result<ExitCode> {
+    let mut shown: HashMap<String, String> = HashMap::new();
+    let mut seq: HashMap<String, i64> = HashMap::new();
+    let mut interval = Duration::from_millis(50);
+    loop {
+        let run = api.get_json(&format!("/v1/runs/{id}"), &[]).await?;
+        let steps = run["steps"].as_array().cloned().unwrap_or_default();
+        for st in &steps {
+            let step = s(&st["step_id"]);
+            let state = match (st["status"].as_str(), st["activity_status"].as_str()) {
+                (Some("scheduled"), Some(a)) => format!("{a} (attempt {})", s(&st["attempt"])),
+                (Some(other), _) => other.to_string(),
+                _ => "?".into(),
+            };
+            if shown.get(&step) != Some(&state) {
+                shown.insert(step.clone(), state.clone());
+                if as_json {
+                    println!(
+                        "{}",
+                        json!({"event": "step", "step": step, "status": st["status"],
+                               "activity_id": st["activity_id"], "activity_status": st["activity_status"],
+                               "attempt": st["attempt"], "cache_decision": st["cache_decision"]})
+                    );
+                } else {
+                    println!("  {step:<20} {state}");
+                }
+            }
+            if let Some(a) = st["activity_id"].as_str() {
+                print_new_logs(api, &step, a, &mut seq, as_json).await?;
+            }
+        }
+        let status = run["status"].as_str().unwrap_or_default();
+        if matches!(status, "succeeded" | "failed" | "cancelled") {
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"event": "finished", "run_id": id, "status": status,
+                           "result": run["result"], "error": run["error"]})
+                );
+            } else {
+                println!("run {id} {status}");
+                if let Some(e) = run.get("error").filter(|e| !e.is_null()) {
+                    println!("  error: {e}");
+                }
+            }
+            return Ok(if status == "succeeded" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        if status.is_empty() {
+            bail!("the API answered a run without a status: {run}");
+        }
+        tokio::time::sleep(interval).await;
+        interval = (interval * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// The stored log lines of `activity` after the last one printed (the API's log stream
+/// without `follow`: what is stored, then `end`).
+async fn print_new_logs(
+    api: &Remote,
+    step: &str,
+    activity: &str,
+    seq: &mut HashMap<String, i64>,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let after = seq.get(activity).copied().unwrap_or(0);
+    let mut last = after;
+    api.follow_sse(
+        &format!("/v1/activities/{activity}/logs"),
+        &[
+            ("follow", "false".to_string()),
+            ("after", after.to_string()),
+        ],
+        None,
+        |event, _id, data| {
+            if event != "log" {
+                return event != "end";
+            }
+            let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+            last = last.max(v["seq"].as_i64().unwrap_or(last));
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"event": "log", "step": step, "attempt": v["attempt"],
+                           "stream": v["stream"], "line": v["line"]})
+                );
+            } else {
+                println!("[{step}] {}: {}", s(&v["stream"]), s(&v["line"]));
+            }
+            true
+        },
+    )
+    .await?;
+    seq.insert(activity.to_string(), last);
+    Ok(())
+}
