@@ -9,9 +9,11 @@
 //! - `soft_deps`: Docker and Postgres outages through fault proxies.
 //! - `scheduler`: durable cron: exactly-once fires, catch-up, overlap, DST.
 //! - `api`: the HTTP API: auth, tenancy, limits, log streams, CLI against `highway up`.
+//! - `api_schedules`: `/v1/schedules` (tenancy, quota, 422s) and `highway schedules` over it.
 //! - `workflow`: multi-step runs with files passed between steps.
 
 mod api;
+mod api_schedules;
 mod docker_run;
 mod docker_tools;
 mod gc;

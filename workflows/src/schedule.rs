@@ -23,7 +23,9 @@
 
 pub mod store;
 
-pub use store::{BackfillReport, ScheduleClient, TickOptions, TickReport, TriggerOutcome};
+pub use store::{
+    BackfillReport, ScheduleClient, ScheduleFilter, TickOptions, TickReport, TriggerOutcome,
+};
 
 use crate::duration::HumanDuration;
 use crate::types::{
@@ -35,12 +37,64 @@ use chrono::{
     TimeZone, Timelike, Utc,
 };
 use chrono_tz::Tz;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 use uuid::Uuid;
+
+/// Schema stand-ins for the OpenAPI document: `chrono`, [`HumanDuration`] and the queue's
+/// policy types have no schema derive, so their wire shapes are described here (inline,
+/// so their names cannot clash with other documents' definitions).
+mod schema {
+    use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+    use std::borrow::Cow;
+
+    pub struct Timestamp;
+    impl JsonSchema for Timestamp {
+        fn inline_schema() -> bool {
+            true
+        }
+        fn schema_name() -> Cow<'static, str> {
+            "Timestamp".into()
+        }
+        fn json_schema(_: &mut SchemaGenerator) -> Schema {
+            json_schema!({"type": "string", "format": "date-time"})
+        }
+    }
+
+    pub struct Dur;
+    impl JsonSchema for Dur {
+        fn inline_schema() -> bool {
+            true
+        }
+        fn schema_name() -> Cow<'static, str> {
+            "HumanDuration".into()
+        }
+        fn json_schema(_: &mut SchemaGenerator) -> Schema {
+            json_schema!({
+                "description": "seconds, or a string such as \"30s\", \"5m\", \"1h30m\"",
+                "oneOf": [{"type": "number", "minimum": 0}, {"type": "string"}]
+            })
+        }
+    }
+
+    /// `retry_policy` / `timeouts`: the queue's objects (see `EnqueueRequest`).
+    pub struct Object;
+    impl JsonSchema for Object {
+        fn inline_schema() -> bool {
+            true
+        }
+        fn schema_name() -> Cow<'static, str> {
+            "Object".into()
+        }
+        fn json_schema(_: &mut SchemaGenerator) -> Schema {
+            json_schema!({"type": "object"})
+        }
+    }
+}
 
 /// Default catch-up window of a schedule that does not set one.
 pub const DEFAULT_CATCHUP_WINDOW: Duration = Duration::from_secs(3600);
@@ -57,7 +111,7 @@ const INTERVAL_SAMPLES: usize = 1000;
 
 /// What the overlap policy does when a slot comes while the previous fire's activity is
 /// still scheduled or running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OverlapPolicy {
     /// Do not fire; the slot is recorded `skipped`.
@@ -106,7 +160,7 @@ impl fmt::Display for OverlapPolicy {
 
 /// What happens to slots that passed while no scheduler ran (older than the on-time
 /// grace, within the catch-up window). Slots older than the window are always `missed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CatchupPolicy {
     /// Fire once for the whole backlog (its newest slot); the older ones are `missed`.
@@ -147,7 +201,7 @@ impl fmt::Display for CatchupPolicy {
 }
 
 /// What became of one slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FireOutcome {
     Fired,
@@ -184,7 +238,7 @@ impl FromStr for FireOutcome {
 }
 
 /// The activity a schedule enqueues at each fire.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActivityTemplate {
     pub kind: String,
@@ -195,8 +249,10 @@ pub struct ActivityTemplate {
     #[serde(default = "default_priority")]
     pub priority: i16,
     #[serde(default)]
+    #[schemars(with = "schema::Object")]
     pub retry_policy: RetryPolicy,
     #[serde(default)]
+    #[schemars(with = "schema::Object")]
     pub timeouts: Timeouts,
 }
 
@@ -278,7 +334,7 @@ pub fn jitter_for(schedule_id: Uuid, fire_at: DateTime<Utc>, jitter: Duration) -
 }
 
 /// A schedule as its owner writes it (`--file spec.json`, the API, the Rust client).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleSpec {
     /// Unique per tenant.
@@ -295,6 +351,7 @@ pub struct ScheduleSpec {
     pub overlap: OverlapPolicy,
     /// How far back a scheduler that was down catches up (default from the settings, 1h).
     #[serde(default)]
+    #[schemars(with = "Option<schema::Dur>")]
     pub catchup_window: Option<HumanDuration>,
     #[serde(default)]
     pub catchup_policy: CatchupPolicy,
@@ -303,6 +360,7 @@ pub struct ScheduleSpec {
     pub max_catchup_burst: Option<u32>,
     /// Each activity starts up to this long after its slot.
     #[serde(default)]
+    #[schemars(with = "Option<schema::Dur>")]
     pub jitter: Option<HumanDuration>,
     #[serde(default)]
     pub paused: bool,
@@ -311,9 +369,11 @@ pub struct ScheduleSpec {
     pub note: Option<String>,
     /// No slot before this instant.
     #[serde(default)]
+    #[schemars(with = "Option<schema::Timestamp>")]
     pub start_at: Option<DateTime<Utc>>,
     /// No slot after this instant.
     #[serde(default)]
+    #[schemars(with = "Option<schema::Timestamp>")]
     pub end_at: Option<DateTime<Utc>>,
 }
 
@@ -441,7 +501,7 @@ impl Default for ScheduleLimits {
 }
 
 /// A schedule as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Schedule {
     pub id: Uuid,
     pub tenant_id: String,
@@ -450,21 +510,31 @@ pub struct Schedule {
     pub timezone: String,
     pub activity: ActivityTemplate,
     pub overlap: OverlapPolicy,
+    #[schemars(with = "schema::Dur")]
     pub catchup_window: HumanDuration,
     pub catchup_policy: CatchupPolicy,
     pub max_catchup_burst: u32,
+    #[schemars(with = "schema::Dur")]
     pub jitter: HumanDuration,
     pub paused: bool,
     pub note: Option<String>,
+    #[schemars(with = "Option<schema::Timestamp>")]
     pub paused_at: Option<DateTime<Utc>>,
+    #[schemars(with = "Option<schema::Timestamp>")]
     pub start_at: Option<DateTime<Utc>>,
+    #[schemars(with = "Option<schema::Timestamp>")]
     pub end_at: Option<DateTime<Utc>>,
+    #[schemars(with = "Option<schema::Timestamp>")]
     pub next_run_at: Option<DateTime<Utc>>,
+    #[schemars(with = "Option<schema::Timestamp>")]
     pub last_fired_at: Option<DateTime<Utc>>,
     pub last_activity_id: Option<Uuid>,
+    #[schemars(with = "Option<schema::Timestamp>")]
     pub buffered_fire_at: Option<DateTime<Utc>>,
     pub version: i64,
+    #[schemars(with = "schema::Timestamp")]
     pub created_at: DateTime<Utc>,
+    #[schemars(with = "schema::Timestamp")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -491,21 +561,24 @@ impl Schedule {
 }
 
 /// One slot's record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ScheduleFire {
     pub schedule_id: Uuid,
+    #[schemars(with = "schema::Timestamp")]
     pub fire_at: DateTime<Utc>,
     pub outcome: FireOutcome,
     pub activity_id: Option<Uuid>,
     pub reason: Option<String>,
     /// `cron`, `trigger` or `backfill`.
     pub source: String,
+    #[schemars(with = "schema::Timestamp")]
     pub recorded_at: DateTime<Utc>,
 }
 
 /// One previewed fire time, in the schedule's timezone.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct FirePreview {
+    #[schemars(with = "schema::Timestamp")]
     pub at: DateTime<Utc>,
     /// RFC 3339 with the zone's offset at that instant, e.g. `2026-10-25T02:30:00+02:00`.
     pub local: String,

@@ -44,6 +44,10 @@ pub enum ApiError {
     /// 422: a field the endpoint does not know.
     #[error("unknown field `{0}`")]
     UnknownField(String),
+    /// 422: a well-formed field whose value cannot be used (a bad cron expression,
+    /// timezone or policy).
+    #[error("invalid value of `{field}`: {reason}")]
+    InvalidValue { field: String, reason: String },
     /// 429: a per-tenant quota is used up.
     #[error("quota exceeded: {what} (limit {limit})")]
     QuotaExceeded { what: &'static str, limit: i64 },
@@ -84,7 +88,7 @@ impl ApiError {
             Self::IdempotencyConflict(_) | Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::UnknownField(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::UnknownField(_) | Self::InvalidValue { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -104,6 +108,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::UnknownField(_) => "unknown_field",
+            Self::InvalidValue { .. } => "invalid_value",
             Self::QuotaExceeded { .. } => "quota_exceeded",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
@@ -154,7 +159,9 @@ impl IntoResponse for ApiError {
         };
         let mut err = json!({ "code": self.code(), "message": message });
         match &self {
-            Self::InvalidField { field, .. } | Self::UnknownField(field) => {
+            Self::InvalidField { field, .. }
+            | Self::InvalidValue { field, .. }
+            | Self::UnknownField(field) => {
                 err["field"] = json!(field);
             }
             _ => {}

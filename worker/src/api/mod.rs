@@ -26,6 +26,7 @@ pub mod error;
 pub mod metrics;
 pub mod openapi;
 pub mod runs;
+pub mod schedules;
 pub mod store;
 
 use crate::config::api::ApiConfig;
@@ -77,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .merge(containers::routes())
         .merge(runs::routes())
         .merge(audit::routes())
+        .merge(schedules::routes())
         // While Postgres is known to be down, answer 503 at once instead of waiting
         // for the pool's acquire timeout (R8).
         .route_layer(axum::middleware::from_fn_with_state(

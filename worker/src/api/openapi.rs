@@ -5,10 +5,11 @@
 //! `Activity`), documented mirrors are kept here, and a test fails when a mirror's
 //! fields drift from what the real type serializes.
 
-use super::{runs, store, AppState};
+use super::{runs, schedules, store, AppState};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use highway_workflows::schedule as sched;
 use schemars::generate::SchemaSettings;
 use schemars::JsonSchema;
 use serde_json::{json, Map, Value};
@@ -52,6 +53,18 @@ pub const OPS: &[Op] = &[
     Op { method: "post", path: "/v1/runs", summary: "Start a workflow run: from a definition (`definition`, `inputs`; 422 naming the field) or a bare run record (`name`, `input`)", query: &[], body: Some("StartRun"), answer: Some("RunView"), auth: true },
     Op { method: "get", path: "/v1/runs/{id}", summary: "Get a workflow run (with its steps when a definition drives it)", query: &[], body: None, answer: Some("RunView"), auth: true },
     Op { method: "post", path: "/v1/runs/{id}/cancel", summary: "Cancel a workflow run and its activities", query: &[], body: None, answer: None, auth: true },
+    Op { method: "post", path: "/v1/schedules", summary: "Create a schedule (429 at the tenant's schedules quota; 422 naming a bad cron, timezone or policy)", query: &[], body: Some("ScheduleSpec"), answer: Some("Schedule"), auth: true },
+    Op { method: "get", path: "/v1/schedules", summary: "List schedules, oldest first; page with after = the previous answer's next", query: &["paused", "name", "tenant", "after", "limit"], body: None, answer: None, auth: true },
+    Op { method: "get", path: "/v1/schedules/{id}", summary: "Get a schedule", query: &[], body: None, answer: Some("Schedule"), auth: true },
+    Op { method: "put", path: "/v1/schedules/{id}", summary: "Replace a schedule's definition (paused and note are left to pause/resume)", query: &[], body: Some("ScheduleSpec"), answer: Some("Schedule"), auth: true },
+    Op { method: "patch", path: "/v1/schedules/{id}", summary: "Change a schedule with a JSON merge patch of its ScheduleSpec", query: &[], body: Some("ScheduleSpec"), answer: Some("Schedule"), auth: true },
+    Op { method: "delete", path: "/v1/schedules/{id}", summary: "Delete a schedule and its slot records (its activities stay)", query: &[], body: None, answer: None, auth: true },
+    Op { method: "post", path: "/v1/schedules/{id}/pause", summary: "Pause (optional body {note}); changed = false when already paused", query: &[], body: Some("PauseRequest"), answer: Some("Schedule"), auth: true },
+    Op { method: "post", path: "/v1/schedules/{id}/resume", summary: "Resume from the next slot after now", query: &[], body: None, answer: Some("Schedule"), auth: true },
+    Op { method: "post", path: "/v1/schedules/{id}/trigger", summary: "Fire now (optional body {force}); obeys the overlap policy unless forced", query: &[], body: Some("TriggerRequest"), answer: Some("TriggerOutcome"), auth: true },
+    Op { method: "post", path: "/v1/schedules/{id}/backfill", summary: "Run the slots of a past range (at most 10000 slots, else 422)", query: &[], body: Some("BackfillRequest"), answer: Some("BackfillReport"), auth: true },
+    Op { method: "get", path: "/v1/schedules/{id}/preview", summary: "The next fire times in the schedule's timezone (count 1..1000, default 10)", query: &["count"], body: None, answer: None, auth: true },
+    Op { method: "get", path: "/v1/schedules/{id}/fires", summary: "The newest slot records: fired, skipped, missed, deduplicated, buffered", query: &["limit"], body: None, answer: None, auth: true },
     Op { method: "get", path: "/v1/audit", summary: "Query the audit log, newest first", query: &["tenant", "action", "activity", "run", "since", "before", "limit"], body: None, answer: None, auth: true },
 ];
 
@@ -126,7 +139,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// invalid_field | invalid_json | unauthorized | forbidden | not_found |
     /// idempotency_conflict | conflict | payload_too_large | unsupported_media_type |
-    /// unknown_field | quota_exceeded | unavailable | internal
+    /// unknown_field | invalid_value | quota_exceeded | unavailable | internal
     pub code: String,
     pub message: String,
     /// The offending field, for invalid_field and unknown_field.
@@ -151,6 +164,39 @@ fn components() -> Map<String, Value> {
         ("RunView", g.subschema_for::<runs::RunView>().to_value()),
         ("AuditRow", g.subschema_for::<store::AuditRow>().to_value()),
         ("LogRow", g.subschema_for::<store::LogRow>().to_value()),
+        (
+            "ScheduleSpec",
+            g.subschema_for::<sched::ScheduleSpec>().to_value(),
+        ),
+        ("Schedule", g.subschema_for::<sched::Schedule>().to_value()),
+        (
+            "ScheduleFire",
+            g.subschema_for::<sched::ScheduleFire>().to_value(),
+        ),
+        (
+            "FirePreview",
+            g.subschema_for::<sched::FirePreview>().to_value(),
+        ),
+        (
+            "TriggerOutcome",
+            g.subschema_for::<sched::TriggerOutcome>().to_value(),
+        ),
+        (
+            "BackfillReport",
+            g.subschema_for::<sched::BackfillReport>().to_value(),
+        ),
+        (
+            "PauseRequest",
+            g.subschema_for::<schedules::PauseRequest>().to_value(),
+        ),
+        (
+            "TriggerRequest",
+            g.subschema_for::<schedules::TriggerRequest>().to_value(),
+        ),
+        (
+            "BackfillRequest",
+            g.subschema_for::<schedules::BackfillRequest>().to_value(),
+        ),
         (
             "DockerRunParams",
             g.subschema_for::<highway_workflows::docker::DockerRunParams>()

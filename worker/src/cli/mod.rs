@@ -368,7 +368,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(cmd) => audit::run(&cli.db, pool_opts, cmd).await,
         Command::Containers(cmd) => containers::run(cmd).await,
         Command::Gc(args) => gc::run(args, &cli.db, pool_opts).await,
-        Command::Schedules(cmd) => schedules::run(cmd, &cli.db).await,
+        Command::Schedules(cmd) => schedules::run(cmd).await,
         Command::Scheduler { scheduler } => {
             crate::scheduler::run_standalone(&cli.db, &scheduler).await
         }

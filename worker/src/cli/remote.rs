@@ -129,6 +129,21 @@ impl Remote {
         json_or_error(resp).await
     }
 
+    /// Any method (PUT, PATCH, DELETE, ...) with an optional JSON body.
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let mut req = self.request(method, path).timeout(Duration::from_secs(30));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        json_or_error(resp).await
+    }
+
     fn transport_error(&self, e: reqwest::Error) -> anyhow::Error {
         // reqwest errors carry the URL (never the token: it is a header).
         anyhow::anyhow!(

@@ -1,15 +1,19 @@
 //! `highway schedules ...`: durable cron from the command line (create from flags or a
 //! JSON spec, ls, show, update, delete, pause, resume, trigger, backfill, preview,
-//! fires). Thin: parses, calls [`ScheduleClient`], prints a table or `--json`.
+//! fires), through the API (`/v1/schedules`, [`Remote`]: HIGHWAY_API_URL and the token
+//! from HIGHWAY_TOKEN or a token file, never argv). Thin: parses, calls the API, prints
+//! a table or `--json`. Only `preview --cron` (trying an expression) runs locally.
 
-use crate::config::scheduler::SchedulerConfig;
-use crate::config::DatabaseArgs;
-use crate::db::{self, PoolOptions};
-use crate::scheduler::{CronTz, OverlapPolicy, Schedule, ScheduleClient, ScheduleSpec};
+use super::remote::{Remote, RemoteArgs};
+use crate::scheduler::{CronTz, OverlapPolicy, Schedule, ScheduleSpec};
 use anyhow::{bail, Context};
 use chrono::{DateTime, SecondsFormat, Utc};
-use highway_workflows::schedule::{ActivityTemplate, CatchupPolicy};
+use highway_workflows::schedule::{
+    ActivityTemplate, BackfillReport, CatchupPolicy, FirePreview, ScheduleFire, TriggerOutcome,
+};
 use highway_workflows::HumanDuration;
+use reqwest::Method;
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,8 +25,14 @@ pub enum SchedulesCommand {
     Create(CreateArgs),
     /// List schedules.
     Ls {
+        /// Admin tokens only (a tenant token acts for its own tenant).
         #[arg(long)]
         tenant: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// Only paused (`true`) or only running (`false`) schedules.
+        #[arg(long)]
+        paused: Option<bool>,
         #[arg(long, default_value_t = 100)]
         limit: i64,
         #[arg(long)]
@@ -31,8 +41,11 @@ pub enum SchedulesCommand {
     /// Show one schedule (by id, or by name within --tenant).
     Show {
         schedule: String,
+        /// Admin tokens only (a tenant token acts for its own tenant).
         #[arg(long)]
         tenant: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
         #[arg(long)]
         json: bool,
     },
@@ -41,14 +54,20 @@ pub enum SchedulesCommand {
     /// Delete a schedule and its fire records (its activities stay).
     Delete {
         schedule: String,
+        /// Admin tokens only (a tenant token acts for its own tenant).
         #[arg(long)]
         tenant: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Pause: no slot is taken until resumed.
     Pause {
         schedule: String,
+        /// Admin tokens only (a tenant token acts for its own tenant).
         #[arg(long)]
         tenant: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
         /// Why (shown by `show` and `ls`).
         #[arg(long)]
         note: Option<String>,
@@ -56,14 +75,20 @@ pub enum SchedulesCommand {
     /// Resume from the next slot after now.
     Resume {
         schedule: String,
+        /// Admin tokens only (a tenant token acts for its own tenant).
         #[arg(long)]
         tenant: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Fire now. Obeys the overlap policy unless --force.
     Trigger {
         schedule: String,
+        /// Admin tokens only (a tenant token acts for its own tenant).
         #[arg(long)]
         tenant: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
         #[arg(long)]
         force: bool,
         #[arg(long)]
@@ -72,8 +97,11 @@ pub enum SchedulesCommand {
     /// Run the slots of a past time range.
     Backfill {
         schedule: String,
+        /// Admin tokens only (a tenant token acts for its own tenant).
         #[arg(long)]
         tenant: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
         /// First instant (RFC 3339), inclusive.
         #[arg(long)]
         from: DateTime<Utc>,
@@ -90,8 +118,11 @@ pub enum SchedulesCommand {
     /// Give a stored schedule, or --cron (and --timezone) to try an expression.
     Preview {
         schedule: Option<String>,
+        /// Admin tokens only (a tenant token acts for its own tenant).
         #[arg(long)]
         tenant: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
         #[arg(long, conflicts_with = "schedule")]
         cron: Option<String>,
         #[arg(long, default_value = "UTC")]
@@ -104,8 +135,11 @@ pub enum SchedulesCommand {
     /// The newest slot records of a schedule: fired, skipped, missed, deduplicated, buffered.
     Fires {
         schedule: String,
+        /// Admin tokens only (a tenant token acts for its own tenant).
         #[arg(long)]
         tenant: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
         #[arg(long, default_value_t = 50)]
         limit: i64,
         #[arg(long)]
@@ -159,8 +193,11 @@ pub struct CreateArgs {
     /// Name, unique per tenant (required unless --file).
     #[arg(long)]
     pub name: Option<String>,
+    /// Admin tokens only (a tenant token acts for its own tenant).
     #[arg(long)]
     pub tenant: Option<String>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     /// A whole spec as JSON (ScheduleSpec); other flags override its fields.
     #[arg(long)]
     pub file: Option<PathBuf>,
@@ -178,8 +215,11 @@ pub struct CreateArgs {
 #[derive(clap::Args, Debug)]
 pub struct UpdateArgs {
     pub schedule: String,
+    /// Admin tokens only (a tenant token acts for its own tenant).
     #[arg(long)]
     pub tenant: Option<String>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     /// A whole spec as JSON (replaces the definition); other flags override its fields.
     #[arg(long)]
     pub file: Option<PathBuf>,
@@ -190,11 +230,6 @@ pub struct UpdateArgs {
     pub spec: SpecFlags,
     #[arg(long)]
     pub json: bool,
-}
-
-/// The scheduler settings from the environment (limits applied on create and update).
-fn settings() -> anyhow::Result<SchedulerConfig> {
-    Ok(SchedulerConfig::from_env()?)
 }
 
 fn apply(spec: &mut ScheduleSpec, f: SpecFlags) -> anyhow::Result<()> {
@@ -246,25 +281,60 @@ fn apply(spec: &mut ScheduleSpec, f: SpecFlags) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_spec(path: &PathBuf) -> anyhow::Result<ScheduleSpec> {
+/// A spec file, and whether it names a tenant (the type defaults one, and a tenant
+/// token may only send its own).
+fn read_spec(path: &PathBuf) -> anyhow::Result<(ScheduleSpec, bool)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     // serde_json's message names an unknown or mistyped field (deny_unknown_fields).
-    serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a valid schedule spec", path.display()))
+    let spec = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a valid schedule spec", path.display()))?;
+    let named = serde_json::from_str::<Value>(&text)
+        .ok()
+        .is_some_and(|v| v.get("tenant_id").is_some());
+    Ok((spec, named))
 }
 
-async fn resolve(c: &ScheduleClient, key: &str, tenant: Option<&str>) -> anyhow::Result<Schedule> {
-    Ok(match key.parse::<Uuid>() {
-        Ok(id) => c.get(id, tenant).await?,
-        Err(_) => {
-            c.get_by_name(
-                tenant.unwrap_or(highway_workflows::types::DEFAULT_TENANT),
-                key,
-            )
-            .await?
+/// The wire form of a spec; without `tenant_id` unless one was asked for (the API then
+/// uses the token's tenant, or `default` for an admin token).
+fn spec_body(spec: &ScheduleSpec, with_tenant: bool) -> anyhow::Result<Value> {
+    let mut v = serde_json::to_value(spec)?;
+    if !with_tenant {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("tenant_id");
         }
-    })
+    }
+    Ok(v)
+}
+
+fn parse<T: DeserializeOwned>(v: Value) -> anyhow::Result<T> {
+    serde_json::from_value(v).context("unexpected answer from the API")
+}
+
+fn items<T: DeserializeOwned>(v: Value) -> anyhow::Result<Vec<T>> {
+    parse(v["items"].clone())
+}
+
+/// `/v1/schedules/<id>` of a schedule given by id, or by name (within `--tenant` for
+/// admin tokens; a name several tenants use needs `--tenant`).
+async fn resolve(api: &Remote, key: &str, tenant: Option<&str>) -> anyhow::Result<Schedule> {
+    if let Ok(id) = key.parse::<Uuid>() {
+        return parse(api.get_json(&format!("/v1/schedules/{id}"), &[]).await?);
+    }
+    let mut q = vec![("name", key.to_string()), ("limit", "2".to_string())];
+    if let Some(t) = tenant {
+        q.push(("tenant", t.to_string()));
+    }
+    let mut found: Vec<Schedule> = items(api.get_json("/v1/schedules", &q).await?)?;
+    match found.len() {
+        0 => bail!("no schedule named {key:?}"),
+        1 => Ok(found.remove(0)),
+        _ => bail!("several tenants have a schedule named {key:?}; give --tenant or the id"),
+    }
+}
+
+fn path(s: &Schedule, action: &str) -> String {
+    format!("/v1/schedules/{}{action}", s.id)
 }
 
 fn ts(t: Option<DateTime<Utc>>) -> String {
@@ -282,35 +352,11 @@ fn print_schedule(s: &Schedule, as_json: bool) -> anyhow::Result<()> {
 }
 
 /// Runs one `highway schedules` command.
-pub async fn run(cmd: SchedulesCommand, db_args: &DatabaseArgs) -> anyhow::Result<ExitCode> {
-    if let SchedulesCommand::Preview {
-        schedule: None,
-        cron: Some(expr),
-        timezone,
-        count,
-        json,
-        ..
-    } = &cmd
-    {
-        let c = CronTz::parse(expr, timezone)?;
-        let now = Utc::now();
-        print_preview(&c.preview(now, (*count).min(1000)), *json)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let pool = db::connect(
-        &db_args.resolve_url()?,
-        &PoolOptions {
-            max_connections: 4,
-            application_name: "highway-cli".into(),
-            ..PoolOptions::default()
-        },
-    )
-    .await?;
-    let c = ScheduleClient::new(pool);
+pub async fn run(cmd: SchedulesCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         SchedulesCommand::Create(a) => {
-            let limits = settings()?.limits();
-            let mut spec = match &a.file {
+            let api = Remote::new(&a.remote)?;
+            let (mut spec, mut named) = match &a.file {
                 Some(p) => read_spec(p)?,
                 None => {
                     let (Some(name), Some(cron), Some(kind)) =
@@ -318,7 +364,8 @@ pub async fn run(cmd: SchedulesCommand, db_args: &DatabaseArgs) -> anyhow::Resul
                     else {
                         bail!("give --name, --cron and --kind (or --file spec.json)");
                     };
-                    ScheduleSpec::new(name, cron, ActivityTemplate::new(kind, json!({})))
+                    let s = ScheduleSpec::new(name, cron, ActivityTemplate::new(kind, json!({})));
+                    (s, false)
                 }
             };
             if let Some(n) = a.name {
@@ -326,6 +373,7 @@ pub async fn run(cmd: SchedulesCommand, db_args: &DatabaseArgs) -> anyhow::Resul
             }
             if let Some(t) = a.tenant {
                 spec.tenant_id = t;
+                named = true;
             }
             if a.paused {
                 spec.paused = true;
@@ -334,7 +382,10 @@ pub async fn run(cmd: SchedulesCommand, db_args: &DatabaseArgs) -> anyhow::Resul
                 spec.note = a.note;
             }
             apply(&mut spec, a.spec)?;
-            let s = c.create(&spec, &limits).await?;
+            let s: Schedule = parse(
+                api.post_json("/v1/schedules", &spec_body(&spec, named)?)
+                    .await?,
+            )?;
             if a.json {
                 print_schedule(&s, true)?;
             } else {
@@ -343,10 +394,34 @@ pub async fn run(cmd: SchedulesCommand, db_args: &DatabaseArgs) -> anyhow::Resul
         }
         SchedulesCommand::Ls {
             tenant,
+            remote,
+            paused,
             limit,
             json,
         } => {
-            let rows = c.list(tenant.as_deref(), limit).await?;
+            let api = Remote::new(&remote)?;
+            let mut rows: Vec<Schedule> = Vec::new();
+            let mut after: Option<String> = None;
+            // Pages of at most 1000 (the API's cap) until `limit` or the last page.
+            while (rows.len() as i64) < limit.max(1) {
+                let page = (limit.max(1) - rows.len() as i64).min(1000);
+                let mut q = vec![("limit", page.to_string())];
+                for (k, v) in [
+                    ("tenant", tenant.clone()),
+                    ("paused", paused.map(|p| p.to_string())),
+                    ("after", after.clone()),
+                ] {
+                    if let Some(v) = v {
+                        q.push((k, v));
+                    }
+                }
+                let body = api.get_json("/v1/schedules", &q).await?;
+                after = body["next"].as_str().map(str::to_owned);
+                rows.extend(items::<Schedule>(body)?);
+                if after.is_none() {
+                    break;
+                }
+            }
             if json {
                 println!("{}", serde_json::to_string(&rows)?);
             } else {
@@ -376,47 +451,59 @@ pub async fn run(cmd: SchedulesCommand, db_args: &DatabaseArgs) -> anyhow::Resul
         SchedulesCommand::Show {
             schedule,
             tenant,
+            remote,
             json,
         } => {
-            let s = resolve(&c, &schedule, tenant.as_deref()).await?;
+            let api = Remote::new(&remote)?;
+            let s = resolve(&api, &schedule, tenant.as_deref()).await?;
             print_schedule(&s, json)?;
         }
         SchedulesCommand::Update(a) => {
-            let limits = settings()?.limits();
-            let old = resolve(&c, &a.schedule, a.tenant.as_deref()).await?;
+            let api = Remote::new(&a.remote)?;
+            let old = resolve(&api, &a.schedule, a.tenant.as_deref()).await?;
             let mut spec = match &a.file {
-                Some(p) => {
-                    let mut s = read_spec(p)?;
-                    s.tenant_id = old.tenant_id.clone();
-                    s
-                }
+                Some(p) => read_spec(p)?.0,
                 None => old.spec(),
             };
+            // A schedule keeps its tenant.
+            spec.tenant_id = old.tenant_id.clone();
             if let Some(n) = a.name {
                 spec.name = n;
             }
             apply(&mut spec, a.spec)?;
-            let s = c
-                .update(old.id, Some(&old.tenant_id), &spec, &limits)
-                .await?;
+            let s: Schedule = parse(
+                api.send_json(Method::PUT, &path(&old, ""), Some(&spec_body(&spec, true)?))
+                    .await?,
+            )?;
             if a.json {
                 print_schedule(&s, true)?;
             } else {
                 println!("{} {} updated; next {}", s.id, s.name, ts(s.next_run_at));
             }
         }
-        SchedulesCommand::Delete { schedule, tenant } => {
-            let s = resolve(&c, &schedule, tenant.as_deref()).await?;
-            c.delete(s.id, Some(&s.tenant_id)).await?;
+        SchedulesCommand::Delete {
+            schedule,
+            tenant,
+            remote,
+        } => {
+            let api = Remote::new(&remote)?;
+            let s = resolve(&api, &schedule, tenant.as_deref()).await?;
+            api.send_json(Method::DELETE, &path(&s, ""), None).await?;
             println!("{} {} deleted", s.id, s.name);
         }
         SchedulesCommand::Pause {
             schedule,
             tenant,
+            remote,
             note,
         } => {
-            let s = resolve(&c, &schedule, tenant.as_deref()).await?;
-            let (s, changed) = c.pause(s.id, Some(&s.tenant_id), note.as_deref()).await?;
+            let api = Remote::new(&remote)?;
+            let s = resolve(&api, &schedule, tenant.as_deref()).await?;
+            let v = api
+                .post_json(&path(&s, "/pause"), &json!({ "note": note }))
+                .await?;
+            let changed = v["changed"].as_bool().unwrap_or(false);
+            let s: Schedule = parse(v)?;
             println!(
                 "{} {} {}",
                 s.id,
@@ -428,9 +515,16 @@ pub async fn run(cmd: SchedulesCommand, db_args: &DatabaseArgs) -> anyhow::Resul
                 }
             );
         }
-        SchedulesCommand::Resume { schedule, tenant } => {
-            let s = resolve(&c, &schedule, tenant.as_deref()).await?;
-            let (s, changed) = c.resume(s.id, Some(&s.tenant_id)).await?;
+        SchedulesCommand::Resume {
+            schedule,
+            tenant,
+            remote,
+        } => {
+            let api = Remote::new(&remote)?;
+            let s = resolve(&api, &schedule, tenant.as_deref()).await?;
+            let v = api.post_json(&path(&s, "/resume"), &json!({})).await?;
+            let changed = v["changed"].as_bool().unwrap_or(false);
+            let s: Schedule = parse(v)?;
             println!(
                 "{} {} {}; next {}",
                 s.id,
@@ -442,11 +536,16 @@ pub async fn run(cmd: SchedulesCommand, db_args: &DatabaseArgs) -> anyhow::Resul
         SchedulesCommand::Trigger {
             schedule,
             tenant,
+            remote,
             force,
             json,
         } => {
-            let s = resolve(&c, &schedule, tenant.as_deref()).await?;
-            let t = c.trigger(s.id, Some(&s.tenant_id), force).await?;
+            let api = Remote::new(&remote)?;
+            let s = resolve(&api, &schedule, tenant.as_deref()).await?;
+            let v = api
+                .post_json(&path(&s, "/trigger"), &json!({ "force": force }))
+                .await?;
+            let t: TriggerOutcome = parse(v)?;
             if json {
                 println!("{}", serde_json::to_string(&t)?);
             } else {
@@ -465,15 +564,16 @@ pub async fn run(cmd: SchedulesCommand, db_args: &DatabaseArgs) -> anyhow::Resul
         SchedulesCommand::Backfill {
             schedule,
             tenant,
+            remote,
             from,
             to,
             overlap,
             json,
         } => {
-            let s = resolve(&c, &schedule, tenant.as_deref()).await?;
-            let r = c
-                .backfill(s.id, Some(&s.tenant_id), from, to, overlap)
-                .await?;
+            let api = Remote::new(&remote)?;
+            let s = resolve(&api, &schedule, tenant.as_deref()).await?;
+            let body = json!({ "from": from, "to": to, "overlap": overlap });
+            let r: BackfillReport = parse(api.post_json(&path(&s, "/backfill"), &body).await?)?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -486,24 +586,38 @@ pub async fn run(cmd: SchedulesCommand, db_args: &DatabaseArgs) -> anyhow::Resul
         SchedulesCommand::Preview {
             schedule,
             tenant,
+            remote,
+            cron,
+            timezone,
             count,
             json,
-            ..
         } => {
+            if let (None, Some(expr)) = (&schedule, &cron) {
+                // Trying an expression needs neither the API nor a token.
+                let c = CronTz::parse(expr, &timezone)?;
+                print_preview(&c.preview(Utc::now(), count.min(1000)), json)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let Some(key) = schedule else {
                 bail!("give a schedule, or --cron EXPR [--timezone TZ]");
             };
-            let s = resolve(&c, &key, tenant.as_deref()).await?;
-            print_preview(&c.preview(s.id, Some(&s.tenant_id), count).await?, json)?;
+            let api = Remote::new(&remote)?;
+            let s = resolve(&api, &key, tenant.as_deref()).await?;
+            let q = [("count", count.clamp(1, 1000).to_string())];
+            let rows: Vec<FirePreview> = items(api.get_json(&path(&s, "/preview"), &q).await?)?;
+            print_preview(&rows, json)?;
         }
         SchedulesCommand::Fires {
             schedule,
             tenant,
+            remote,
             limit,
             json,
         } => {
-            let s = resolve(&c, &schedule, tenant.as_deref()).await?;
-            let rows = c.fires(s.id, Some(&s.tenant_id), limit).await?;
+            let api = Remote::new(&remote)?;
+            let s = resolve(&api, &schedule, tenant.as_deref()).await?;
+            let q = [("limit", limit.clamp(1, 1000).to_string())];
+            let rows: Vec<ScheduleFire> = items(api.get_json(&path(&s, "/fires"), &q).await?)?;
             if json {
                 println!("{}", serde_json::to_string(&rows)?);
             } else {
@@ -529,10 +643,7 @@ pub async fn run(cmd: SchedulesCommand, db_args: &DatabaseArgs) -> anyhow::Resul
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_preview(
-    items: &[highway_workflows::schedule::FirePreview],
-    as_json: bool,
-) -> anyhow::Result<()> {
+fn print_preview(items: &[FirePreview], as_json: bool) -> anyhow::Result<()> {
     if as_json {
         let v: Vec<Value> = items
             .iter()

@@ -118,8 +118,9 @@ impl TickReport {
 }
 
 /// What `trigger` did.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TriggerOutcome {
+    #[schemars(with = "schema::Timestamp")]
     pub fire_at: DateTime<Utc>,
     pub outcome: FireOutcome,
     pub activity_id: Option<Uuid>,
@@ -127,7 +128,7 @@ pub struct TriggerOutcome {
 }
 
 /// What `backfill` did.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct BackfillReport {
     pub slots: u64,
     pub fired: u64,
@@ -135,6 +136,17 @@ pub struct BackfillReport {
     /// Slots that already had a fire (or an activity with their key): left alone.
     pub deduplicated: u64,
     pub activity_ids: Vec<Uuid>,
+}
+
+/// What [`ScheduleClient::list_filtered`] selects; `None` fields do not filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScheduleFilter {
+    pub tenant: Option<String>,
+    pub paused: Option<bool>,
+    pub name: Option<String>,
+    /// Only schedules with a larger id (the last id of the previous page).
+    pub after: Option<Uuid>,
+    pub limit: i64,
 }
 
 /// The schedules API. Cheap to clone.
@@ -364,6 +376,28 @@ impl ScheduleClient {
         sqlx::query(&sql)
             .bind(tenant)
             .bind(limit.clamp(1, 10_000))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(from_row)
+            .collect()
+    }
+
+    /// Schedules matching `f`, oldest first (ids are UUIDv7, so id order is creation
+    /// order and `after` pages without gaps even when rows are deleted meanwhile).
+    pub async fn list_filtered(&self, f: &ScheduleFilter) -> Result<Vec<Schedule>> {
+        let sql = format!(
+            "SELECT {COLS} FROM highway.schedules \
+             WHERE ($1::text IS NULL OR tenant_id = $1) AND ($2::bool IS NULL OR paused = $2) \
+               AND ($3::text IS NULL OR name = $3) AND ($4::uuid IS NULL OR id > $4) \
+             ORDER BY id LIMIT $5"
+        );
+        sqlx::query(&sql)
+            .bind(f.tenant.as_deref())
+            .bind(f.paused)
+            .bind(f.name.as_deref())
+            .bind(f.after)
+            .bind(f.limit.clamp(1, 10_000))
             .fetch_all(&self.pool)
             .await?
             .iter()
