@@ -800,7 +800,8 @@ async fn secrets_store_encrypts_resolves_per_tenant_and_the_cli_never_prints_val
     assert_eq!(e.error_type, "SecretNotFound", "{e:?}");
     assert!(!e.message.contains(&canary));
 
-    // `highway audit ls` shows this tenant's Docker operations.
+    // `highway audit ls` (through the API) shows this tenant's Docker operations.
+    let api = crate::cli_remote::ApiServer::start(&h.db.url);
     let audit = Command::new(&bin)
         .args([
             "audit",
@@ -811,7 +812,8 @@ async fn secrets_store_encrypts_resolves_per_tenant_and_the_cli_never_prints_val
             "container.*",
             "--json",
         ])
-        .env("DATABASE_URL", &h.db.url)
+        .env("HIGHWAY_API_URL", &api.base)
+        .env("HIGHWAY_TOKEN", &api.admin)
         .output()
         .unwrap();
     assert!(
@@ -825,7 +827,8 @@ async fn secrets_store_encrypts_resolves_per_tenant_and_the_cli_never_prints_val
     // The operator's `secrets set` is audited too: the name, never the value.
     let audit = Command::new(&bin)
         .args(["audit", "ls", "--action", "secret.*", "--json"])
-        .env("DATABASE_URL", &h.db.url)
+        .env("HIGHWAY_API_URL", &api.base)
+        .env("HIGHWAY_TOKEN", &api.admin)
         .output()
         .unwrap();
     let audit = String::from_utf8_lossy(&audit.stdout).to_string();

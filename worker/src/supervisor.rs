@@ -38,6 +38,9 @@ pub struct RunOptions {
     pub gc: Option<GcOptions>,
     /// The cron scheduler of this worker, or none (`HIGHWAY_SCHEDULER_ENABLED=false`).
     pub scheduler: Option<crate::config::scheduler::SchedulerConfig>,
+    /// `highway up`: the state dir where the local admin token and the API URL are
+    /// written once the server listens (zero-config CLI); none for `highway worker`.
+    pub local_access: Option<PathBuf>,
 }
 
 /// First signal: soft shutdown, then hard after `grace`. Second signal: hard at once.
@@ -168,7 +171,26 @@ pub async fn run(
     if let Some(addr) = opts.listen {
         let listener = api::bind(addr).await?;
         info!(listen = %listener.local_addr()?, "http server listening");
-        let state = AppState::new(health.clone(), pool.clone(), opts.api.clone());
+        if let Some(dir) = &opts.local_access {
+            // A CLI without a token still works here; failing to write only costs that.
+            if let Err(e) =
+                crate::cli::remote::write_local_access(&pool, dir, listener.local_addr()?).await
+            {
+                warn!(
+                    error = format!("{e:#}"),
+                    "local admin token / API URL not written"
+                );
+            }
+        }
+        let planner = opts.docker.as_ref().map(|(cfg, _)| api::gc::GcPlanner {
+            client: docker::client::DockerClient::new(docker::client::ClientSettings {
+                host: cfg.effective_host(),
+                ..Default::default()
+            }),
+            deployment: cfg.deployment.clone(),
+            opts: opts.gc.clone().unwrap_or_default(),
+        });
+        let state = AppState::new(health.clone(), pool.clone(), opts.api.clone()).with_gc(planner);
         let stop = stop.clone();
         tracker.spawn(async move {
             if let Err(e) = api::serve(listener, state, async move { stop.cancelled().await }).await
@@ -262,5 +284,9 @@ pub async fn run(
     tracker.wait().await;
     pool.close().await;
     maint_pool.close().await;
+    if let Some(dir) = &opts.local_access {
+        // Nobody should find the URL of a stopped server (the token stays valid).
+        std::fs::remove_file(dir.join(crate::cli::remote::API_URL_FILE)).ok();
+    }
     Ok(summary)
 }

@@ -144,13 +144,23 @@ fn view(a: &Activity, created: Option<bool>) -> Value {
     v
 }
 
+/// Query of `GET /v1/activities/{id}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShowQuery {
+    /// Admin tokens: only if it belongs to this tenant (404 otherwise). A tenant
+    /// token is always held to its own tenant.
+    pub tenant: Option<String>,
+}
+
 async fn show(
     State(st): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<ShowQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_uuid("id", &id)?;
-    let a = st.client.get(id, caller.scope(None)).await?;
+    let a = st.client.get(id, caller.scope(q.tenant.as_deref())).await?;
     Ok(Json(view(&a, None)))
 }
 

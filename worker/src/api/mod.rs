@@ -7,7 +7,7 @@
 //! - [`auth`]: the `Caller` extractor (hashed bearer tokens, tenant or admin).
 //! - [`body`]: body size guard (413 before reading), JSON and query extractors (415,
 //!   422 naming unknown fields, 400 naming bad fields).
-//! - [`activities`], [`containers`], [`runs`], [`audit`]: the `/v1` resources.
+//! - [`activities`], [`containers`], [`runs`], [`audit`], [`gc`]: the `/v1` resources.
 //! - [`docker_ready`]: `DockerReady` / `PostgresReady` guards (503 while a dependency is
 //!   down).
 //! - [`metrics`]: Prometheus text. [`openapi`]: the OpenAPI document.
@@ -23,6 +23,7 @@ pub mod body;
 pub mod containers;
 pub mod docker_ready;
 pub mod error;
+pub mod gc;
 pub mod metrics;
 pub mod openapi;
 pub mod runs;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub api: ApiConfig,
     /// Budget of LISTEN connections for log streams.
     pub log_listeners: Arc<Semaphore>,
+    /// `GET /v1/gc/plan`: set when this server runs with Docker.
+    pub gc: Option<gc::GcPlanner>,
 }
 
 impl AppState {
@@ -66,7 +69,14 @@ impl AppState {
             pool,
             api,
             log_listeners: Arc::new(Semaphore::new(MAX_LOG_LISTENERS)),
+            gc: None,
         }
+    }
+
+    /// With the garbage-collector planner (`GET /v1/gc/plan`).
+    pub fn with_gc(mut self, gc: Option<gc::GcPlanner>) -> Self {
+        self.gc = gc;
+        self
     }
 }
 
@@ -78,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         .merge(containers::routes())
         .merge(runs::routes())
         .merge(audit::routes())
+        .merge(gc::routes())
         .merge(schedules::routes())
         // While Postgres is known to be down, answer 503 at once instead of waiting
         // for the pool's acquire timeout (R8).

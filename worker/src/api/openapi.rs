@@ -45,7 +45,7 @@ pub const OPS: &[Op] = &[
     Op { method: "get", path: "/v1/openapi.json", summary: "This document", query: &[], body: None, answer: None, auth: false },
     Op { method: "post", path: "/v1/activities", summary: "Enqueue an activity (Idempotency-Key header: same key + same body = same activity, 200; different body = 409)", query: &[], body: Some("EnqueueRequest"), answer: Some("Activity"), auth: true },
     Op { method: "get", path: "/v1/activities", summary: "List activities, newest first", query: &["status", "kind", "queue", "run", "tenant", "limit"], body: None, answer: None, auth: true },
-    Op { method: "get", path: "/v1/activities/{id}", summary: "Get an activity", query: &[], body: None, answer: Some("Activity"), auth: true },
+    Op { method: "get", path: "/v1/activities/{id}", summary: "Get an activity", query: &["tenant"], body: None, answer: Some("Activity"), auth: true },
     Op { method: "post", path: "/v1/activities/{id}/cancel", summary: "Cancel an activity", query: &[], body: None, answer: None, auth: true },
     Op { method: "get", path: "/v1/activities/{id}/logs", summary: "Log lines as server-sent events (event `log`, id = seq; then `end`); resume with Last-Event-ID or ?after=", query: &["after", "follow"], body: None, answer: Some("LogRow"), auth: true },
     Op { method: "get", path: "/v1/containers", summary: "List tracked containers (view=orphans for orphans)", query: &["status", "tenant", "run", "activity", "image", "older_than", "view", "limit"], body: None, answer: None, auth: true },
@@ -65,7 +65,8 @@ pub const OPS: &[Op] = &[
     Op { method: "post", path: "/v1/schedules/{id}/backfill", summary: "Run the slots of a past range (at most 10000 slots, else 422)", query: &[], body: Some("BackfillRequest"), answer: Some("BackfillReport"), auth: true },
     Op { method: "get", path: "/v1/schedules/{id}/preview", summary: "The next fire times in the schedule's timezone (count 1..1000, default 10)", query: &["count"], body: None, answer: None, auth: true },
     Op { method: "get", path: "/v1/schedules/{id}/fires", summary: "The newest slot records: fired, skipped, missed, deduplicated, buffered", query: &["limit"], body: None, answer: None, auth: true },
-    Op { method: "get", path: "/v1/audit", summary: "Query the audit log, newest first", query: &["tenant", "action", "activity", "run", "since", "before", "limit"], body: None, answer: None, auth: true },
+    Op { method: "get", path: "/v1/audit", summary: "Query the audit log, newest first", query: &["tenant", "action", "activity", "run", "container", "since", "until", "before", "limit"], body: None, answer: None, auth: true },
+    Op { method: "get", path: "/v1/gc/plan", summary: "Admin: what a garbage-collector pass would remove now and why (containers and expired images); removes nothing", query: &[], body: None, answer: None, auth: true },
 ];
 
 /// Mirror of `highway_workflows::EnqueueRequest` for the schema.

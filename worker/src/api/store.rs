@@ -1,9 +1,9 @@
 //! The API's own SQL: API tokens (create, look up by hash, revoke, list), quota counts,
-//! and the read-only queries behind `/v1/containers`, `/v1/runs`, `/v1/audit` and
-//! `/metrics`.
+//! and the read-only queries behind `/v1/activities`, `/v1/containers`, `/v1/runs`,
+//! `/v1/audit`, `/v1/gc/plan` and `/metrics`.
 //!
 //! Owns: `highway.api_tokens`. Reads (never writes) `docker_containers`, `workflow_runs`,
-//! `audit_log`, `activities` and, when the scheduler's migration is present, `schedules`
+//! `audit_log`, `activities`, `docker_images` and, when the scheduler's migration is present, `schedules`
 //! and `schedule_fires`. Every tenant-scoped read takes `tenant: Option<&str>` and adds
 //! `($n::text IS NULL OR tenant_id = $n)`, so another tenant's row is simply not found.
 
@@ -116,6 +116,15 @@ pub async fn lookup_token(
             .await?;
     }
     Ok(Some((id, tenant)))
+}
+
+/// Whether a token with this hash was ever created (live or revoked): `highway up`
+/// replaces a local admin token only when the database has never heard of it.
+pub async fn token_known(db: impl PgExecutor<'_>, hash: &str) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM highway.api_tokens WHERE token_sha256 = $1)")
+        .bind(hash)
+        .fetch_one(db)
+        .await
 }
 
 // ---------------------------------------------------------------------------------
@@ -418,8 +427,8 @@ fn like_escape(s: &str) -> String {
         .replace('_', "\\_")
 }
 
-/// The audit rows matching `f`, newest first. The one audit query: the API and
-/// `highway audit ls` both use it.
+/// The audit rows matching `f`, newest first. The one audit query: `GET /v1/audit`
+/// (and so `highway audit ls`) uses it.
 pub async fn list_audit(db: impl PgExecutor<'_>, f: &AuditFilter) -> sqlx::Result<Vec<AuditRow>> {
     let action_like = f.action.as_deref().map(|a| match a.strip_suffix('*') {
         Some(prefix) => format!("{}%", like_escape(prefix)),
@@ -477,6 +486,41 @@ pub async fn audit(
     .execute(db)
     .await?;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Garbage-collector plan.
+
+/// A committed snapshot image past its TTL, as the GC plan lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, JsonSchema)]
+pub struct ExpiredImage {
+    pub image_id: String,
+    pub reference: String,
+    pub tenant_id: String,
+    pub activity_id: Option<Uuid>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Always `expired`: why the pass would remove it.
+    pub reason: String,
+}
+
+/// Unpinned images of this daemon (or of none recorded) whose TTL passed, oldest
+/// expiry first: the ones the collector's image sweep would remove next.
+pub async fn expired_images(
+    db: impl PgExecutor<'_>,
+    daemon_id: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<ExpiredImage>> {
+    sqlx::query_as(
+        "SELECT image_id, reference, tenant_id, activity_id, expires_at, 'expired' AS reason
+           FROM highway.docker_images
+          WHERE removed_at IS NULL AND NOT pinned AND expires_at <= now()
+            AND (daemon_id = $1 OR daemon_id IS NULL)
+          ORDER BY expires_at LIMIT $2",
+    )
+    .bind(daemon_id)
+    .bind(limit)
+    .fetch_all(db)
+    .await
 }
 
 // ---------------------------------------------------------------------------------

@@ -2,6 +2,10 @@
 //! `docker_gc_worker`), for hosts that run containers without a worker or as a second
 //! line of defence. Thin: builds the client, the pool and the collector, then runs one
 //! pass (`--once`) or passes until SIGTERM/SIGINT.
+//!
+//! `highway gc --dry-run` is an operator's question, not a collector: it asks the API
+//! (`GET /v1/gc/plan`, admin token) what a pass would remove now and why, and removes
+//! nothing.
 
 use crate::config::docker::DockerConfig;
 use crate::config::gc::GcConfig;
@@ -9,11 +13,13 @@ use crate::config::DatabaseArgs;
 use crate::db::{self, PoolOptions};
 use crate::docker::client::{ClientSettings, DockerClient};
 use crate::docker::gc::{DockerGarbageCollector, GcCounts};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
+
+use super::remote::{Remote, RemoteArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct GcArgs {
@@ -21,12 +27,15 @@ pub struct GcArgs {
     /// Postgres and Docker).
     #[arg(long)]
     pub once: bool,
-    /// Judge and print, change nothing (same as `--gc-dry-run true`).
+    /// Ask the API what a pass would remove now and why (admin token), change nothing.
+    /// (`--gc-dry-run true` instead runs this collector judging without removing.)
     #[arg(long = "dry-run")]
     pub dry_run_flag: bool,
-    /// With `--once`: print the counts as one JSON object.
+    /// With `--once` or `--dry-run`: print one JSON object.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     #[command(flatten)]
     pub docker: DockerConfig,
     #[command(flatten)]
@@ -38,8 +47,10 @@ pub async fn run(
     db_args: &DatabaseArgs,
     pool_opts: PoolOptions,
 ) -> anyhow::Result<ExitCode> {
-    let mut opts = args.gc.options(args.docker.stop_grace.0)?;
-    opts.dry_run |= args.dry_run_flag;
+    if args.dry_run_flag {
+        return plan(&args.remote, args.json).await;
+    }
+    let opts = args.gc.options(args.docker.stop_grace.0)?;
     // Lazy: a database that is down at start makes passes fail (and do nothing) until
     // it is back, rather than stopping the collector.
     let pool = db::lazy_pool(&db_args.resolve_url()?, &pool_opts)?;
@@ -103,4 +114,70 @@ fn print_counts(c: &GcCounts, as_json: bool) {
             println!("  {reason}: {n}");
         }
     }
+}
+
+/// `--dry-run`: the API's plan, as a table or one JSON object.
+async fn plan(remote: &RemoteArgs, as_json: bool) -> anyhow::Result<ExitCode> {
+    let api = Remote::new(remote)?;
+    let plan = api.get_json("/v1/gc/plan", &[]).await?;
+    if as_json {
+        println!("{}", serde_json::to_string(&plan)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let text = |v: &Value| match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let containers = plan["containers"].as_array().cloned().unwrap_or_default();
+    let images = plan["images"].as_array().cloned().unwrap_or_default();
+    let c = &plan["counts"];
+    println!(
+        "dry run (deployment {}): would remove {} container(s) and {} image(s); \
+         listed {} young {} live {} protected {} unsure {} deferred {}",
+        text(&plan["deployment"]),
+        containers.len(),
+        images.len(),
+        c["listed"],
+        c["young"],
+        c["live"],
+        c["protected"],
+        c["unsure"],
+        c["deferred"],
+    );
+    if !containers.is_empty() {
+        println!(
+            "{:<12}  {:<18}  {:<12}  {:<36}  {:>6}  IMAGE",
+            "CONTAINER", "REASON", "TENANT", "ACTIVITY", "AGE"
+        );
+        for p in &containers {
+            let id: String = text(&p["container_id"]).chars().take(12).collect();
+            println!(
+                "{:<12}  {:<18}  {:<12}  {:<36}  {:>5}s  {}",
+                id,
+                text(&p["reason"]),
+                text(&p["tenant_id"]),
+                text(&p["activity_id"]),
+                text(&p["age_s"]),
+                text(&p["image"]),
+            );
+        }
+    }
+    if !images.is_empty() {
+        println!(
+            "{:<19}  {:<10}  {:<12}  REFERENCE",
+            "IMAGE", "REASON", "TENANT"
+        );
+        for i in &images {
+            let id: String = text(&i["image_id"]).chars().take(19).collect();
+            println!(
+                "{:<19}  {:<10}  {:<12}  {}",
+                id,
+                text(&i["reason"]),
+                text(&i["tenant_id"]),
+                text(&i["reference"]),
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

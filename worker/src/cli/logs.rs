@@ -1,7 +1,9 @@
 //! `highway activities logs ID [-f]`: an activity's stored log lines through the API's
 //! server-sent-events stream; with `-f` it follows live until the activity finishes,
-//! resuming after the last line seen if the connection drops.
+//! resuming after the last line seen if the connection drops. While following and no
+//! line came yet, a spinner on stderr (terminals only) shows the activity's status.
 
+use super::progress::Progress;
 use super::remote::{Remote, RemoteArgs};
 use serde_json::Value;
 use std::io::Write;
@@ -35,38 +37,56 @@ pub async fn run(a: LogsArgs) -> anyhow::Result<ExitCode> {
     if a.follow {
         eprintln!("# following logs of {} (Ctrl-C stops)", a.id);
     }
-    api.follow_sse(
-        &format!("/v1/activities/{}/logs", a.id),
-        &q,
-        a.after.map(|n| n.to_string()),
-        |event, _id, data| {
-            let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
-            match event {
-                "log" => {
-                    let line = v["line"].as_str().unwrap_or_default();
-                    let stream = v["stream"].as_str().unwrap_or("stdout");
-                    let text = if a.seq {
-                        format!("{} {stream} {line}", v["seq"])
-                    } else {
-                        line.to_string()
-                    };
-                    // Errors writing (a closed pipe) end the command quietly.
-                    let ok = if stream == "stdout" {
-                        writeln!(stdout.lock(), "{text}").is_ok()
-                    } else {
-                        writeln!(stderr.lock(), "{text}").is_ok()
-                    };
-                    ok
+    let progress = Progress::new(!a.follow);
+    let poller = progress
+        .is_drawing()
+        .then(|| tokio::spawn(show_status(api.clone(), a.id.clone(), progress.clone())));
+    let mut waiting = progress.is_drawing();
+    let res = api
+        .follow_sse(
+            &format!("/v1/activities/{}/logs", a.id),
+            &q,
+            a.after.map(|n| n.to_string()),
+            |event, _id, data| {
+                let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+                if waiting && matches!(event, "log" | "end") {
+                    waiting = false;
+                    if let Some(p) = &poller {
+                        p.abort();
+                    }
+                    progress.clear();
                 }
-                "end" => {
-                    final_status = v["status"].as_str().map(str::to_owned);
-                    false
+                match event {
+                    "log" => {
+                        let line = v["line"].as_str().unwrap_or_default();
+                        let stream = v["stream"].as_str().unwrap_or("stdout");
+                        let text = if a.seq {
+                            format!("{} {stream} {line}", v["seq"])
+                        } else {
+                            line.to_string()
+                        };
+                        // Errors writing (a closed pipe) end the command quietly.
+                        let ok = if stream == "stdout" {
+                            writeln!(stdout.lock(), "{text}").is_ok()
+                        } else {
+                            writeln!(stderr.lock(), "{text}").is_ok()
+                        };
+                        ok
+                    }
+                    "end" => {
+                        final_status = v["status"].as_str().map(str::to_owned);
+                        false
+                    }
+                    _ => true,
                 }
-                _ => true,
-            }
-        },
-    )
-    .await?;
+            },
+        )
+        .await;
+    if let Some(p) = &poller {
+        p.abort();
+    }
+    progress.clear();
+    res?;
     Ok(match final_status.as_deref() {
         Some("succeeded") | Some("running") | Some("scheduled") | None => ExitCode::SUCCESS,
         Some(other) => {
@@ -74,4 +94,21 @@ pub async fn run(a: LogsArgs) -> anyhow::Result<ExitCode> {
             ExitCode::from(2)
         }
     })
+}
+
+/// Until aborted: the spinner's line, from the activity as the API shows it.
+async fn show_status(api: Remote, id: String, progress: Progress) {
+    loop {
+        let status = match api.get_json(&format!("/v1/activities/{id}"), &[]).await {
+            Ok(v) => v["status"].as_str().unwrap_or("?").to_string(),
+            Err(_) => "?".to_string(),
+        };
+        let secs = progress.elapsed().as_secs();
+        progress.message(format!(
+            "waiting for the first log line of {id} ({status}, {}m{:02}s)",
+            secs / 60,
+            secs % 60
+        ));
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }

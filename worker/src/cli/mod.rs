@@ -9,6 +9,7 @@ pub mod bench_reap;
 pub mod containers;
 pub mod gc;
 pub mod logs;
+pub mod progress;
 pub mod remote;
 pub mod run;
 pub mod runs;
@@ -23,7 +24,7 @@ use crate::health::Health;
 use crate::supervisor::{self, RunOptions};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use highway_workflows::{ActivityFilter, ActivityStatus, Client, EnqueueRequest, HumanDuration};
+use highway_workflows::{ActivityStatus, Client, EnqueueRequest, HumanDuration};
 use serde_json::{json, Value};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -72,7 +73,7 @@ pub enum Command {
     /// file, show a run's steps, cancel a run.
     #[command(subcommand)]
     Runs(runs::RunsCommand),
-    /// List and inspect activities.
+    /// List and inspect activities, through the API (HIGHWAY_API_URL, HIGHWAY_TOKEN).
     #[command(subcommand)]
     Activities(ActivitiesCommand),
     /// Cancel an activity, or with --run a whole workflow run.
@@ -100,14 +101,15 @@ pub enum Command {
     /// The tenant secrets store (HIGHWAY_SECRETS_KEY): set (value from stdin), rm, ls.
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
-    /// The append-only audit log: ls with filters.
+    /// The append-only audit log through the API: ls with filters.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
     /// Tracked containers, through the API (HIGHWAY_API_URL, HIGHWAY_TOKEN).
     #[command(subcommand)]
     Containers(containers::ContainersCommand),
     /// Run the Docker garbage collector alone (the `docker_gc_worker`): one pass every
-    /// `--gc-period`, or a single pass with `--once`.
+    /// `--gc-period`, or a single pass with `--once`; `--dry-run` asks the API what a
+    /// pass would remove and why.
     Gc(gc::GcArgs),
     /// Durable cron schedules: create, ls, show, update, delete, pause, resume, trigger,
     /// backfill, preview, fires.
@@ -173,6 +175,9 @@ pub struct EnqueueArgs {
 pub enum ActivitiesCommand {
     /// List activities, newest first.
     Ls {
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
+        /// Admin tokens only (a tenant token sees its own tenant).
         #[arg(long)]
         tenant: Option<String>,
         #[arg(long)]
@@ -183,6 +188,7 @@ pub enum ActivitiesCommand {
         queue: Option<String>,
         #[arg(long)]
         run: Option<Uuid>,
+        /// 1 to 1000.
         #[arg(long, default_value_t = 50)]
         limit: i64,
         #[arg(long)]
@@ -192,7 +198,10 @@ pub enum ActivitiesCommand {
     Logs(logs::LogsArgs),
     /// Show one activity.
     Show {
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
         id: Uuid,
+        /// Only if it belongs to this tenant (a tenant token: always its own).
         #[arg(long)]
         tenant: Option<String>,
         #[arg(long)]
@@ -254,6 +263,8 @@ pub fn default_registry() -> Registry {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // API commands find a local `highway up`'s token and URL under the same state dir.
+    remote::set_state_dir(cli.db.state_dir.clone());
     let pool_opts = PoolOptions {
         max_connections: cli.db.db_max_connections,
         ..PoolOptions::default()
@@ -273,6 +284,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             println!("highway {} up", env!("CARGO_PKG_VERSION"));
             println!("  http:         http://{}", http.listen);
+            println!(
+                "  admin token:  {} (created when missing; `highway` commands run here use it)",
+                cli.db.state_dir.join(remote::ADMIN_TOKEN_FILE).display()
+            );
             println!("  DATABASE_URL: {}", db::redact_url(&url));
             if cluster.is_some() {
                 println!(
@@ -281,8 +296,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             println!("  Ctrl-C stops everything.");
-            let res =
-                run_services(url, pool_opts, Some(&worker), Some(http), &cli.db.state_dir).await;
+            let res = run_services(
+                url,
+                pool_opts,
+                Some(&worker),
+                Some(http),
+                &cli.db.state_dir,
+                true,
+            )
+            .await;
             if let Some(c) = cluster {
                 if c.started_here {
                     // Nobody else should find a URL to a stopped cluster.
@@ -306,6 +328,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(&worker),
                 (!no_http).then_some(http),
                 &cli.db.state_dir,
+                false,
             )
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -321,7 +344,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runs(cmd) => runs::run(cmd).await,
         // Through the API: needs no DATABASE_URL.
         Command::Activities(ActivitiesCommand::Logs(a)) => logs::run(a).await,
-        Command::Activities(cmd) => activities(&cli.db, pool_opts, cmd).await,
+        Command::Activities(cmd) => activities(cmd).await,
         Command::Cancel {
             id,
             run,
@@ -365,7 +388,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(cmd) => bench::run(cmd, &cli.db).await,
         Command::Tokens(cmd) => tokens::run(&cli.db, pool_opts, cmd).await,
         Command::Secrets(cmd) => secrets::run(&cli.db, pool_opts, cmd).await,
-        Command::Audit(cmd) => audit::run(&cli.db, pool_opts, cmd).await,
+        Command::Audit(cmd) => audit::run(cmd).await,
         Command::Containers(cmd) => containers::run(cmd).await,
         Command::Gc(args) => gc::run(args, &cli.db, pool_opts).await,
         Command::Schedules(cmd) => schedules::run(cmd).await,
@@ -381,6 +404,8 @@ async fn run_services(
     worker: Option<&WorkerConfig>,
     http: Option<HttpConfig>,
     state_dir: &std::path::Path,
+    // `highway up`: write the local admin token and API URL (zero-config CLI).
+    local_access: bool,
 ) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     let grace = worker
@@ -405,6 +430,7 @@ async fn run_services(
             Some(w) if w.gc.enabled => Some(w.gc.options(w.docker.stop_grace.0)?),
             _ => None,
         },
+        local_access: local_access.then(|| state_dir.to_path_buf()),
     };
     supervisor::run(opts, default_registry(), Health::default(), shutdown).await?;
     Ok(())
@@ -449,7 +475,8 @@ async fn enqueue(
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let act = client.wait(enq.id, None, a.timeout.0).await?;
+    let progress = progress::Progress::new(a.json);
+    let act = progress::wait_activity(&client, enq.id, a.timeout.0, &progress).await?;
     let ok = act.status() == ActivityStatus::Succeeded;
     if a.json {
         println!(
@@ -472,14 +499,11 @@ async fn enqueue(
     })
 }
 
-async fn activities(
-    db_args: &DatabaseArgs,
-    pool_opts: PoolOptions,
-    cmd: ActivitiesCommand,
-) -> anyhow::Result<ExitCode> {
-    let client = Client::new(db::connect(&db_args.resolve_url()?, &pool_opts).await?);
+/// `activities ls|show` through the API; `logs` has its own module.
+async fn activities(cmd: ActivitiesCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ActivitiesCommand::Ls {
+            remote,
             tenant,
             status,
             kind,
@@ -488,45 +512,68 @@ async fn activities(
             limit,
             json,
         } => {
-            let status = status
-                .map(|s| {
-                    s.parse::<ActivityStatus>()
-                        .map_err(|e| anyhow::anyhow!("--status: {e}"))
-                })
-                .transpose()?;
-            let rows = client
-                .list(&ActivityFilter {
-                    tenant_id: tenant,
-                    status,
-                    kind,
-                    queue,
-                    workflow_run_id: run,
-                    limit: Some(limit),
-                })
-                .await?;
+            if let Some(s) = &status {
+                s.parse::<ActivityStatus>()
+                    .map_err(|e| anyhow::anyhow!("--status: {e}"))?;
+            }
+            if !(1..=1000).contains(&limit) {
+                bail!("--limit must be between 1 and 1000");
+            }
+            let api = remote::Remote::new(&remote)?;
+            let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+            for (k, v) in [
+                ("tenant", tenant),
+                ("status", status),
+                ("kind", kind),
+                ("queue", queue),
+                ("run", run.map(|r| r.to_string())),
+            ] {
+                if let Some(v) = v {
+                    q.push((k, v));
+                }
+            }
+            let body = api.get_json("/v1/activities", &q).await?;
+            let items = body["items"].as_array().cloned().unwrap_or_default();
             if json {
-                println!("{}", serde_json::to_string(&rows)?);
+                println!("{}", serde_json::to_string(&items)?);
             } else {
+                let text = |v: &Value| match v {
+                    Value::String(s) => s.clone(),
+                    Value::Null => "-".into(),
+                    other => other.to_string(),
+                };
                 println!(
                     "{:<36}  {:<10}  {:>3}  {:<20}  {:<10}  CREATED",
                     "ID", "STATUS", "ATT", "KIND", "TENANT"
                 );
-                for a in rows {
+                for a in items {
+                    let created = a["created_at"]
+                        .as_str()
+                        .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+                        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                        .unwrap_or_else(|| "-".into());
                     println!(
                         "{:<36}  {:<10}  {:>3}  {:<20}  {:<10}  {}",
-                        a.id,
-                        a.status,
-                        a.attempt,
-                        a.kind,
-                        a.tenant_id,
-                        a.created_at.format("%Y-%m-%d %H:%M:%S")
+                        text(&a["id"]),
+                        text(&a["status"]),
+                        text(&a["attempt"]),
+                        text(&a["kind"]),
+                        text(&a["tenant_id"]),
+                        created
                     );
                 }
             }
         }
         ActivitiesCommand::Logs(a) => return logs::run(a).await,
-        ActivitiesCommand::Show { id, tenant, json } => {
-            let a = client.get(id, tenant.as_deref()).await?;
+        ActivitiesCommand::Show {
+            remote,
+            id,
+            tenant,
+            json,
+        } => {
+            let api = remote::Remote::new(&remote)?;
+            let q: Vec<(&str, String)> = tenant.map(|t| ("tenant", t)).into_iter().collect();
+            let a = api.get_json(&format!("/v1/activities/{id}"), &q).await?;
             if json {
                 println!("{}", serde_json::to_string(&a)?);
             } else {

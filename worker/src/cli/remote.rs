@@ -5,22 +5,58 @@
 //! The token comes from `HIGHWAY_TOKEN` or from a file (`--token-file` /
 //! `HIGHWAY_TOKEN_FILE`), never from argv (other users see a process's arguments), and
 //! is never printed: not in errors, not in `--help`, not in debug output.
+//!
+//! Zero-config next to a local `highway up`: it writes an admin token to
+//! `<state-dir>/admin.token` (mode 0600) and its address to `<state-dir>/api.url`
+//! ([`write_local_access`]); without a token or an API URL, the CLI falls back to those
+//! files, under the same state dir (`--state-dir` / `HIGHWAY_STATE_DIR`, default
+//! `./.highway`) through which other commands find `highway up`'s database.
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use serde_json::Value;
-use std::path::PathBuf;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
+
+/// The local admin token `highway up` writes under its state dir.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// The API's base URL `highway up` writes under its state dir while it runs.
+pub const API_URL_FILE: &str = "api.url";
+/// Where the API is when neither HIGHWAY_API_URL nor `<state-dir>/api.url` says.
+pub const DEFAULT_API_URL: &str = "http://127.0.0.1:8080";
+
+/// The state dir of this invocation (`--state-dir` is a global flag parsed with the
+/// database settings; the `highway` entry point records it here once).
+static STATE_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Records the invocation's state dir for the zero-config fallbacks.
+pub fn set_state_dir(dir: PathBuf) {
+    let _ = STATE_DIR.set(dir);
+}
+
+fn state_dir() -> PathBuf {
+    STATE_DIR.get().cloned().unwrap_or_else(|| {
+        std::env::var_os("HIGHWAY_STATE_DIR")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(".highway"))
+    })
+}
 
 /// Where the API is and how to find the token.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RemoteArgs {
-    /// Base URL of the Highway API.
-    #[arg(long, env = "HIGHWAY_API_URL", default_value = "http://127.0.0.1:8080")]
-    pub api_url: String,
+    /// Base URL of the Highway API [default: `<state-dir>/api.url` when a local
+    /// `highway up` wrote it, else http://127.0.0.1:8080].
+    #[arg(long, env = "HIGHWAY_API_URL")]
+    pub api_url: Option<String>,
 
-    /// A file holding the API token (used when HIGHWAY_TOKEN is not set). There is no
-    /// flag for the token itself: arguments are visible to every user of the machine.
+    /// A file holding the API token (used when HIGHWAY_TOKEN is not set; without either,
+    /// `<state-dir>/admin.token`). There is no flag for the token itself: arguments are
+    /// visible to every user of the machine.
     #[arg(long, env = "HIGHWAY_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 }
@@ -36,8 +72,13 @@ impl std::fmt::Debug for Token {
 }
 
 impl Token {
-    /// `HIGHWAY_TOKEN`, else the token file; an error says where to put one.
+    /// `HIGHWAY_TOKEN`, else the token file, else the local `highway up`'s admin token
+    /// file; an error says where to put one.
     pub fn resolve(args: &RemoteArgs) -> anyhow::Result<Token> {
+        Self::resolve_in(args, &state_dir())
+    }
+
+    fn resolve_in(args: &RemoteArgs, state_dir: &Path) -> anyhow::Result<Token> {
         if let Ok(t) = std::env::var("HIGHWAY_TOKEN") {
             let t = t.trim().to_string();
             if !t.is_empty() {
@@ -45,20 +86,120 @@ impl Token {
             }
         }
         if let Some(path) = &args.token_file {
-            let raw = std::fs::read_to_string(path)
-                .with_context(|| format!("reading the token file {}", path.display()))?;
-            warn_if_readable_by_others(path);
-            let t = raw.trim().to_string();
-            if t.is_empty() {
-                bail!("the token file {} is empty", path.display());
-            }
-            return Ok(Token(t));
+            return read_token_file(path);
+        }
+        let local = state_dir.join(ADMIN_TOKEN_FILE);
+        if local.is_file() {
+            return read_token_file(&local);
         }
         bail!(
             "no API token: set HIGHWAY_TOKEN, or HIGHWAY_TOKEN_FILE / --token-file to a file \
-             holding one (create one with `highway tokens create`)"
+             holding one (create one with `highway tokens create`); no local `highway up` \
+             token at {}",
+            local.display()
         )
     }
+}
+
+fn read_token_file(path: &Path) -> anyhow::Result<Token> {
+    let raw = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    warn_if_readable_by_others(path);
+    let t = raw.trim().to_string();
+    if t.is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    Ok(Token(t))
+}
+
+/// HIGHWAY_API_URL / `--api-url`, else `<state-dir>/api.url`, else the default.
+fn resolve_api_url(args: &RemoteArgs, state_dir: &Path) -> String {
+    if let Some(u) = args
+        .api_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+    {
+        return u.to_string();
+    }
+    std::fs::read_to_string(state_dir.join(API_URL_FILE))
+        .ok()
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| DEFAULT_API_URL.to_string())
+}
+
+/// What [`write_local_access`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalAccess {
+    /// A new admin token was created (and written) at this start.
+    pub token_created: bool,
+}
+
+/// `highway up`'s zero-config: writes `<state_dir>/api.url` (where the server listens,
+/// loopback when it listens on every address), and creates an admin token into
+/// `<state_dir>/admin.token` (mode 0600) unless that file already holds a token this
+/// database knows. A revoked local token is left alone (and the CLI gets 401): an
+/// operator's revoke must not be undone by a restart.
+pub async fn write_local_access(
+    pool: &sqlx::PgPool,
+    state_dir: &Path,
+    listen: SocketAddr,
+) -> anyhow::Result<LocalAccess> {
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating the state dir {}", state_dir.display()))?;
+    let mut addr = listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    write_private(&state_dir.join(API_URL_FILE), &format!("http://{addr}\n"))?;
+
+    let path = state_dir.join(ADMIN_TOKEN_FILE);
+    let existing = std::fs::read_to_string(&path)
+        .ok()
+        .map(|t| t.trim().to_string());
+    if let Some(t) = existing.filter(|t| !t.is_empty()) {
+        let known = crate::api::store::token_known(pool, &crate::api::store::token_hash(&t))
+            .await
+            .context("looking up the local admin token")?;
+        if known {
+            return Ok(LocalAccess {
+                token_created: false,
+            });
+        }
+    }
+    let (_, token) = crate::api::store::create_token(pool, "highway-up-local", None)
+        .await
+        .context("creating the local admin token")?;
+    write_private(&path, &format!("{token}\n"))?;
+    Ok(LocalAccess {
+        token_created: true,
+    })
+}
+
+/// Writes `text` to `path` with mode 0600 from the first byte (a temporary file renamed
+/// into place, so a reader never sees half a token and no other user ever can read it).
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // A leftover of a crashed write keeps its mode through `truncate`: start afresh.
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 fn warn_if_readable_by_others(path: &std::path::Path) {
@@ -83,13 +224,16 @@ pub struct Remote {
 
 impl Remote {
     pub fn new(args: &RemoteArgs) -> anyhow::Result<Self> {
-        let token = Token::resolve(args)?;
+        let state = state_dir();
+        let token = Token::resolve_in(args, &state)?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
             .context("building the HTTP client")?;
         Ok(Self {
-            base: args.api_url.trim_end_matches('/').to_string(),
+            base: resolve_api_url(args, &state)
+                .trim_end_matches('/')
+                .to_string(),
             token,
             http,
         })
@@ -306,6 +450,42 @@ mod tests {
                 },
             ]
         );
+    }
+
+    fn args(api_url: Option<&str>) -> RemoteArgs {
+        RemoteArgs {
+            api_url: api_url.map(str::to_owned),
+            token_file: None,
+        }
+    }
+
+    #[test]
+    fn api_url_from_the_flag_then_the_state_dir_then_the_default() {
+        let dir = std::env::temp_dir().join(format!("highway-remote-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(resolve_api_url(&args(None), &dir), DEFAULT_API_URL);
+        write_private(&dir.join(API_URL_FILE), "http://127.0.0.1:9999\n").unwrap();
+        assert_eq!(resolve_api_url(&args(None), &dir), "http://127.0.0.1:9999");
+        assert_eq!(
+            resolve_api_url(&args(Some("http://h:1")), &dir),
+            "http://h:1"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn private_files_are_0600_even_over_a_readable_leftover() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("highway-remote-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(ADMIN_TOKEN_FILE);
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&path, "new\n").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new\n");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

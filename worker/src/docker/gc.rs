@@ -213,6 +213,23 @@ pub struct GcCounts {
     pub pending_closed: u64,
     /// Committed snapshot images removed (or found gone) after their TTL.
     pub images_removed: u64,
+    /// Dry-run: each container the pass would remove, with its reason (`GET /v1/gc/plan`).
+    pub planned: Vec<Planned>,
+}
+
+/// A removal a dry-run pass judged but did not do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub container_id: String,
+    pub name: String,
+    pub image: String,
+    pub tenant_id: String,
+    pub activity_id: Option<Uuid>,
+    pub attempt: Option<i32>,
+    /// On the daemon's clock.
+    pub age: Duration,
+    pub running: bool,
+    pub reason: Reason,
 }
 
 impl GcCounts {
@@ -506,6 +523,17 @@ impl DockerGarbageCollector {
         if o.dry_run {
             for (c, r) in &removals {
                 *counts.removed.entry(r.as_str()).or_default() += 1;
+                counts.planned.push(Planned {
+                    container_id: c.id.clone(),
+                    name: c.name.clone(),
+                    image: c.image.clone(),
+                    tenant_id: c.tenant_id.clone(),
+                    activity_id: c.activity_id,
+                    attempt: c.attempt,
+                    age: c.age,
+                    running: c.running,
+                    reason: *r,
+                });
                 info!(container_id = %c.id, reason = r.as_str(), "gc (dry run): would remove");
             }
             return Ok(counts);
