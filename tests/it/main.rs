@@ -9,13 +9,13 @@
 //! - `soft_deps`: Docker and Postgres outages through fault proxies.
 //! - `scheduler`: durable cron: exactly-once fires, catch-up, overlap, DST.
 //! - `api`: the HTTP API: auth, tenancy, limits, log streams, CLI against `highway up`.
-//! - `cli_remote`: the CLI over the API (activities, audit, gc plan), zero-config token.
 //! - `api_schedules`: `/v1/schedules` (tenancy, quota, 422s) and `highway schedules` over it.
+//! - `cli_remote`: the CLI over the API (activities, audit, gc plan), zero-config token.
 //! - `workflow`: multi-step runs with files passed between steps.
 
 mod api;
-mod cli_remote;
 mod api_schedules;
+mod cli_remote;
 mod docker_run;
 mod docker_tools;
 mod gc;

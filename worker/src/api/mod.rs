@@ -88,8 +88,8 @@ pub fn router(state: AppState) -> Router {
         .merge(containers::routes())
         .merge(runs::routes())
         .merge(audit::routes())
-        .merge(gc::routes())
         .merge(schedules::routes())
+        .merge(gc::routes())
         // While Postgres is known to be down, answer 503 at once instead of waiting
         // for the pool's acquire timeout (R8).
         .route_layer(axum::middleware::from_fn_with_state(
