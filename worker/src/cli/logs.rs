@@ -105,7 +105,7 @@ async fn show_status(api: Remote, id: String, progress: Progress) {
         };
         let secs = progress.elapsed().as_secs();
         progress.message(format!(
-            "waiting for the first log line of {id} ({status}, {}m{:02}s)",
+            "waiting for the first log line ({status}, {}m{:02}s)",
             secs / 60,
             secs % 60
         ));

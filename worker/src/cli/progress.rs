@@ -107,10 +107,10 @@ fn pull_style() -> ProgressStyle {
 /// The line for `a` after `waited`, and `(layers done, layers)` while it pulls an image.
 pub fn describe(a: &Activity, waited: Duration) -> (String, Option<(u64, u64)>) {
     let secs = waited.as_secs();
+    // The id is printed when the wait ends; the line stays short enough for 80 columns.
     let mut msg = format!(
-        "{} {} ({}, attempt {}) {}m{:02}s",
+        "{}: {}, attempt {}, {}m{:02}s",
         a.kind,
-        a.id,
         a.status,
         a.attempt,
         secs / 60,
