@@ -776,6 +776,25 @@ async fn runs_through_the_api_start_show_and_cancel() {
     let (st, _) = highway_tests::status_of(&wf.db.pool, a).await;
     assert_eq!(st, "cancelled");
     wf.assert_clean(run).await;
+
+    // `--follow`: step changes and log lines through the API, exit 0 on success.
+    let pipeline = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../workflows/examples/pipeline.json"
+    );
+    let (rc, out, err) = cli(vec![
+        "runs".into(),
+        "start".into(),
+        pipeline.into(),
+        "--input".into(),
+        format!("image={TEST_IMAGE}"),
+        "--follow".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(rc, 0, "{out}{err}");
+    assert!(out.contains("[check] stdout: HELLO"), "{out}");
+    assert!(out.contains("succeeded"), "{out}");
     stop.cancel();
     server.await.unwrap().unwrap();
     wf.stop().await;
