@@ -325,6 +325,33 @@ async fn schedules_crud_operations_and_audit_over_http() {
     let (_, v) = api.get("/v1/schedules?name=p2", &api.a).await;
     assert_eq!(v["items"][0]["name"], "p2");
 
+    // The OpenAPI document describes every operation, with schemas from the types.
+    let (s, doc) = api.get("/v1/openapi.json", &api.a).await;
+    assert_eq!(s, StatusCode::OK);
+    for (path, method) in [
+        ("/v1/schedules", "post"),
+        ("/v1/schedules", "get"),
+        ("/v1/schedules/{id}", "put"),
+        ("/v1/schedules/{id}", "patch"),
+        ("/v1/schedules/{id}", "delete"),
+        ("/v1/schedules/{id}/backfill", "post"),
+        ("/v1/schedules/{id}/preview", "get"),
+    ] {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path}");
+    }
+    let spec_props = &doc["components"]["schemas"]["ScheduleSpec"]["properties"];
+    for f in [
+        "name",
+        "cron",
+        "timezone",
+        "activity",
+        "overlap",
+        "catchup_window",
+    ] {
+        assert!(spec_props[f].is_object(), "ScheduleSpec.{f}: {spec_props}");
+    }
+    assert!(doc["components"]["schemas"]["Schedule"]["properties"]["next_run_at"].is_object());
+
     let (s, v) = api.call(Method::DELETE, &one, &api.a, None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let (s, v) = api.get(&one, &api.a).await;

@@ -256,7 +256,8 @@ fn build() -> Value {
         };
         let err = json!({"description": "error", "content": {"application/json": {"schema": schema_ref("ErrorBody")}}});
         let mut responses = json!({ "200": {"description": "success", "content": ok_content} });
-        if op.method == "post" && op.body.is_some() {
+        // Creating posts answer 201; actions on an existing resource (`{id}/...`) 200.
+        if op.method == "post" && op.body.is_some() && !op.path.contains("{id}") {
             responses["201"] =
                 json!({"description": "created", "content": responses["200"]["content"].clone()});
         }
