@@ -57,9 +57,6 @@ pub fn lazy_pool(url: &str, opts: &PoolOptions) -> Result<PgPool, Error> {
         .options([
             ("statement_timeout", "30s"),
             ("idle_in_transaction_session_timeout", "60s"),
-            // Batched statements take arrays whose length decides the right plan; a
-            // cached generic plan guesses badly (measured: 10x slower completions).
-            ("plan_cache_mode", "force_custom_plan"),
         ]);
     Ok(PgPoolOptions::new()
         .max_connections(opts.max_connections)

@@ -17,11 +17,18 @@ pub struct KeysetHint {
     pub id: Uuid,
 }
 
-const CLAIM: &str = r#"
+/// The claim statement, with or without the keyset hint. Two texts rather than one with
+/// `$n IS NULL OR ...`: each is planned once and its cached generic plan is the right
+/// one (an index range scan of `activities_claim_idx`), so no claim pays for planning.
+macro_rules! claim_sql {
+    ($after:literal) => {
+        concat!(
+            r#"
 WITH picked AS (
     SELECT id FROM highway.activities
-    WHERE status = 'scheduled' AND queue = $1 AND run_at <= now() AND kind = ANY($2)
-      AND ($4::smallint IS NULL OR (priority, run_at, id) > ($4, $5, $6))
+    WHERE status = 'scheduled' AND queue = $1 AND run_at <= now() AND kind = ANY($2)"#,
+            $after,
+            r#"
     ORDER BY priority, run_at, id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -29,19 +36,25 @@ WITH picked AS (
 UPDATE highway.activities a
 SET status = 'running',
     attempt = a.attempt + 1,
-    lease_owner = $7,
-    lease_expires_at = now() + make_interval(secs => COALESCE(a.heartbeat_timeout_ms, $8) / 1000.0),
+    lease_owner = $4,
+    lease_expires_at = now() + make_interval(secs => COALESCE(a.heartbeat_timeout_ms, $5) / 1000.0),
     heartbeat_at = now(),
     heartbeat_details = NULL,
     started_at = now()
-FROM picked
-WHERE a.id = picked.id
+-- `= ANY(ARRAY(...))` probes the primary key; a join with the CTE would, under a generic
+-- plan (which guesses LIMIT $3 at a tenth of the table), hash the whole table.
+WHERE a.id = ANY (ARRAY(SELECT id FROM picked))
 RETURNING a.id, a.attempt, a.kind, a.params, a.tenant_id, a.workflow_run_id, a.queue, a.priority, a.run_at,
-          COALESCE(a.heartbeat_timeout_ms, $8) AS lease_ms,
+          COALESCE(a.heartbeat_timeout_ms, $5) AS lease_ms,
           a.start_to_close_timeout_ms AS start_to_close_ms,
           (EXTRACT(EPOCH FROM (a.created_at + make_interval(secs => a.schedule_to_close_timeout_ms / 1000.0) - now())) * 1000)::bigint
               AS schedule_to_close_left_ms
-"#;
+"#
+        )
+    };
+}
+const CLAIM_HEAD: &str = claim_sql!("");
+const CLAIM_AFTER: &str = claim_sql!("\n      AND (priority, run_at, id) > ($6, $7, $8)");
 
 /// Claims up to `limit` scheduled activities of `queue` whose kind is in `kinds`, in
 /// priority order, skipping rows other workers hold. One statement, one transaction.
@@ -54,17 +67,21 @@ pub async fn claim(
     hint: Option<KeysetHint>,
     default_lease_ms: i64,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let mut rows: Vec<Claimed> = sqlx::query_as(CLAIM)
-        .bind(queue)
-        .bind(kinds)
-        .bind(limit as i64)
-        .bind(hint.map(|h| h.priority))
-        .bind(hint.map(|h| h.run_at))
-        .bind(hint.map(|h| h.id))
-        .bind(worker_id)
-        .bind(default_lease_ms)
-        .fetch_all(db)
-        .await?;
+    let q = sqlx::query_as(if hint.is_some() {
+        CLAIM_AFTER
+    } else {
+        CLAIM_HEAD
+    })
+    .bind(queue)
+    .bind(kinds)
+    .bind(limit as i64)
+    .bind(worker_id)
+    .bind(default_lease_ms);
+    let q = match hint {
+        Some(h) => q.bind(h.priority).bind(h.run_at).bind(h.id),
+        None => q,
+    };
+    let mut rows: Vec<Claimed> = q.fetch_all(db).await?;
     // UPDATE ... RETURNING does not keep the CTE's order.
     rows.sort_by_key(|r| (r.priority, r.run_at, r.id));
     Ok(rows)
@@ -76,8 +93,11 @@ SET lease_expires_at = now() + make_interval(secs => COALESCE(a.heartbeat_timeou
     heartbeat_at = now(),
     heartbeat_details = COALESCE(u.details, a.heartbeat_details)
 FROM unnest($3::uuid[], $4::int[], $5::jsonb[]) AS u(id, attempt, details)
+-- `IS TRUE` hides the fence from the planner's index matching: this worker's rows are
+-- found through the primary key, never by walking every running row (the running-lease
+-- index), whatever plan is cached.
 WHERE a.id = u.id AND a.id = ANY ($3::uuid[]) AND a.attempt = u.attempt AND a.lease_owner = $1
-  AND a.status = 'running' AND a.lease_expires_at > now()
+  AND (a.status = 'running' AND a.lease_expires_at > now()) IS TRUE
 RETURNING a.id, a.cancel_requested_at IS NOT NULL AS cancel_requested
 "#;
 
@@ -103,17 +123,42 @@ pub async fn heartbeat(
         .await
 }
 
-// The new state is decided in one place. Order matters: a requested cancellation wins
-// over a late success (the user asked it to stop); an exhausted schedule-to-close wins
-// over any retry.
+// One UPDATE: the fence sits in WHERE and the new state in SET, both over the target
+// row `a`, so when another transaction changed the row first (a cancel request, the
+// rescuer) Postgres re-evaluates them on the latest version (EvalPlanQual); no separate
+// lock step is needed. `IS TRUE` hides the fence from index matching, so the rows are
+// found by primary key (never by walking the running-lease index) under any cached plan.
 const COMPLETE: &str = r#"
-WITH u AS (
-    SELECT * FROM unnest($2::uuid[], $3::int[], $4::text[], $5::jsonb[], $6::jsonb[], $7::bool[], $8::text[])
-        AS u(id, attempt, outcome, result, error, retryable, error_type)
-),
-decided AS (
-    SELECT a.id, u.outcome, u.result, u.error,
+UPDATE highway.activities a
+SET (status, result, error, uncounted_attempts, run_at, lease_owner, lease_expires_at, finished_at) = (
+    SELECT d.new_status,
+        CASE WHEN d.new_status = 'succeeded' THEN u.result END,
         CASE
+            WHEN d.new_status = 'succeeded' THEN NULL
+            WHEN d.new_status = 'cancelled' AND u.outcome <> 'cancelled'
+                THEN jsonb_build_object('type', 'Cancelled', 'message', 'cancelled while running', 'retryable', false,
+                                        'attempt', a.attempt)
+            WHEN d.new_status = 'timed_out' AND u.outcome <> 'timeout'
+                THEN jsonb_build_object('type', 'ScheduleToCloseTimeout', 'message', 'schedule-to-close timeout passed',
+                                        'retryable', false, 'attempt', a.attempt, 'cause', u.error)
+            ELSE u.error
+        END,
+        a.uncounted_attempts
+            + CASE WHEN d.new_status = 'scheduled' AND u.outcome IN ('release', 'infra') THEN 1 ELSE 0 END,
+        CASE
+            WHEN d.new_status <> 'scheduled' THEN a.run_at
+            WHEN u.outcome = 'release' THEN now()
+            WHEN u.outcome = 'infra' THEN now() + make_interval(secs => a.retry_initial_interval_ms / 1000.0)
+            ELSE now() + make_interval(secs => highway.retry_delay_ms(a.attempt - a.uncounted_attempts,
+                     a.retry_initial_interval_ms, a.retry_backoff_coefficient, a.retry_max_interval_ms) / 1000.0)
+        END,
+        NULL::uuid,
+        NULL::timestamptz,
+        CASE WHEN d.new_status = 'scheduled' THEN NULL ELSE now() END
+    -- The new state is decided in one place. Order matters: a requested cancellation
+    -- wins over a late success (the user asked it to stop); an exhausted
+    -- schedule-to-close wins over any retry.
+    FROM (SELECT CASE
             WHEN a.cancel_requested_at IS NOT NULL THEN 'cancelled'
             WHEN u.outcome = 'succeeded' THEN 'succeeded'
             WHEN u.outcome = 'cancelled' THEN 'cancelled'
@@ -128,41 +173,13 @@ decided AS (
                 THEN 'scheduled'
             WHEN u.outcome = 'timeout' THEN 'timed_out'
             ELSE 'failed'
-        END AS new_status
-    FROM highway.activities a
-    JOIN u ON a.id = u.id
-    -- `= ANY` lets the planner probe the primary key instead of hashing the table.
-    WHERE a.id = ANY ($2::uuid[])
-      AND a.attempt = u.attempt AND a.lease_owner = $1 AND a.status = 'running' AND a.lease_expires_at > now()
-    FOR UPDATE OF a
+        END AS new_status) d
 )
-UPDATE highway.activities a
-SET status = d.new_status,
-    result = CASE WHEN d.new_status = 'succeeded' THEN d.result ELSE NULL END,
-    error = CASE
-        WHEN d.new_status = 'succeeded' THEN NULL
-        WHEN d.new_status = 'cancelled' AND d.outcome <> 'cancelled'
-            THEN jsonb_build_object('type', 'Cancelled', 'message', 'cancelled while running', 'retryable', false,
-                                    'attempt', a.attempt)
-        WHEN d.new_status = 'timed_out' AND d.outcome NOT IN ('timeout')
-            THEN jsonb_build_object('type', 'ScheduleToCloseTimeout', 'message', 'schedule-to-close timeout passed',
-                                    'retryable', false, 'attempt', a.attempt, 'cause', d.error)
-        ELSE d.error
-    END,
-    uncounted_attempts = a.uncounted_attempts
-        + CASE WHEN d.new_status = 'scheduled' AND d.outcome IN ('release', 'infra') THEN 1 ELSE 0 END,
-    run_at = CASE
-        WHEN d.new_status <> 'scheduled' THEN a.run_at
-        WHEN d.outcome = 'release' THEN now()
-        WHEN d.outcome = 'infra' THEN now() + make_interval(secs => a.retry_initial_interval_ms / 1000.0)
-        ELSE now() + make_interval(secs => highway.retry_delay_ms(a.attempt - a.uncounted_attempts,
-                 a.retry_initial_interval_ms, a.retry_backoff_coefficient, a.retry_max_interval_ms) / 1000.0)
-    END,
-    lease_owner = NULL,
-    lease_expires_at = NULL,
-    finished_at = CASE WHEN d.new_status = 'scheduled' THEN NULL ELSE now() END
-FROM decided d
-WHERE a.id = d.id AND a.id = ANY ($2::uuid[])
+FROM unnest($2::uuid[], $3::int[], $4::text[], $5::jsonb[], $6::jsonb[], $7::bool[], $8::text[])
+    AS u(id, attempt, outcome, result, error, retryable, error_type)
+WHERE a.id = u.id AND a.id = ANY ($2::uuid[])
+  AND (a.attempt = u.attempt AND a.lease_owner = $1 AND a.status = 'running'
+       AND a.lease_expires_at > now()) IS TRUE
 RETURNING a.id, a.status, a.workflow_run_id
 "#;
 
@@ -261,7 +278,7 @@ SET status = d.new_status,
     lease_expires_at = NULL,
     finished_at = CASE WHEN d.new_status = 'scheduled' THEN NULL ELSE now() END
 FROM decided d
-WHERE a.id = d.id
+WHERE a.id = d.id AND d.fenced
 RETURNING a.id, a.status, a.workflow_run_id
 "#;
 
