@@ -226,7 +226,7 @@ impl Worker {
         let tasks = TaskTracker::new();
         // Services that must outlive the drain (heartbeats, completer, listener).
         let stop_services = CancellationToken::new();
-        let (done_tx, done_rx) = mpsc::channel::<Completion>(opts.complete_batch * 4);
+        let (done_tx, done_rx) = mpsc::channel::<Done>(opts.complete_batch * 4);
 
         services.spawn(completer(
             self.pool.clone(),
@@ -358,7 +358,7 @@ struct FetchLoop {
     wake: Arc<Notify>,
     running: RunningMap,
     tasks: TaskTracker,
-    done: mpsc::Sender<Completion>,
+    done: mpsc::Sender<Done>,
     counters: Arc<Counters>,
     hard: CancellationToken,
 }
@@ -529,6 +529,7 @@ impl FetchLoop {
             ctx.cancel(CancelReason::Shutdown);
         }
         let handler = self.registry.get(&row.kind).cloned();
+        let in_run = row.workflow_run_id.is_some();
         let running = self.running.clone();
         let done = self.done.clone();
         let counters = self.counters.clone();
@@ -544,7 +545,10 @@ impl FetchLoop {
                         // The completer only stops after every sender is gone, so this
                         // send fails only if the process is already tearing down.
                         if done
-                            .send(Completion { id: ctx.activity_id, attempt: ctx.attempt, outcome })
+                            .send(Done {
+                                completion: Completion { id: ctx.activity_id, attempt: ctx.attempt, outcome },
+                                in_run,
+                            })
                             .await
                             .is_err()
                         {
@@ -653,46 +657,88 @@ fn error_json(e: &HandlerError, attempt: i32) -> serde_json::Value {
     v
 }
 
+/// A finished attempt on its way to the completer.
+struct Done {
+    completion: Completion,
+    /// The activity belongs to a workflow run: its batch needs the transaction that
+    /// also advances the run.
+    in_run: bool,
+}
+
 /// Batches results into fenced statements (up to `COMPLETE_IN_FLIGHT` at once, so one
-/// commit's latency does not cap throughput). A failed write (a Postgres outage) is
-/// retried until it succeeds or the leases would have expired anyway.
+/// commit's latency does not cap throughput). While every statement slot is busy the
+/// batch keeps growing (group commit): under load, batches grow instead of queueing.
+/// A failed write (a Postgres outage) is retried until it succeeds or the leases would
+/// have expired anyway.
 async fn completer(
     pool: PgPool,
     opts: Arc<WorkerOptions>,
-    mut rx: mpsc::Receiver<Completion>,
+    mut rx: mpsc::Receiver<Done>,
     counters: Arc<Counters>,
 ) {
     let mut in_flight = tokio::task::JoinSet::new();
-    while let Some(first) = rx.recv().await {
-        let mut buf: Vec<Completion> = Vec::with_capacity(opts.complete_batch);
-        buf.push(first);
+    let mut closed = false;
+    while !closed {
+        let Some(first) = rx.recv().await else { break };
+        let mut batch = Batch::with_capacity(opts.complete_batch);
+        batch.push(first);
         let flush_at = tokio::time::Instant::now() + opts.complete_flush;
-        while buf.len() < opts.complete_batch {
+        while batch.items.len() < opts.complete_batch && !closed {
             tokio::select! {
-                c = rx.recv() => match c { Some(c) => buf.push(c), None => break },
+                d = rx.recv() => match d { Some(d) => batch.push(d), None => closed = true },
                 _ = tokio::time::sleep_until(flush_at) => break,
             }
         }
         while in_flight.len() >= COMPLETE_IN_FLIGHT {
-            in_flight.join_next().await;
+            if batch.items.len() >= opts.complete_batch || closed {
+                in_flight.join_next().await;
+                continue;
+            }
+            tokio::select! {
+                biased;
+                _ = in_flight.join_next() => {}
+                d = rx.recv() => match d { Some(d) => batch.push(d), None => closed = true },
+            }
         }
-        in_flight.spawn(record(pool.clone(), opts.clone(), buf, counters.clone()));
+        in_flight.spawn(record(pool.clone(), opts.clone(), batch, counters.clone()));
     }
     while in_flight.join_next().await.is_some() {}
 }
 
+/// Results to record in one statement.
+struct Batch {
+    items: Vec<Completion>,
+    in_run: bool,
+}
+
+impl Batch {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            items: Vec::with_capacity(n),
+            in_run: false,
+        }
+    }
+
+    fn push(&mut self, d: Done) {
+        self.in_run |= d.in_run;
+        self.items.push(d.completion);
+    }
+}
+
 /// Writes one batch of results.
-async fn record(
-    pool: PgPool,
-    opts: Arc<WorkerOptions>,
-    buf: Vec<Completion>,
-    counters: Arc<Counters>,
-) {
+async fn record(pool: PgPool, opts: Arc<WorkerOptions>, batch: Batch, counters: Arc<Counters>) {
+    let buf = &batch.items;
     let give_up = Instant::now() + opts.lease * 2;
     let mut delay = Duration::from_millis(50);
     loop {
         let t0 = Instant::now();
-        match complete_and_advance(&pool, &opts, &buf).await {
+        let res = if batch.in_run {
+            complete_and_advance(&pool, &opts, buf).await
+        } else {
+            // No workflow run to advance: one statement, no explicit transaction.
+            store::complete(&pool, opts.id, opts.max_uncounted_attempts, buf).await
+        };
+        match res {
             Ok(rows) => {
                 debug!(
                     batch = buf.len(),
