@@ -124,9 +124,19 @@ impl Client {
         req: &EnqueueRequest,
     ) -> Result<Enqueued> {
         req.validate()?;
-        let hash = request_hash(req);
-        let notify = self.should_notify(&req.queue);
-        let row: Option<(Uuid,)> = sqlx::query_as(INSERT_ONE)
+        // Only a keyed request can ever be compared with another one.
+        let hash = req.idempotency_key.as_ref().map(|_| request_hash(req));
+        let keyed = req.idempotency_key.is_some();
+        // The NOTIFY form is a heavier statement; most enqueues fall inside the
+        // debounce window and take the plain INSERT. `ON CONFLICT` (a speculative
+        // insertion into every unique index) is only paid by keyed requests.
+        let sql = match (keyed, self.should_notify(&req.queue)) {
+            (true, true) => INSERT_KEYED_NOTIFY,
+            (true, false) => INSERT_KEYED,
+            (false, true) => INSERT_PLAIN_NOTIFY,
+            (false, false) => INSERT_PLAIN,
+        };
+        let res: std::result::Result<Option<(Uuid,)>, sqlx::Error> = sqlx::query_as(sql)
             .bind(id)
             .bind(req.workflow_run_id)
             .bind(&req.tenant_id)
@@ -147,9 +157,18 @@ impl Client {
             .bind(req.timeouts.heartbeat.map(|d| d.as_millis_i64()))
             .bind(&req.idempotency_key)
             .bind(&hash)
-            .bind(notify)
             .fetch_optional(&mut *conn)
-            .await?;
+            .await;
+        let row = match res {
+            Ok(row) => row,
+            // A keyless retry whose first try committed: our own row holds the id.
+            Err(sqlx::Error::Database(e))
+                if !keyed && e.constraint() == Some("activities_pkey") =>
+            {
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
         if let Some((id,)) = row {
             return Ok(Enqueued { id, created: true });
         }
@@ -162,7 +181,7 @@ impl Client {
         if mine.is_some() {
             return Ok(Enqueued { id, created: true });
         }
-        existing_for_key(conn, req, &hash).await
+        existing_for_key(conn, req, hash.as_deref()).await
     }
 
     /// Enqueues many activities in one statement (one transaction), returning their ids in
@@ -220,7 +239,7 @@ impl Client {
                 out.push(Enqueued { id, created: true });
                 continue;
             }
-            out.push(existing_for_key(&mut *conn, r, &cols.hash[i]).await?);
+            out.push(existing_for_key(&mut *conn, r, cols.hash[i].as_deref()).await?);
         }
         let mut queues: Vec<&str> = reqs.iter().map(|r| r.queue.as_str()).collect();
         queues.sort_unstable();
@@ -437,7 +456,7 @@ pub async fn cancel_run_activities(
 async fn existing_for_key(
     conn: &mut PgConnection,
     req: &EnqueueRequest,
-    hash: &str,
+    hash: Option<&str>,
 ) -> Result<Enqueued> {
     let key = req.idempotency_key.clone().unwrap_or_default();
     let (id, existing_hash): (Uuid, Option<String>) = sqlx::query_as(
@@ -447,7 +466,7 @@ async fn existing_for_key(
     .bind(&key)
     .fetch_one(&mut *conn)
     .await?;
-    if existing_hash.as_deref() == Some(hash) {
+    if hash.is_some() && existing_hash.as_deref() == hash {
         Ok(Enqueued { id, created: false })
     } else {
         Err(Error::IdempotencyConflict { key })
@@ -515,7 +534,7 @@ struct BatchColumns {
     sc: Vec<Option<i64>>,
     hb: Vec<Option<i64>>,
     key: Vec<Option<String>>,
-    hash: Vec<String>,
+    hash: Vec<Option<String>>,
 }
 
 impl BatchColumns {
@@ -547,28 +566,44 @@ impl BatchColumns {
         self.hb
             .push(r.timeouts.heartbeat.map(|d| d.as_millis_i64()));
         self.key.push(r.idempotency_key.clone());
-        self.hash.push(request_hash(r));
+        self.hash
+            .push(r.idempotency_key.as_ref().map(|_| request_hash(r)));
     }
 }
 
-// The NOTIFY rides in the INSERT statement itself: no extra round trip or transaction.
-const INSERT_ONE: &str = r#"
-WITH ins AS (
-    INSERT INTO highway.activities (
-        id, workflow_run_id, tenant_id, kind, params, queue, priority, max_attempts,
-        retry_initial_interval_ms, retry_backoff_coefficient, retry_max_interval_ms,
-        non_retryable_error_types, run_at, schedule_to_start_timeout_ms,
-        start_to_close_timeout_ms, schedule_to_close_timeout_ms, heartbeat_timeout_ms,
-        idempotency_key, request_hash)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-            COALESCE($13, now() + make_interval(secs => COALESCE($14, 0)::double precision / 1000)),
-            $15, $16, $17, $18, $19, $20)
-    ON CONFLICT DO NOTHING
-    RETURNING id, queue
-)
-SELECT ins.id FROM ins
-LEFT JOIN LATERAL (SELECT pg_notify('highway_activity', ins.queue) WHERE $21) n ON true
-"#;
+/// The single-row INSERT: with `ON CONFLICT DO NOTHING` for keyed requests, and with the
+/// debounced NOTIFY riding in the statement itself (no extra round trip or transaction).
+macro_rules! insert_one {
+    ($conflict:literal, $pre:literal, $post:literal) => {
+        concat!(
+            $pre,
+            r#"
+INSERT INTO highway.activities (
+    id, workflow_run_id, tenant_id, kind, params, queue, priority, max_attempts,
+    retry_initial_interval_ms, retry_backoff_coefficient, retry_max_interval_ms,
+    non_retryable_error_types, run_at, schedule_to_start_timeout_ms,
+    start_to_close_timeout_ms, schedule_to_close_timeout_ms, heartbeat_timeout_ms,
+    idempotency_key, request_hash)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+        COALESCE($13, now() + make_interval(secs => COALESCE($14, 0)::double precision / 1000)),
+        $15, $16, $17, $18, $19, $20)"#,
+            $conflict,
+            $post
+        )
+    };
+}
+const INSERT_PLAIN: &str = insert_one!("", "", "\nRETURNING id");
+const INSERT_KEYED: &str = insert_one!("\nON CONFLICT DO NOTHING", "", "\nRETURNING id");
+const INSERT_PLAIN_NOTIFY: &str = insert_one!(
+    "",
+    "WITH ins AS (",
+    "\n    RETURNING id, queue\n)\nSELECT ins.id FROM ins\nLEFT JOIN LATERAL (SELECT pg_notify('highway_activity', ins.queue)) n ON true"
+);
+const INSERT_KEYED_NOTIFY: &str = insert_one!(
+    "\nON CONFLICT DO NOTHING",
+    "WITH ins AS (",
+    "\n    RETURNING id, queue\n)\nSELECT ins.id FROM ins\nLEFT JOIN LATERAL (SELECT pg_notify('highway_activity', ins.queue)) n ON true"
+);
 
 const INSERT_MANY: &str = r#"
 INSERT INTO highway.activities (
