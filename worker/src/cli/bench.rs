@@ -110,33 +110,37 @@ async fn queue_lanes(b: &QueueBench, cluster: &Cluster) -> anyhow::Result<Vec<La
     db::migrate(&pool).await?;
     let mut lanes = Vec::new();
 
+    let mut cpu = CpuMeter::new(cluster);
+
     // 1. pgbench: single-row inserts, 16 clients.
-    lanes.push(Lane {
-        name: "pgbench_insert_16c",
-        value: pgbench_insert(cluster, secs).await?,
-        unit: "rows/s",
-    });
+    let v = pgbench_insert(cluster, secs).await?;
+    cpu.lane(&mut lanes, "pgbench_insert_16c", v, secs, "rows/s");
 
     // 2. Raw claim+complete ceilings on a bare table shaped like ours.
-    lanes.push(Lane {
-        name: "raw_batched_claim_complete",
-        value: raw_claim_complete(&pool, 100, b.activities, secs).await?,
-        unit: "jobs/s",
-    });
-    lanes.push(Lane {
-        name: "raw_unbatched_claim_complete",
-        value: raw_claim_complete(&pool, 1, b.activities / 4, secs).await?,
-        unit: "jobs/s",
-    });
+    cpu.restart();
+    let v = raw_claim_complete(&pool, 100, b.activities, secs).await?;
+    cpu.lane(&mut lanes, "raw_batched_claim_complete", v, secs, "jobs/s");
+    cpu.restart();
+    let v = raw_claim_complete(&pool, 1, b.activities / 4, secs).await?;
+    cpu.lane(
+        &mut lanes,
+        "raw_unbatched_claim_complete",
+        v,
+        secs,
+        "jobs/s",
+    );
 
     // 3. Highway enqueue, single (16 concurrent clients) and batched.
     let client = Client::new(pool.clone());
+    cpu.restart();
     let single = enqueue_single(&client, 16, secs).await?;
-    lanes.push(Lane {
-        name: "highway_enqueue_single_16c",
-        value: single,
-        unit: "activities/s",
-    });
+    cpu.lane(
+        &mut lanes,
+        "highway_enqueue_single_16c",
+        single,
+        secs,
+        "activities/s",
+    );
     let t0 = Instant::now();
     let mut n = 0;
     while t0.elapsed() < secs {
@@ -162,13 +166,14 @@ async fn queue_lanes(b: &QueueBench, cluster: &Cluster) -> anyhow::Result<Vec<La
         (4, "highway_noop_4_slots", b.activities / 10),
         (64, "highway_noop_64_slots", b.activities),
     ] {
-        let v = noop_throughput(&pool, &client, slots, count.max(100)).await?;
+        let (v, used) = noop_throughput(&pool, &client, slots, count.max(100), &mut cpu).await?;
         max_tput = max_tput.max(v);
         lanes.push(Lane {
             name,
             value: v,
             unit: "activities/s",
         });
+        cpu.push_usage(&mut lanes, name, used, count.max(100) as f64);
         sqlx::query("TRUNCATE highway.activities CASCADE")
             .execute(&pool)
             .await?;
@@ -268,6 +273,7 @@ async fn raw_claim_complete(
     sqlx::query("CREATE INDEX ON bench_raw (queue, run_at, id) WHERE status = 'scheduled'")
         .execute(pool)
         .await?;
+    checkpoint(pool).await?;
     sqlx::query("INSERT INTO bench_raw (params) SELECT '{}' FROM generate_series(1, $1)")
         .bind(rows as i64)
         .execute(pool)
@@ -382,8 +388,10 @@ async fn noop_throughput(
     client: &Client,
     slots: usize,
     count: usize,
-) -> anyhow::Result<f64> {
+    cpu: &mut CpuMeter,
+) -> anyhow::Result<(f64, (f64, f64))> {
     let queue = format!("bench-noop-{slots}");
+    checkpoint(pool).await?;
     for chunk in (0..count).collect::<Vec<_>>().chunks(1000) {
         let reqs: Vec<EnqueueRequest> = chunk
             .iter()
@@ -395,14 +403,19 @@ async fn noop_throughput(
         .execute(pool)
         .await?;
     let t0 = Instant::now();
+    cpu.restart();
     let (shutdown, h) = bench_worker(pool, &queue, slots);
     loop {
-        let left: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM highway.activities WHERE status <> 'succeeded'",
+        // Through the partial indexes (a count over the table would cost the database
+        // more than the work it measures).
+        let busy: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM highway.activities WHERE status = 'scheduled' AND queue = $1) \
+                 OR EXISTS (SELECT 1 FROM highway.activities WHERE status = 'running')",
         )
+        .bind(&queue)
         .fetch_one(pool)
         .await?;
-        if left == 0 {
+        if !busy {
             break;
         }
         anyhow::ensure!(
@@ -411,6 +424,7 @@ async fn noop_throughput(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let used = cpu.used();
     // Measured from the database's own timestamps: first start to last finish.
     let span: f64 = sqlx::query_scalar(
         "SELECT EXTRACT(EPOCH FROM max(finished_at) - min(started_at))::float8 FROM highway.activities",
@@ -419,7 +433,123 @@ async fn noop_throughput(
     .await?;
     shutdown.now();
     h.await?;
-    Ok(count as f64 / span.max(1e-6))
+    Ok((count as f64 / span.max(1e-6), used))
+}
+
+/// Every throughput lane loads its rows right after a checkpoint, so no lane pays full
+/// page images (the first change of a page after a checkpoint) that another does not: the
+/// WAL the earlier lanes wrote would otherwise start one in the middle of a random lane.
+async fn checkpoint(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::query("CHECKPOINT").execute(pool).await?;
+    Ok(())
+}
+
+/// CPU time spent by this process (and its reaped children: pgbench) and by the
+/// benchmark's Postgres cluster, from `/proc`. Per-item CPU cost is what the lanes
+/// compare when the machine is shared: throughput moves with the load of other
+/// programs, CPU microseconds per activity much less.
+struct CpuMeter {
+    postmaster: Option<u32>,
+    start: (f64, f64),
+}
+
+impl CpuMeter {
+    fn new(cluster: &Cluster) -> Self {
+        let postmaster = std::fs::read_to_string(cluster.data_dir.join("postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()));
+        let mut m = Self {
+            postmaster,
+            start: (0.0, 0.0),
+        };
+        m.restart();
+        m
+    }
+
+    fn restart(&mut self) {
+        self.start = self.now();
+    }
+
+    /// (this process, Postgres) CPU seconds since `restart`.
+    fn used(&self) -> (f64, f64) {
+        let now = self.now();
+        (now.0 - self.start.0, now.1 - self.start.1)
+    }
+
+    fn now(&self) -> (f64, f64) {
+        // stat fields after the command: state=0, ppid=1, utime=11, stime=12,
+        // cutime=13, cstime=14 (clock ticks; 100 per second on Linux).
+        fn fields(pid: &str) -> Option<Vec<u64>> {
+            let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let rest = &s[s.rfind(')')? + 2..];
+            Some(
+                rest.split_whitespace()
+                    .map(|f| f.parse().unwrap_or(0))
+                    .collect(),
+            )
+        }
+        let secs = |f: &[u64], idx: &[usize]| idx.iter().map(|i| f[*i]).sum::<u64>() as f64 / 100.0;
+        let me = fields("self")
+            .map(|f| secs(&f, &[11, 12, 13, 14]))
+            .unwrap_or(0.0);
+        let Some(pm) = self.postmaster else {
+            return (me, f64::NAN);
+        };
+        // Exited backends are counted in the postmaster's cutime/cstime.
+        let mut pg = fields(&pm.to_string())
+            .map(|f| secs(&f, &[11, 12, 13, 14]))
+            .unwrap_or(0.0);
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if !name.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            if let Some(f) = fields(&name) {
+                if f.len() > 14 && f[1] == pm as u64 {
+                    pg += secs(&f, &[11, 12]);
+                }
+            }
+        }
+        (me, pg)
+    }
+
+    /// Pushes the lane and its CPU cost per item (`rate` items/s over `secs`).
+    fn lane(
+        &mut self,
+        lanes: &mut Vec<Lane>,
+        name: &'static str,
+        rate: f64,
+        secs: Duration,
+        unit: &'static str,
+    ) {
+        let used = self.used();
+        lanes.push(Lane {
+            name,
+            value: rate,
+            unit,
+        });
+        self.push_usage(lanes, name, used, rate * secs.as_secs_f64());
+    }
+
+    fn push_usage(&self, lanes: &mut Vec<Lane>, name: &'static str, used: (f64, f64), items: f64) {
+        let per = |s: f64| s * 1e6 / items.max(1.0);
+        lanes.push(Lane {
+            name: leak(format!("{name}.cpu_client")),
+            value: per(used.0),
+            unit: "cpu µs/item",
+        });
+        lanes.push(Lane {
+            name: leak(format!("{name}.cpu_postgres")),
+            value: per(used.1),
+            unit: "cpu µs/item",
+        });
+    }
+}
+
+/// Lane names are few and live for the whole program.
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
 }
 
 async fn latency(
@@ -468,13 +598,14 @@ async fn latency(
         h.await??;
     }
     loop {
-        let left: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM highway.activities WHERE queue = $1 AND status <> 'succeeded'",
+        let busy: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM highway.activities WHERE status = 'scheduled' AND queue = $1) \
+                 OR EXISTS (SELECT 1 FROM highway.activities WHERE status = 'running')",
         )
         .bind(queue)
         .fetch_one(pool)
         .await?;
-        if left == 0 {
+        if !busy {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
