@@ -278,7 +278,7 @@ SET status = d.new_status,
     lease_expires_at = NULL,
     finished_at = CASE WHEN d.new_status = 'scheduled' THEN NULL ELSE now() END
 FROM decided d
-WHERE a.id = d.id AND d.fenced
+WHERE a.id = d.id
 RETURNING a.id, a.status, a.workflow_run_id
 "#;
 
