@@ -304,6 +304,20 @@ impl Attempt<'_> {
         snapshot(self.state).redactor
     }
 
+    /// A tracking-table write that gives way to a cancellation. With Postgres cut off (a
+    /// blackholed network, R10) a write can hang for minutes, and a lease lost meanwhile
+    /// must still stop the container before the lease ends: the error path stops and
+    /// removes it through the daemon.
+    async fn tracked<T>(
+        &self,
+        write: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, HandlerError> {
+        match give_way_to_cancel(self.ctx, write).await {
+            Some(r) => r.map_err(db_error),
+            None => Err(cancel_error(self.ctx.cancel_reason())),
+        }
+    }
+
     fn check_cancelled(&self) -> Result<(), HandlerError> {
         if self.ctx.is_cancelled() {
             Err(cancel_error(self.ctx.cancel_reason()))
@@ -335,7 +349,16 @@ impl Attempt<'_> {
     async fn audit(&self, action: &str, target: Option<&str>, outcome: &str, details: Value) {
         let actor = self.rt.actor();
         let ev = self.audit_event(&actor, action, target, outcome, details);
-        tracking::audit_or_warn(&self.rt.pool, &ev).await;
+        // Like `tracked`: a hung audit write must not hold the attempt past a cancel.
+        if give_way_to_cancel(self.ctx, tracking::audit_or_warn(&self.rt.pool, &ev))
+            .await
+            .is_none()
+        {
+            tracing::warn!(
+                action,
+                "audit row not written: Postgres did not answer before the attempt was stopped"
+            );
+        }
     }
 
     /// Everything from the image to the result. Anything it creates is cleaned by the
@@ -386,9 +409,8 @@ impl Attempt<'_> {
             daemon_id: daemon_id.clone(),
             attempt: ctx.attempt,
         };
-        tracking::insert_pending(&rt.pool, &row)
-            .await
-            .map_err(db_error)?;
+        self.tracked(tracking::insert_pending(&rt.pool, &row))
+            .await?;
         update(self.state, |s| {
             s.pending_row = true;
             s.name = Some(name.clone());
@@ -400,9 +422,8 @@ impl Attempt<'_> {
         warnings.extend(create_warnings.into_iter().map(|w| format!("docker: {w}")));
         update(self.state, |s| s.container_id = Some(id.clone()));
         self.span.record("container_id", id.as_str());
-        tracking::record_created(&rt.pool, &row, &id)
-            .await
-            .map_err(db_error)?;
+        self.tracked(tracking::record_created(&rt.pool, &row, &id))
+            .await?;
         self.audit(
             "container.create",
             Some(&id),
@@ -439,9 +460,7 @@ impl Attempt<'_> {
             .await
             .map_err(|e| docker_error("StartFailed", e, &self.redactor()))?;
         let started = Instant::now();
-        tracking::mark_running(&rt.pool, &id)
-            .await
-            .map_err(db_error)?;
+        self.tracked(tracking::mark_running(&rt.pool, &id)).await?;
         sys.system("highway: container started");
         if rt.settings.failpoint == Some(Failpoint::PanicAfterStart) {
             panic!("failpoint: panic after start");
@@ -450,9 +469,8 @@ impl Attempt<'_> {
 
         if params.detach {
             let ttl = params.detach_ttl.0;
-            tracking::mark_detached(&rt.pool, &id, ttl)
-                .await
-                .map_err(db_error)?;
+            self.tracked(tracking::mark_detached(&rt.pool, &id, ttl))
+                .await?;
             update(self.state, |s| s.detached = true);
             self.audit(
                 "container.detach",
@@ -1361,6 +1379,23 @@ async fn cleanup(rt: &DockerRuntime, ctx: &ActivityContext, state: &Mutex<RunSta
             json!({"reason": reason, "error": s.redactor.redact(&e.to_string())}),
         )
         .await;
+    }
+}
+
+/// How long a write may still take once the attempt is cancelled: enough for a healthy
+/// database (so a cancel does not lose the row), short against the lease margin.
+const WRITE_GRACE_ON_CANCEL: Duration = Duration::from_millis(250);
+
+/// Runs `write` to its end, unless the attempt is cancelled and the write then takes more
+/// than `WRITE_GRACE_ON_CANCEL`: `None` (the write is dropped).
+async fn give_way_to_cancel<T>(
+    ctx: &ActivityContext,
+    write: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let mut write = std::pin::pin!(write);
+    tokio::select! {
+        r = &mut write => Some(r),
+        _ = ctx.cancelled() => tokio::time::timeout(WRITE_GRACE_ON_CANCEL, write).await.ok(),
     }
 }
 

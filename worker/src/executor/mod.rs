@@ -941,7 +941,9 @@ async fn heartbeat_once(
                 warn!(dependency = "postgres", error = %e, "heartbeat failed");
                 let map = running.lock().unwrap_or_else(|p| p.into_inner());
                 for (id, r) in map.iter() {
-                    if r.renewed_at + r.lease.saturating_sub(margin) <= Instant::now() {
+                    if !r.ctx.is_cancelled()
+                        && r.renewed_at + r.lease.saturating_sub(margin) <= Instant::now()
+                    {
                         warn!(activity_id = %id, "cannot renew the lease before it expires: stopping the attempt");
                         r.ctx.cancel(CancelReason::LeaseLost);
                     }
