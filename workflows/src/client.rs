@@ -571,19 +571,27 @@ impl BatchColumns {
     }
 }
 
+/// The columns every enqueue writes (single and batched share them).
+macro_rules! insert_into_activities {
+    () => {
+        r#"
+INSERT INTO highway.activities (
+    id, workflow_run_id, tenant_id, kind, params, queue, priority, max_attempts,
+    retry_initial_interval_ms, retry_backoff_coefficient, retry_max_interval_ms,
+    non_retryable_error_types, run_at, schedule_to_start_timeout_ms,
+    start_to_close_timeout_ms, schedule_to_close_timeout_ms, heartbeat_timeout_ms,
+    idempotency_key, request_hash)"#
+    };
+}
+
 /// The single-row INSERT: with `ON CONFLICT DO NOTHING` for keyed requests, and with the
 /// debounced NOTIFY riding in the statement itself (no extra round trip or transaction).
 macro_rules! insert_one {
     ($conflict:literal, $pre:literal, $post:literal) => {
         concat!(
             $pre,
+            insert_into_activities!(),
             r#"
-INSERT INTO highway.activities (
-    id, workflow_run_id, tenant_id, kind, params, queue, priority, max_attempts,
-    retry_initial_interval_ms, retry_backoff_coefficient, retry_max_interval_ms,
-    non_retryable_error_types, run_at, schedule_to_start_timeout_ms,
-    start_to_close_timeout_ms, schedule_to_close_timeout_ms, heartbeat_timeout_ms,
-    idempotency_key, request_hash)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
         COALESCE($13, now() + make_interval(secs => COALESCE($14, 0)::double precision / 1000)),
         $15, $16, $17, $18, $19, $20)"#,
@@ -605,13 +613,9 @@ const INSERT_KEYED_NOTIFY: &str = insert_one!(
     "\n    RETURNING id, queue\n)\nSELECT ins.id FROM ins\nLEFT JOIN LATERAL (SELECT pg_notify('highway_activity', ins.queue)) n ON true"
 );
 
-const INSERT_MANY: &str = r#"
-INSERT INTO highway.activities (
-    id, workflow_run_id, tenant_id, kind, params, queue, priority, max_attempts,
-    retry_initial_interval_ms, retry_backoff_coefficient, retry_max_interval_ms,
-    non_retryable_error_types, run_at, schedule_to_start_timeout_ms,
-    start_to_close_timeout_ms, schedule_to_close_timeout_ms, heartbeat_timeout_ms,
-    idempotency_key, request_hash)
+const INSERT_MANY: &str = concat!(
+    insert_into_activities!(),
+    r#"
 SELECT u.id, u.run, u.tenant, u.kind, u.params, u.queue, u.priority, u.max_attempts,
        u.initial, u.coef, u.max_interval,
        ARRAY(SELECT jsonb_array_elements_text(u.non_retryable)),
@@ -624,7 +628,8 @@ FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::tex
           non_retryable, run_at, delay, s2s, s2c, sc, hb, key, hash)
 ON CONFLICT DO NOTHING
 RETURNING id
-"#;
+"#
+);
 
 // `status` on the right-hand side is the row's value before the update.
 const CANCEL_ONE: &str = r#"
