@@ -51,19 +51,10 @@ async fn enqueue(
     JsonBytes(body): JsonBytes,
 ) -> Result<Response, ApiError> {
     let mut req: EnqueueRequest = decode(&body)?;
-    // Whether the body named a tenant at all (the type defaults it to "default").
-    let named_tenant = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
-        v.get("tenant_id")
-            .and_then(|t| t.as_str().map(str::to_owned))
-    });
-    if let Some(t) = &caller.tenant {
-        if named_tenant.as_deref().is_some_and(|n| n != t) {
-            return Err(ApiError::field(
-                "tenant_id",
-                "a tenant token can only enqueue for its own tenant",
-            ));
-        }
-        req.tenant_id = t.clone();
+    if let Some(t) =
+        caller.own_tenant(&body, "a tenant token can only enqueue for its own tenant")?
+    {
+        req.tenant_id = t.to_owned();
     }
     if let Some(h) = headers.get(IDEMPOTENCY_HEADER) {
         let key = h
@@ -179,13 +170,24 @@ pub struct ListQuery {
 
 /// Parses `limit` (1..=max, default `default`).
 pub fn parse_limit(raw: Option<&str>, default: i64, max: i64) -> Result<i64, ApiError> {
+    parse_count("limit", raw, default, max)
+}
+
+/// The query parameter `field` as a whole number in 1..=max (`default` when absent);
+/// a 422 naming `field` otherwise.
+pub fn parse_count(
+    field: &'static str,
+    raw: Option<&str>,
+    default: i64,
+    max: i64,
+) -> Result<i64, ApiError> {
     match raw {
         None => Ok(default),
         Some(s) => s
             .parse::<i64>()
             .ok()
             .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| ApiError::field("limit", format!("must be between 1 and {max}"))),
+            .ok_or_else(|| ApiError::field(field, format!("must be between 1 and {max}"))),
     }
 }
 

@@ -1,6 +1,8 @@
 //! Bearer-token authentication: the [`Caller`] extractor. A request carries
 //! `Authorization: Bearer hw_...`; the token's SHA-256 is looked up in
-//! `highway.api_tokens` (live, not revoked) and names a tenant or admin.
+//! `highway.api_tokens` (live, not revoked) and names a tenant or admin. The caller
+//! carries the tenant rules every route applies: the read scope and the own tenant of
+//! a create.
 //!
 //! Must not: log, echo or store a token. Only its hash reaches the database and only
 //! the token's id reaches logs and audit rows. Every failure is the same 401, so a
@@ -35,6 +37,26 @@ impl Caller {
     /// `token:<id>`: the actor recorded in the audit log.
     pub fn actor(&self) -> String {
         format!("token:{}", self.token_id)
+    }
+
+    /// The tenant a create writes to when the caller is a tenant token: its own, and a
+    /// body whose `tenant_id` names another one is a 422 on `tenant_id` saying `refusal`.
+    /// `None` for admin tokens (the body's `tenant_id` stands). Checked on the raw body
+    /// because the decoded types default a missing `tenant_id` to "default".
+    pub fn own_tenant(&self, body: &[u8], refusal: &'static str) -> Result<Option<&str>, ApiError> {
+        let Some(t) = &self.tenant else {
+            return Ok(None);
+        };
+        let named = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| {
+                v.get("tenant_id")
+                    .and_then(|t| t.as_str().map(str::to_owned))
+            });
+        if named.as_deref().is_some_and(|n| n != t) {
+            return Err(ApiError::field("tenant_id", refusal));
+        }
+        Ok(Some(t.as_str()))
     }
 
     pub fn require_admin(&self) -> Result<(), ApiError> {

@@ -11,7 +11,7 @@
 //! timezone, policy name, range or type) is 422 `invalid_value` naming the field; an
 //! unknown field is 422 `unknown_field`; a bad query parameter or a non-UUID id is 400.
 
-use super::activities::parse_limit;
+use super::activities::{parse_count, parse_limit};
 use super::auth::Caller;
 use super::body::{decode, ApiQuery, JsonBytes};
 use super::error::{parse_uuid, ApiError};
@@ -165,19 +165,11 @@ async fn create(
     JsonBytes(body): JsonBytes,
 ) -> Result<Response, ApiError> {
     let mut spec: ScheduleSpec = decode_body(&body)?;
-    // Whether the body named a tenant at all (the type defaults it to "default").
-    let named_tenant = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
-        v.get("tenant_id")
-            .and_then(|t| t.as_str().map(str::to_owned))
-    });
-    if let Some(t) = &caller.tenant {
-        if named_tenant.as_deref().is_some_and(|n| n != t) {
-            return Err(ApiError::field(
-                "tenant_id",
-                "a tenant token can only create schedules for its own tenant",
-            ));
-        }
-        spec.tenant_id = t.clone();
+    if let Some(t) = caller.own_tenant(
+        &body,
+        "a tenant token can only create schedules for its own tenant",
+    )? {
+        spec.tenant_id = t.to_owned();
     }
     let quota = st.api.api_quota_schedules;
     if quota > 0 && store::schedule_count(&st.pool, &spec.tenant_id).await? >= quota {
@@ -464,14 +456,7 @@ async fn preview(
     ApiQuery(q): ApiQuery<PreviewQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_uuid("id", &id)?;
-    let count = match q.count.as_deref() {
-        None => 10,
-        Some(s) => s
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| ApiError::field("count", "must be between 1 and 1000"))?,
-    };
+    let count = parse_count("count", q.count.as_deref(), 10, 1000)? as usize;
     let items = client(&st).preview(id, caller.scope(None), count).await?;
     Ok(Json(json!({ "items": items })))
 }
