@@ -3,7 +3,10 @@
 //! (S7), idempotency (S15), quotas (S23), ids (S24), `/health` (S25); the log stream;
 //! an end-to-end `tools.docker.run` from `POST /v1/activities` to the container result
 //! and its log stream; and the CLI against a running `highway up` (S26).
+//!
+//! Also [`Api`]: the router fixture `api_schedules` shares.
 
+use crate::cli_remote::{run_cli, spawn_up, stop_up};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
@@ -22,12 +25,12 @@ use uuid::Uuid;
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A router on a fresh database with an admin token and tokens for tenants a and b.
-struct Api {
-    db: TestDb,
-    app: Router,
-    admin: String,
-    a: String,
-    b: String,
+pub(crate) struct Api {
+    pub(crate) db: TestDb,
+    pub(crate) app: Router,
+    pub(crate) admin: String,
+    pub(crate) a: String,
+    pub(crate) b: String,
 }
 
 impl Api {
@@ -35,7 +38,7 @@ impl Api {
         Self::with(ApiConfig::default()).await
     }
 
-    async fn with(cfg: ApiConfig) -> Self {
+    pub(crate) async fn with(cfg: ApiConfig) -> Self {
         let db = TestDb::new().await;
         let app = api::router(AppState::new(Health::default(), db.pool.clone(), cfg));
         let (_, admin) = store::create_token(&db.pool, "admin", None).await.unwrap();
@@ -54,7 +57,7 @@ impl Api {
         }
     }
 
-    async fn send(&self, req: Request<Body>) -> (StatusCode, Value, String) {
+    pub(crate) async fn send(&self, req: Request<Body>) -> (StatusCode, Value, String) {
         let resp = self.app.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20)
@@ -68,7 +71,7 @@ impl Api {
         )
     }
 
-    async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+    pub(crate) async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
         let req = Request::get(path)
             .header("authorization", format!("Bearer {token}"))
             .body(Body::empty())
@@ -77,7 +80,7 @@ impl Api {
         (s, v)
     }
 
-    async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+    pub(crate) async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
         self.post_with(path, token, body, &[]).await
     }
 
@@ -113,7 +116,7 @@ impl Api {
     }
 }
 
-fn code(v: &Value) -> &str {
+pub(crate) fn code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or_default()
 }
 
@@ -790,14 +793,6 @@ async fn e2e_docker_run_from_post_to_result_and_log_stream() {
     let _ = std::fs::remove_dir_all(&artifacts);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs `highway ARGS` to completion with the given environment (and none of the
 /// caller's HIGHWAY_TOKEN*); returns (exit code, stdout, stderr).
 fn cli(db_url: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
@@ -807,15 +802,7 @@ fn cli(db_url: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String, Strin
         .env_remove("HIGHWAY_TOKEN")
         .env_remove("HIGHWAY_TOKEN_FILE")
         .env("RUST_LOG", "warn");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run highway");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_cli(cmd, env)
 }
 
 /// S26 and the CLI against a running `highway up`: `tokens create` prints the token
@@ -824,37 +811,14 @@ fn cli(db_url: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String, Strin
 #[tokio::test]
 async fn s26_cli_against_highway_up_token_from_env_or_file_never_argv() {
     let db = TestDb::new().await;
-    let port = free_port();
     let state = std::env::temp_dir().join(format!("highway-api-cli-{}", Uuid::new_v4()));
     std::fs::create_dir_all(&state).unwrap();
     let log_path = state.join("up.log");
-    let listen = format!("127.0.0.1:{port}");
-    let mut up = std::process::Command::new(highway_bin())
-        .args([
-            "--state-dir",
-            state.to_str().unwrap(),
-            "up",
-            "--listen",
-            &listen,
-        ])
-        .env("DATABASE_URL", &db.url)
-        .env("RUST_LOG", "debug,sqlx=warn")
-        .env("HIGHWAY_POLL_INTERVAL", "100ms")
-        .stdout(std::fs::File::create(state.join("up.out")).unwrap())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .expect("spawn highway up");
-    let base = format!("http://{listen}");
-    let http = reqwest::Client::new();
-    eventually("highway up answers /health", WAIT, || async {
-        http.get(format!("{base}/health"))
-            .send()
-            .await
-            .ok()
-            .filter(|r| r.status().is_success())
-            .map(|_| ())
+    let (mut up, base) = spawn_up(&db.url, &state, |cmd| {
+        cmd.env("RUST_LOG", "debug,sqlx=warn");
     })
     .await;
+    let http = reqwest::Client::new();
 
     let (rc, token, err) = cli(
         &db.url,
@@ -972,17 +936,7 @@ async fn s26_cli_against_highway_up_token_from_env_or_file_never_argv() {
     assert!(err.contains("401") && !err.contains(&bad[3..]), "{err}");
 
     // The server never logged a token (debug level).
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &up.id().to_string()])
-        .status();
-    let deadline = std::time::Instant::now() + WAIT;
-    while up.try_wait().unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "highway up did not exit"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stop_up(&mut up).await;
     let logged = std::fs::read_to_string(&log_path).unwrap();
     assert!(!logged.contains(&token[3..]), "token in server log");
     assert!(!logged.contains(&bad[3..]), "token in server log");

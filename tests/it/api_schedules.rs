@@ -5,14 +5,14 @@
 //! (429), 422 naming a bad cron, timezone, policy or unknown field, 400 for a non-UUID
 //! id; and `highway schedules create/ls/pause/trigger` against a running `highway up`.
 
+use crate::api::{code, Api};
+use crate::cli_remote::{spawn_up, stop_up};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use axum::Router;
 use chrono::{Duration as ChronoDuration, DurationRound, SecondsFormat, Utc};
 use highway_tests::{eventually, highway_bin, TestDb, TestWorker};
-use highway_worker::api::{self, store, AppState};
+use highway_worker::api::store;
 use highway_worker::config::api::ApiConfig;
-use highway_worker::health::Health;
 use serde_json::{json, Value};
 use std::time::Duration;
 use tower::ServiceExt;
@@ -20,35 +20,8 @@ use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A router on a fresh database with an admin token and tokens for tenants a and b.
-struct Api {
-    db: TestDb,
-    app: Router,
-    admin: String,
-    a: String,
-    b: String,
-}
-
+/// More of the router fixture for schedules: other methods and the audit trail.
 impl Api {
-    async fn with(cfg: ApiConfig) -> Self {
-        let db = TestDb::new().await;
-        let app = api::router(AppState::new(Health::default(), db.pool.clone(), cfg));
-        let (_, admin) = store::create_token(&db.pool, "admin", None).await.unwrap();
-        let (_, a) = store::create_token(&db.pool, "a", Some("tenant-a"))
-            .await
-            .unwrap();
-        let (_, b) = store::create_token(&db.pool, "b", Some("tenant-b"))
-            .await
-            .unwrap();
-        Self {
-            db,
-            app,
-            admin,
-            a,
-            b,
-        }
-    }
-
     /// One request; `body` is sent as JSON when given.
     async fn call(
         &self,
@@ -68,28 +41,8 @@ impl Api {
             }
             None => Body::empty(),
         };
-        let resp = self
-            .app
-            .clone()
-            .oneshot(b.body(body).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20)
-            .await
-            .unwrap();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-
-    async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
-        self.call(Method::GET, path, token, None).await
-    }
-
-    async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::POST, path, token, Some(body)).await
+        let (s, v, _) = self.send(b.body(body).unwrap()).await;
+        (s, v)
     }
 
     async fn audit_actions(&self, target: &str) -> Vec<String> {
@@ -99,10 +52,6 @@ impl Api {
             .await
             .unwrap()
     }
-}
-
-fn code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or_default()
 }
 
 fn spec(name: &str, cron: &str) -> Value {
@@ -548,47 +497,15 @@ async fn schedules_tenancy_quota_and_bad_input() {
     assert_eq!(n, 2);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `highway schedules ...` against a running `highway up`, with the token from the
 /// environment: create, ls (table and --json), pause, trigger (its activity runs).
 #[tokio::test]
 async fn cli_schedules_against_highway_up() {
     let db = TestDb::new().await;
-    let port = free_port();
     let state = std::env::temp_dir().join(format!("highway-sched-cli-{}", Uuid::new_v4()));
     std::fs::create_dir_all(&state).unwrap();
-    let listen = format!("127.0.0.1:{port}");
-    let mut up = std::process::Command::new(highway_bin())
-        .args([
-            "--state-dir",
-            state.to_str().unwrap(),
-            "up",
-            "--listen",
-            &listen,
-        ])
-        .env("DATABASE_URL", &db.url)
-        .env("RUST_LOG", "info,sqlx=warn")
-        .env("HIGHWAY_POLL_INTERVAL", "100ms")
-        .stdout(std::fs::File::create(state.join("up.out")).unwrap())
-        .stderr(std::fs::File::create(state.join("up.log")).unwrap())
-        .spawn()
-        .expect("spawn highway up");
-    let base = format!("http://{listen}");
-    let http = reqwest::Client::new();
-    eventually("highway up answers /health", WAIT, || async {
-        http.get(format!("{base}/health"))
-            .send()
-            .await
-            .ok()
-            .filter(|r| r.status().is_success())
-            .map(|_| ())
+    let (mut up, base) = spawn_up(&db.url, &state, |cmd| {
+        cmd.env("RUST_LOG", "info,sqlx=warn");
     })
     .await;
     let (_, token) = store::create_token(&db.pool, "cli", Some("tenant-a"))
@@ -660,16 +577,6 @@ async fn cli_schedules_against_highway_up() {
     .unwrap();
     assert_eq!(audited, 3, "create, pause, trigger");
 
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &up.id().to_string()])
-        .status();
-    let deadline = std::time::Instant::now() + WAIT;
-    while up.try_wait().unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "highway up did not exit"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stop_up(&mut up).await;
     let _ = std::fs::remove_dir_all(&state);
 }

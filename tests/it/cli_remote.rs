@@ -4,7 +4,9 @@
 //! output, and the zero-config path (no HIGHWAY_TOKEN: the CLI finds
 //! `<state-dir>/admin.token`, written mode 0600, and `<state-dir>/api.url`).
 //!
-//! Also [`ApiServer`]: an in-process API server for CLI tests that need only the API.
+//! Also [`ApiServer`]: an in-process API server for CLI tests that need only the API;
+//! and [`spawn_up`] / [`stop_up`] / [`run_cli`]: `highway up` as a child and a CLI
+//! run, shared with `api` and `api_schedules`.
 
 use highway_tests::docker::{docker_cli, ensure_test_image, TEST_IMAGE};
 use highway_tests::{eventually, highway_bin, TestDb};
@@ -77,6 +79,78 @@ impl Drop for ApiServer {
     }
 }
 
+/// `highway up` as a child on a free loopback port, with `state` as its state dir (its
+/// stdout and stderr in `up.out` and `up.log` there), the database at `db_url` and a
+/// 100 ms poll; `configure` adds the caller's environment (RUST_LOG at least). Returns
+/// the child and the base URL once `/health` answers.
+pub(crate) async fn spawn_up(
+    db_url: &str,
+    state: &Path,
+    configure: impl FnOnce(&mut Command),
+) -> (Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut cmd = Command::new(highway_bin());
+    cmd.args([
+        "--state-dir",
+        state.to_str().unwrap(),
+        "up",
+        "--listen",
+        &listen,
+    ])
+    .env("DATABASE_URL", db_url)
+    .env("HIGHWAY_POLL_INTERVAL", "100ms")
+    .stdout(std::fs::File::create(state.join("up.out")).unwrap())
+    .stderr(std::fs::File::create(state.join("up.log")).unwrap());
+    configure(&mut cmd);
+    let child = cmd.spawn().expect("spawn highway up");
+    let base = format!("http://{listen}");
+    let http = reqwest::Client::new();
+    eventually("highway up answers /health", WAIT, || async {
+        http.get(format!("{base}/health"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+            .map(|_| ())
+    })
+    .await;
+    (child, base)
+}
+
+/// Runs `cmd` (a `highway` command line) to completion with `env` added; returns (exit
+/// code, stdout, stderr).
+pub(crate) fn run_cli(mut cmd: Command, env: &[(&str, &str)]) -> (i32, String, String) {
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run highway");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// SIGTERM to `highway up`, then waits for it to exit (a failure after WAIT).
+pub(crate) async fn stop_up(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + WAIT;
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "highway up did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `highway up` as a child with its own state dir, deployment and port.
 struct Up {
     child: Child,
@@ -87,44 +161,16 @@ struct Up {
 
 impl Up {
     async fn start(db: &TestDb, state: &Path, deployment: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let listen = format!("127.0.0.1:{port}");
-        let child = Command::new(highway_bin())
-            .args([
-                "--state-dir",
-                state.to_str().unwrap(),
-                "up",
-                "--listen",
-                &listen,
-            ])
-            .env("DATABASE_URL", &db.url)
-            .env("RUST_LOG", "info,sqlx=warn")
-            .env("HIGHWAY_DEPLOYMENT", deployment)
-            .env("HIGHWAY_POLL_INTERVAL", "100ms")
-            // One pass at start, then none during the test: the plan must find the
-            // orphan still there (the grace is short so it is judged at all).
-            .env("HIGHWAY_GC_PERIOD", "1h")
-            .env("HIGHWAY_GC_CREATION_GRACE", "1s")
-            .env_remove("HIGHWAY_TOKEN")
-            .env_remove("HIGHWAY_TOKEN_FILE")
-            .env_remove("HIGHWAY_API_URL")
-            .stdout(std::fs::File::create(state.join("up.out")).unwrap())
-            .stderr(std::fs::File::create(state.join("up.log")).unwrap())
-            .spawn()
-            .expect("spawn highway up");
-        let base = format!("http://{listen}");
-        let http = reqwest::Client::new();
-        eventually("highway up answers /health", WAIT, || async {
-            http.get(format!("{base}/health"))
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-                .map(|_| ())
+        let (child, base) = spawn_up(&db.url, state, |cmd| {
+            cmd.env("RUST_LOG", "info,sqlx=warn")
+                .env("HIGHWAY_DEPLOYMENT", deployment)
+                // One pass at start, then none during the test: the plan must find the
+                // orphan still there (the grace is short so it is judged at all).
+                .env("HIGHWAY_GC_PERIOD", "1h")
+                .env("HIGHWAY_GC_CREATION_GRACE", "1s")
+                .env_remove("HIGHWAY_TOKEN")
+                .env_remove("HIGHWAY_TOKEN_FILE")
+                .env_remove("HIGHWAY_API_URL");
         })
         .await;
         Self {
@@ -151,15 +197,7 @@ impl Up {
             .env_remove("HIGHWAY_API_URL")
             .env_remove("HIGHWAY_STATE_DIR")
             .env("RUST_LOG", "warn");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().expect("run highway");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        run_cli(cmd, env)
     }
 
     /// The CLI with an explicit token and URL.
@@ -183,17 +221,7 @@ impl Up {
     }
 
     async fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = std::time::Instant::now() + WAIT;
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "highway up did not exit"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        stop_up(&mut self.child).await;
     }
 }
 
