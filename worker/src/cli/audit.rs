@@ -3,6 +3,7 @@
 //! time range, as a table or JSON lines. A tenant token sees its own rows only; more
 //! rows than one page are fetched page by page (`before`). Read-only.
 
+use super::cell_time;
 use super::remote::{Remote, RemoteArgs};
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
@@ -100,11 +101,7 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
         "AT", "TENANT", "ACTION", "OUTCOME", "TARGET"
     );
     for r in rows {
-        let at = r["at"]
-            .as_str()
-            .and_then(|t| t.parse::<DateTime<Utc>>().ok())
-            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-            .unwrap_or_else(|| "-".into());
+        let at = cell_time(&r["at"]);
         let target: String = s(&r["target"]).chars().take(14).collect();
         println!(
             "{:<19}  {:<14}  {:<18}  {:<9}  {:<14}  {}",

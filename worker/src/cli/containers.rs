@@ -1,6 +1,7 @@
 //! `highway containers ls|show`: the container tracking table through the API (a table
 //! by default, `--json` for machines).
 
+use super::cell;
 use super::remote::{Remote, RemoteArgs};
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
@@ -60,14 +61,6 @@ fn age(v: &Value) -> String {
     }
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 pub async fn run(cmd: ContainersCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ContainersCommand::Ls {
@@ -110,19 +103,19 @@ pub async fn run(cmd: ContainersCommand) -> anyhow::Result<ExitCode> {
                 "CONTAINER", "STATUS", "TENANT", "IMAGE", "ACTIVITY", "ATT", "EXIT", "AGE"
             );
             for c in items {
-                let mut image = s(&c["image"]);
+                let mut image = cell(&c["image"]);
                 if image.len() > 28 {
                     image = format!("…{}", &image[image.len() - 27..]);
                 }
                 println!(
                     "{:<12}  {:<8}  {:<12}  {:<28}  {:<36}  {:>3}  {:>5}  {:>4}",
-                    s(&c["short_id"]),
-                    s(&c["status"]),
-                    s(&c["tenant_id"]),
+                    cell(&c["short_id"]),
+                    cell(&c["status"]),
+                    cell(&c["tenant_id"]),
                     image,
-                    s(&c["activity_id"]),
-                    s(&c["attempt"]),
-                    s(&c["exit_code"]),
+                    cell(&c["activity_id"]),
+                    cell(&c["attempt"]),
+                    cell(&c["exit_code"]),
                     age(&c["created_at"]),
                 );
             }
@@ -134,7 +127,7 @@ pub async fn run(cmd: ContainersCommand) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string(&c)?);
             } else if let Some(obj) = c.as_object() {
                 for (k, v) in obj {
-                    println!("{k:<20} {}", s(v));
+                    println!("{k:<20} {}", cell(v));
                 }
             }
         }

@@ -13,12 +13,13 @@ use crate::config::DatabaseArgs;
 use crate::db::{self, PoolOptions};
 use crate::docker::client::{ClientSettings, DockerClient};
 use crate::docker::gc::{DockerGarbageCollector, GcCounts};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use super::cell;
 use super::remote::{Remote, RemoteArgs};
 
 #[derive(clap::Args, Debug)]
@@ -124,18 +125,13 @@ async fn plan(remote: &RemoteArgs, as_json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&plan)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let text = |v: &Value| match v {
-        Value::Null => "-".to_string(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
     let containers = plan["containers"].as_array().cloned().unwrap_or_default();
     let images = plan["images"].as_array().cloned().unwrap_or_default();
     let c = &plan["counts"];
     println!(
         "dry run (deployment {}): would remove {} container(s) and {} image(s); \
          listed {} young {} live {} protected {} unsure {} deferred {}",
-        text(&plan["deployment"]),
+        cell(&plan["deployment"]),
         containers.len(),
         images.len(),
         c["listed"],
@@ -151,15 +147,15 @@ async fn plan(remote: &RemoteArgs, as_json: bool) -> anyhow::Result<ExitCode> {
             "CONTAINER", "REASON", "TENANT", "ACTIVITY", "AGE"
         );
         for p in &containers {
-            let id: String = text(&p["container_id"]).chars().take(12).collect();
+            let id: String = cell(&p["container_id"]).chars().take(12).collect();
             println!(
                 "{:<12}  {:<18}  {:<12}  {:<36}  {:>5}s  {}",
                 id,
-                text(&p["reason"]),
-                text(&p["tenant_id"]),
-                text(&p["activity_id"]),
-                text(&p["age_s"]),
-                text(&p["image"]),
+                cell(&p["reason"]),
+                cell(&p["tenant_id"]),
+                cell(&p["activity_id"]),
+                cell(&p["age_s"]),
+                cell(&p["image"]),
             );
         }
     }
@@ -169,13 +165,13 @@ async fn plan(remote: &RemoteArgs, as_json: bool) -> anyhow::Result<ExitCode> {
             "IMAGE", "REASON", "TENANT"
         );
         for i in &images {
-            let id: String = text(&i["image_id"]).chars().take(19).collect();
+            let id: String = cell(&i["image_id"]).chars().take(19).collect();
             println!(
                 "{:<19}  {:<10}  {:<12}  {}",
                 id,
-                text(&i["reason"]),
-                text(&i["tenant_id"]),
-                text(&i["reference"]),
+                cell(&i["reason"]),
+                cell(&i["tenant_id"]),
+                cell(&i["reference"]),
             );
         }
     }

@@ -30,6 +30,25 @@ use std::process::ExitCode;
 use std::time::Duration;
 use uuid::Uuid;
 
+/// A JSON value as a table cell: a string without its quotes, `-` for null, anything
+/// else as JSON. One rule for every table the API commands print.
+pub(crate) fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// An RFC 3339 timestamp as a table cell, `YYYY-MM-DD HH:MM:SS` in UTC; `-` when absent
+/// or not a timestamp.
+pub(crate) fn cell_time(v: &Value) -> String {
+    v.as_str()
+        .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
 /// Highway: a durable workflow activity worker for `tools.docker.*` activities.
 #[derive(Parser, Debug)]
 #[command(name = "highway", version, about, long_about = None)]
@@ -537,28 +556,19 @@ async fn activities(cmd: ActivitiesCommand) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string(&items)?);
             } else {
-                let text = |v: &Value| match v {
-                    Value::String(s) => s.clone(),
-                    Value::Null => "-".into(),
-                    other => other.to_string(),
-                };
                 println!(
                     "{:<36}  {:<10}  {:>3}  {:<20}  {:<10}  CREATED",
                     "ID", "STATUS", "ATT", "KIND", "TENANT"
                 );
                 for a in items {
-                    let created = a["created_at"]
-                        .as_str()
-                        .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
-                        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-                        .unwrap_or_else(|| "-".into());
+                    let created = cell_time(&a["created_at"]);
                     println!(
                         "{:<36}  {:<10}  {:>3}  {:<20}  {:<10}  {}",
-                        text(&a["id"]),
-                        text(&a["status"]),
-                        text(&a["attempt"]),
-                        text(&a["kind"]),
-                        text(&a["tenant_id"]),
+                        cell(&a["id"]),
+                        cell(&a["status"]),
+                        cell(&a["attempt"]),
+                        cell(&a["kind"]),
+                        cell(&a["tenant_id"]),
                         created
                     );
                 }

@@ -6,6 +6,7 @@
 //!
 //! `highway run FILE` stays the database-direct variant (DATABASE_URL, no API needed).
 
+use super::cell;
 use super::remote::{Remote, RemoteArgs};
 use anyhow::{bail, Context};
 use clap::Subcommand;
@@ -79,14 +80,14 @@ pub async fn run(cmd: RunsCommand) -> anyhow::Result<ExitCode> {
                 if json {
                     println!("{run}");
                 } else {
-                    println!("run {id} ({}) {}", s(&run["name"]), s(&run["status"]));
+                    println!("run {id} ({}) {}", cell(&run["name"]), cell(&run["status"]));
                 }
                 return Ok(ExitCode::SUCCESS);
             }
             if json {
                 println!("{}", json!({"event": "started", "run_id": id}));
             } else {
-                println!("run {id} ({}) started", s(&run["name"]));
+                println!("run {id} ({}) started", cell(&run["name"]));
             }
             follow_run(&api, &id, json).await
         }
@@ -108,28 +109,20 @@ pub async fn run(cmd: RunsCommand) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{v}");
             } else {
-                println!("{id}: {}", s(&v["outcome"]));
+                println!("{id}: {}", cell(&v["outcome"]));
             }
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 fn print_run(run: &Value) {
     println!(
         "run {} ({}) {}  tenant {}",
-        s(&run["id"]),
-        s(&run["name"]),
-        s(&run["status"]),
-        s(&run["tenant_id"])
+        cell(&run["id"]),
+        cell(&run["name"]),
+        cell(&run["status"]),
+        cell(&run["tenant_id"])
     );
     if let Some(e) = run.get("error").filter(|e| !e.is_null()) {
         println!("  error: {e}");
@@ -150,11 +143,11 @@ fn print_run(run: &Value) {
         };
         println!(
             "{:<20} {:<10} {:<36} {:<10} {:<7} {cache}",
-            s(&st["step_id"]),
-            s(&st["status"]),
-            s(&st["activity_id"]),
-            s(&st["activity_status"]),
-            s(&st["attempt"]),
+            cell(&st["step_id"]),
+            cell(&st["status"]),
+            cell(&st["activity_id"]),
+            cell(&st["activity_status"]),
+            cell(&st["attempt"]),
         );
     }
 }
@@ -169,9 +162,9 @@ async fn follow_run(api: &Remote, id: &str, as_json: bool) -> anyhow::Result<Exi
         let run = api.get_json(&format!("/v1/runs/{id}"), &[]).await?;
         let steps = run["steps"].as_array().cloned().unwrap_or_default();
         for st in &steps {
-            let step = s(&st["step_id"]);
+            let step = cell(&st["step_id"]);
             let state = match (st["status"].as_str(), st["activity_status"].as_str()) {
-                (Some("scheduled"), Some(a)) => format!("{a} (attempt {})", s(&st["attempt"])),
+                (Some("scheduled"), Some(a)) => format!("{a} (attempt {})", cell(&st["attempt"])),
                 (Some(other), _) => other.to_string(),
                 _ => "?".into(),
             };
@@ -251,7 +244,7 @@ async fn print_new_logs(
                            "stream": v["stream"], "line": v["line"]})
                 );
             } else {
-                println!("[{step}] {}: {}", s(&v["stream"]), s(&v["line"]));
+                println!("[{step}] {}: {}", cell(&v["stream"]), cell(&v["line"]));
             }
             true
         },
