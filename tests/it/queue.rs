@@ -604,3 +604,86 @@ async fn finished_activities_are_deleted_after_the_retention() {
     ));
     assert_eq!(status_of(&db.pool, waiting.id).await.0, "scheduled");
 }
+
+/// Concurrent single enqueues share statements (`Client`'s group insert): each caller
+/// still gets its own answer. Keyless requests all land once; one key with one body
+/// yields one activity for all its callers; a second body under that key is refused;
+/// a request that breaks a constraint (an unknown workflow run) fails alone without
+/// failing the requests that shared its statement.
+#[tokio::test]
+async fn concurrent_single_enqueues_share_statements_without_mixing_answers() {
+    let db = TestDb::new().await;
+    let client = db.client();
+    let mut calls = Vec::new();
+    for i in 0..240usize {
+        let c = client.clone();
+        calls.push(tokio::spawn(async move {
+            let req = match i % 8 {
+                // Same key, same body.
+                0 => EnqueueRequest::new("highway.noop", json!({"k": "same"}))
+                    .idempotency_key("shared-key"),
+                // Same key, another body: refused (unless it came first, see below).
+                1 if i == 1 => EnqueueRequest::new("highway.noop", json!({"k": "other"}))
+                    .idempotency_key("conflict-key"),
+                1 => EnqueueRequest::new("highway.noop", json!({"k": "first"}))
+                    .idempotency_key("conflict-key"),
+                // A run that does not exist: a foreign-key violation.
+                2 => EnqueueRequest::new("highway.noop", json!({})).workflow_run(Uuid::new_v4()),
+                _ => EnqueueRequest::new("highway.noop", json!({"i": i})),
+            };
+            (i, c.enqueue(&req).await)
+        }));
+    }
+    let mut keyless = HashSet::new();
+    let mut shared_ids = HashSet::new();
+    let mut shared_created = 0;
+    let (mut conflict_ok, mut conflict_refused) = (HashSet::new(), 0);
+    let mut fk_failed = 0;
+    for h in calls {
+        let (i, res) = h.await.unwrap();
+        match i % 8 {
+            0 => {
+                let e = res.expect("same key, same body");
+                shared_ids.insert(e.id);
+                shared_created += usize::from(e.created);
+            }
+            1 => match res {
+                Ok(e) => {
+                    conflict_ok.insert(e.id);
+                }
+                Err(Error::IdempotencyConflict { key }) => {
+                    assert_eq!(key, "conflict-key");
+                    conflict_refused += 1;
+                }
+                Err(e) => panic!("request {i}: {e}"),
+            },
+            2 => {
+                assert!(res.is_err(), "request {i} names an unknown run");
+                fk_failed += 1;
+            }
+            _ => {
+                let e = res.expect("keyless");
+                assert!(e.created);
+                assert!(keyless.insert(e.id), "an id answered twice");
+            }
+        }
+    }
+    assert_eq!(keyless.len(), 150);
+    assert_eq!((shared_ids.len(), shared_created), (1, 1));
+    assert_eq!(
+        conflict_ok.len(),
+        1,
+        "one activity holds the conflicting key"
+    );
+    // Whichever body came first owns the key; the other body's calls are refused.
+    assert!(
+        conflict_refused == 1 || conflict_refused == 29,
+        "refused {conflict_refused}"
+    );
+    assert_eq!(fk_failed, 30);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM highway.activities")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 152, "150 keyless + one per key, nothing duplicated");
+}

@@ -66,6 +66,50 @@ pub struct Enqueued {
 pub struct Client {
     pool: PgPool,
     notify_gate: Arc<Mutex<HashMap<String, Instant>>>,
+    coalesce: Arc<Coalescer>,
+}
+
+/// Concurrent single enqueues share statements (group insert, like Postgres' own group
+/// commit of WAL flushes): a caller queues its request, and whoever holds one of
+/// `INSERTERS` permits inserts everything queued in one statement. A caller alone
+/// inserts its request at once with the single-row statement, as before; callers that
+/// arrive while the inserters are busy ride the next statement together. Each still gets
+/// its own committed result, and any failure of a shared statement sends every request
+/// back to be inserted alone (same id), so one bad request never fails another.
+#[derive(Debug)]
+struct Coalescer {
+    waiting: Mutex<Vec<Waiting>>,
+    inserters: tokio::sync::Semaphore,
+}
+
+/// Shared statements in flight at once per client.
+const INSERTERS: usize = 4;
+/// Most requests in one shared statement.
+const COALESCE_MAX: usize = 500;
+
+impl Default for Coalescer {
+    fn default() -> Self {
+        Self {
+            waiting: Mutex::default(),
+            inserters: tokio::sync::Semaphore::new(INSERTERS),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Waiting {
+    id: Uuid,
+    req: EnqueueRequest,
+    tx: tokio::sync::oneshot::Sender<Shared>,
+}
+
+/// What an inserter tells a waiting caller.
+#[derive(Debug)]
+enum Shared {
+    Done(Result<Enqueued>),
+    /// The shared statement failed: insert alone (with the same id, so a statement that
+    /// committed before its answer was lost is found, not duplicated).
+    Alone,
 }
 
 const ACTIVITY_COLUMNS: &str = "id, workflow_run_id, tenant_id, kind, params, queue, priority, status, \
@@ -78,6 +122,7 @@ impl Client {
         Self {
             pool,
             notify_gate: Arc::default(),
+            coalesce: Arc::default(),
         }
     }
 
@@ -85,11 +130,82 @@ impl Client {
         &self.pool
     }
 
-    /// Enqueues one activity in its own transaction. A connection lost mid-call is
-    /// retried with the same activity id, so a commit whose answer was lost is found
-    /// rather than duplicated.
+    /// Enqueues one activity; it is committed when this returns. Concurrent calls on
+    /// clones of one client may share a statement (see [`Coalescer`]); a call alone takes
+    /// one single-row statement. A connection lost mid-call is retried with the same
+    /// activity id, so a commit whose answer was lost is found rather than duplicated.
     pub async fn enqueue(&self, req: &EnqueueRequest) -> Result<Enqueued> {
+        req.validate()?;
         let id = Uuid::now_v7();
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        self.coalesce
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Waiting {
+                id,
+                req: req.clone(),
+                tx,
+            });
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut rx => return match r {
+                    Ok(Shared::Done(res)) => res,
+                    // The shared statement failed, or its inserter was dropped mid-way.
+                    Ok(Shared::Alone) | Err(_) => self.enqueue_alone(id, req).await,
+                },
+                permit = self.coalesce.inserters.acquire() => {
+                    let Ok(_permit) = permit else { return self.enqueue_alone(id, req).await };
+                    let batch: Vec<Waiting> = {
+                        let mut w = self.coalesce.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                        let n = w.len().min(COALESCE_MAX);
+                        w.drain(..n).collect()
+                    };
+                    // Our own request is in this batch or in one another inserter took:
+                    // either way `rx` answers next.
+                    self.insert_shared(batch).await;
+                }
+            }
+        }
+    }
+
+    /// Inserts what waiting callers queued and answers each of them.
+    async fn insert_shared(&self, batch: Vec<Waiting>) {
+        match batch.len() {
+            0 => {}
+            1 => {
+                let w = batch.into_iter().next().expect("one");
+                let res = self.enqueue_alone(w.id, &w.req).await;
+                let _ = w.tx.send(Shared::Done(res));
+            }
+            _ => {
+                let ids: Vec<Uuid> = batch.iter().map(|w| w.id).collect();
+                let reqs: Vec<&EnqueueRequest> = batch.iter().map(|w| &w.req).collect();
+                let res = async {
+                    let mut conn = self.pool.acquire().await?;
+                    self.insert_many(&mut conn, &ids, &reqs).await
+                }
+                .await;
+                match res {
+                    Ok(out) => {
+                        for (w, e) in batch.into_iter().zip(out) {
+                            let _ = w.tx.send(Shared::Done(Ok(e)));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, n = ids.len(), "shared enqueue failed; each request goes alone");
+                        for w in batch {
+                            let _ = w.tx.send(Shared::Alone);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The single-row path: own statement, retried with the same id on a lost connection.
+    async fn enqueue_alone(&self, id: Uuid, req: &EnqueueRequest) -> Result<Enqueued> {
         let mut tries = 0;
         loop {
             tries += 1;
@@ -199,13 +315,26 @@ impl Client {
         conn: &mut PgConnection,
         reqs: &[EnqueueRequest],
     ) -> Result<Vec<Enqueued>> {
+        let ids: Vec<Uuid> = reqs.iter().map(|_| Uuid::now_v7()).collect();
+        let reqs: Vec<&EnqueueRequest> = reqs.iter().collect();
+        self.insert_many(conn, &ids, &reqs).await
+    }
+
+    /// The batched INSERT with the given ids, on the caller's connection (a transaction
+    /// or not: it is one statement, then lookups of existing keyed rows).
+    async fn insert_many(
+        &self,
+        conn: &mut PgConnection,
+        ids: &[Uuid],
+        reqs: &[&EnqueueRequest],
+    ) -> Result<Vec<Enqueued>> {
         if reqs.is_empty() {
             return Ok(Vec::new());
         }
         let mut cols = BatchColumns::default();
-        for r in reqs {
+        for (id, r) in ids.iter().zip(reqs) {
             r.validate()?;
-            cols.push(r);
+            cols.push(*id, r);
         }
         let inserted: Vec<(Uuid,)> = sqlx::query_as(INSERT_MANY)
             .bind(&cols.id)
@@ -538,8 +667,8 @@ struct BatchColumns {
 }
 
 impl BatchColumns {
-    fn push(&mut self, r: &EnqueueRequest) {
-        self.id.push(Uuid::now_v7());
+    fn push(&mut self, id: Uuid, r: &EnqueueRequest) {
+        self.id.push(id);
         self.run.push(r.workflow_run_id);
         self.tenant.push(r.tenant_id.clone());
         self.kind.push(r.kind.clone());
