@@ -55,7 +55,8 @@ impl Wf {
         let artifacts = std::env::temp_dir().join(format!("highway-wf-{}", Uuid::new_v4()));
         std::fs::create_dir_all(&artifacts).unwrap();
         let worker = start.then(|| {
-            let opts = TestWorker::fast_options(4);
+            let mut opts = TestWorker::fast_options(4);
+            opts.digests = highway_worker::workflow::Digests(fresh_digests());
             let rt = Arc::new(highway_worker::docker::DockerRuntime::new(
                 highway_worker::config::docker::DockerConfig::default(),
                 db.pool.clone(),
@@ -66,8 +67,6 @@ impl Wf {
                 highway_worker::docker::register(r, rt.clone())
             })
         });
-        // The completer hook and the sweeper of in-process workers use the installed one.
-        highway_worker::workflow::install_digests(fresh_digests());
         Self {
             db,
             worker,
@@ -669,7 +668,8 @@ async fn runs_through_the_api_start_show_and_cancel() {
         highway_worker::health::Health::default(),
         wf.db.pool.clone(),
         highway_worker::config::api::ApiConfig::default(),
-    );
+    )
+    .with_digests(highway_worker::workflow::Digests(fresh_digests()));
     let server = {
         let stop = stop.clone();
         tokio::spawn(highway_worker::api::serve(listener, state, async move {

@@ -168,6 +168,14 @@ pub async fn run(
             }
         });
     }
+    // Cache keys of workflow steps carry the image digest: one resolver (bounded and
+    // cached, since the completer's hook calls it inside its transaction) for the API,
+    // the worker and the sweeper.
+    let digests = opts
+        .docker
+        .as_ref()
+        .map(|(cfg, _)| crate::workflow::Digests::docker(cfg))
+        .unwrap_or_default();
     if let Some(addr) = opts.listen {
         let listener = api::bind(addr).await?;
         info!(listen = %listener.local_addr()?, "http server listening");
@@ -183,14 +191,13 @@ pub async fn run(
             }
         }
         let planner = opts.docker.as_ref().map(|(cfg, _)| api::gc::GcPlanner {
-            client: docker::client::DockerClient::new(docker::client::ClientSettings {
-                host: cfg.effective_host(),
-                ..Default::default()
-            }),
+            client: cfg.client(),
             deployment: cfg.deployment.clone(),
             opts: opts.gc.clone().unwrap_or_default(),
         });
-        let state = AppState::new(health.clone(), pool.clone(), opts.api.clone()).with_gc(planner);
+        let state = AppState::new(health.clone(), pool.clone(), opts.api.clone())
+            .with_gc(planner)
+            .with_digests(digests.clone());
         let stop = stop.clone();
         tracker.spawn(async move {
             if let Err(e) = api::serve(listener, state, async move { stop.cancelled().await }).await
@@ -253,19 +260,14 @@ pub async fn run(
     }
     // Workflow runs: every worker sweeps live runs left with nothing in flight, so a run
     // whose driver crashed continues on whichever worker is alive (safe with many).
-    // Cache keys of workflow steps carry the image digest, resolved with this client
-    // (bounded and cached: the completer's hook calls it inside its transaction).
-    if let Some(rt) = &docker_runtime {
-        crate::workflow::install_digests(Arc::new(crate::workflow::DockerDigests::new(
-            rt.client.clone(),
-        )));
-    }
     if let Some(w) = &opts.worker {
-        let sweeper = crate::workflow::Sweeper::new(maint_pool.clone(), w.rescue_interval);
+        let sweeper =
+            crate::workflow::Sweeper::new(maint_pool.clone(), w.rescue_interval, digests.clone());
         tracker.spawn(sweeper.run(stop.clone()));
     }
     let summary = match opts.worker {
-        Some(w) => {
+        Some(mut w) => {
+            w.digests = digests;
             Worker::new(w, pool.clone(), maint_pool.clone(), registry)
                 .run(shutdown.clone())
                 .await

@@ -230,6 +230,7 @@ impl Client {
         conn: &mut PgConnection,
         req: &EnqueueRequest,
     ) -> Result<Enqueued> {
+        req.validate()?;
         self.enqueue_with(conn, Uuid::now_v7(), req).await
     }
 
@@ -239,8 +240,8 @@ impl Client {
         id: Uuid,
         req: &EnqueueRequest,
     ) -> Result<Enqueued> {
-        req.validate()?;
-        // Only a keyed request can ever be compared with another one.
+        // (Validated once, by the public entry points.) Only a keyed request can ever
+        // be compared with another one.
         let hash = req.idempotency_key.as_ref().map(|_| request_hash(req));
         let keyed = req.idempotency_key.is_some();
         // The NOTIFY form is a heavier statement; most enqueues fall inside the
@@ -315,13 +316,17 @@ impl Client {
         conn: &mut PgConnection,
         reqs: &[EnqueueRequest],
     ) -> Result<Vec<Enqueued>> {
+        for r in reqs {
+            r.validate()?;
+        }
         let ids: Vec<Uuid> = reqs.iter().map(|_| Uuid::now_v7()).collect();
         let reqs: Vec<&EnqueueRequest> = reqs.iter().collect();
         self.insert_many(conn, &ids, &reqs).await
     }
 
     /// The batched INSERT with the given ids, on the caller's connection (a transaction
-    /// or not: it is one statement, then lookups of existing keyed rows).
+    /// or not: it is one statement, then lookups of existing keyed rows). The requests
+    /// are already validated.
     async fn insert_many(
         &self,
         conn: &mut PgConnection,
@@ -333,7 +338,6 @@ impl Client {
         }
         let mut cols = BatchColumns::default();
         for (id, r) in ids.iter().zip(reqs) {
-            r.validate()?;
             cols.push(*id, r);
         }
         let inserted: Vec<(Uuid,)> = sqlx::query_as(INSERT_MANY)

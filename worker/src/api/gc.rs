@@ -10,7 +10,7 @@
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::{store, AppState};
+use super::AppState;
 use crate::docker::client::DockerClient;
 use crate::docker::gc::{DockerGarbageCollector, Error as GcError, GcOptions};
 use axum::extract::State;
@@ -57,7 +57,9 @@ async fn plan(State(st): State<AppState>, caller: Caller) -> Result<Json<Value>,
         .daemon_id()
         .await
         .map_err(|_| ApiError::Unavailable("docker"))?;
-    let images = store::expired_images(&st.pool, &daemon_id, opts.max_per_pass as i64).await?;
+    let images =
+        crate::docker::tools::expired_images(&st.pool, &daemon_id, opts.max_per_pass as i64)
+            .await?;
     let containers: Vec<Value> = counts
         .planned
         .iter()

@@ -59,6 +59,8 @@ pub struct AppState {
     pub log_listeners: Arc<Semaphore>,
     /// `GET /v1/gc/plan`: set when this server runs with Docker.
     pub gc: Option<gc::GcPlanner>,
+    /// Image digests of workflow cache keys, for runs started here.
+    pub digests: crate::workflow::Digests,
 }
 
 impl AppState {
@@ -70,12 +72,18 @@ impl AppState {
             api,
             log_listeners: Arc::new(Semaphore::new(MAX_LOG_LISTENERS)),
             gc: None,
+            digests: Default::default(),
         }
     }
 
     /// With the garbage-collector planner (`GET /v1/gc/plan`).
     pub fn with_gc(mut self, gc: Option<gc::GcPlanner>) -> Self {
         self.gc = gc;
+        self
+    }
+
+    pub fn with_digests(mut self, digests: crate::workflow::Digests) -> Self {
+        self.digests = digests;
         self
     }
 }

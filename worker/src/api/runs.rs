@@ -162,10 +162,15 @@ async fn start(
             }
         })?;
         let tenant = tenant_of(&caller, body.tenant_id)?;
-        let digests = crate::workflow::digests();
-        let id = runs::start_run(&st.client, &tenant, &def, &body.inputs, digests.as_ref())
-            .await
-            .map_err(run_error)?;
+        let id = runs::start_run(
+            &st.client,
+            &tenant,
+            &def,
+            &body.inputs,
+            st.digests.0.as_ref(),
+        )
+        .await
+        .map_err(run_error)?;
         (id, tenant, def.name)
     } else {
         let body: StartBareRun = decode(&bytes)?;

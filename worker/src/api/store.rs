@@ -491,38 +491,6 @@ pub async fn audit(
 // ---------------------------------------------------------------------------------
 // Garbage-collector plan.
 
-/// A committed snapshot image past its TTL, as the GC plan lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, JsonSchema)]
-pub struct ExpiredImage {
-    pub image_id: String,
-    pub reference: String,
-    pub tenant_id: String,
-    pub activity_id: Option<Uuid>,
-    pub expires_at: Option<DateTime<Utc>>,
-    /// Always `expired`: why the pass would remove it.
-    pub reason: String,
-}
-
-/// Unpinned images of this daemon (or of none recorded) whose TTL passed, oldest
-/// expiry first: the ones the collector's image sweep would remove next.
-pub async fn expired_images(
-    db: impl PgExecutor<'_>,
-    daemon_id: &str,
-    limit: i64,
-) -> sqlx::Result<Vec<ExpiredImage>> {
-    sqlx::query_as(
-        "SELECT image_id, reference, tenant_id, activity_id, expires_at, 'expired' AS reason
-           FROM highway.docker_images
-          WHERE removed_at IS NULL AND NOT pinned AND expires_at <= now()
-            AND (daemon_id = $1 OR daemon_id IS NULL)
-          ORDER BY expires_at LIMIT $2",
-    )
-    .bind(daemon_id)
-    .bind(limit)
-    .fetch_all(db)
-    .await
-}
-
 // ---------------------------------------------------------------------------------
 // Metrics.
 

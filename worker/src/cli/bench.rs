@@ -49,7 +49,7 @@ pub async fn run(cmd: BenchCommand, _db: &crate::config::DatabaseArgs) -> anyhow
 }
 
 struct Lane {
-    name: &'static str,
+    name: String,
     value: f64,
     unit: &'static str,
 }
@@ -78,7 +78,7 @@ async fn queue(b: QueueBench) -> anyhow::Result<ExitCode> {
     if b.json {
         let mut m = serde_json::Map::new();
         for l in &lanes {
-            m.insert(l.name.into(), json!({"value": l.value, "unit": l.unit}));
+            m.insert(l.name.clone(), json!({"value": l.value, "unit": l.unit}));
         }
         println!(
             "{}",
@@ -151,7 +151,7 @@ async fn queue_lanes(b: &QueueBench, cluster: &Cluster) -> anyhow::Result<Vec<La
         n += 1000;
     }
     lanes.push(Lane {
-        name: "highway_enqueue_batched_1000",
+        name: "highway_enqueue_batched_1000".into(),
         value: n as f64 / t0.elapsed().as_secs_f64(),
         unit: "activities/s",
     });
@@ -169,7 +169,7 @@ async fn queue_lanes(b: &QueueBench, cluster: &Cluster) -> anyhow::Result<Vec<La
         let (v, used) = noop_throughput(&pool, &client, slots, count.max(100), &mut cpu).await?;
         max_tput = max_tput.max(v);
         lanes.push(Lane {
-            name,
+            name: name.into(),
             value: v,
             unit: "activities/s",
         });
@@ -187,27 +187,27 @@ async fn queue_lanes(b: &QueueBench, cluster: &Cluster) -> anyhow::Result<Vec<La
     let rate = (max_tput.min(single) / 2.0).max(10.0);
     let (p50, p99, p999, tx_per) = latency(&pool, &client, rate, secs).await?;
     lanes.push(Lane {
-        name: "latency_offered_rate",
+        name: "latency_offered_rate".into(),
         value: rate,
         unit: "activities/s",
     });
     lanes.push(Lane {
-        name: "enqueue_to_start_p50",
+        name: "enqueue_to_start_p50".into(),
         value: p50,
         unit: "ms",
     });
     lanes.push(Lane {
-        name: "enqueue_to_start_p99",
+        name: "enqueue_to_start_p99".into(),
         value: p99,
         unit: "ms",
     });
     lanes.push(Lane {
-        name: "enqueue_to_start_p99.9",
+        name: "enqueue_to_start_p99.9".into(),
         value: p999,
         unit: "ms",
     });
     lanes.push(Lane {
-        name: "transactions_per_activity",
+        name: "transactions_per_activity".into(),
         value: tx_per,
         unit: "xact/activity",
     });
@@ -525,7 +525,7 @@ impl CpuMeter {
     ) {
         let used = self.used();
         lanes.push(Lane {
-            name,
+            name: name.into(),
             value: rate,
             unit,
         });
@@ -535,21 +535,16 @@ impl CpuMeter {
     fn push_usage(&self, lanes: &mut Vec<Lane>, name: &'static str, used: (f64, f64), items: f64) {
         let per = |s: f64| s * 1e6 / items.max(1.0);
         lanes.push(Lane {
-            name: leak(format!("{name}.cpu_client")),
+            name: format!("{name}.cpu_client"),
             value: per(used.0),
             unit: "cpu µs/item",
         });
         lanes.push(Lane {
-            name: leak(format!("{name}.cpu_postgres")),
+            name: format!("{name}.cpu_postgres"),
             value: per(used.1),
             unit: "cpu µs/item",
         });
     }
-}
-
-/// Lane names are few and live for the whole program.
-fn leak(s: String) -> &'static str {
-    Box::leak(s.into_boxed_str())
 }
 
 async fn latency(

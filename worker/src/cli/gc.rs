@@ -11,7 +11,7 @@ use crate::config::docker::DockerConfig;
 use crate::config::gc::GcConfig;
 use crate::config::DatabaseArgs;
 use crate::db::{self, PoolOptions};
-use crate::docker::client::{ClientSettings, DockerClient};
+
 use crate::docker::gc::{DockerGarbageCollector, GcCounts};
 use serde_json::json;
 use std::process::ExitCode;
@@ -55,10 +55,7 @@ pub async fn run(
     // Lazy: a database that is down at start makes passes fail (and do nothing) until
     // it is back, rather than stopping the collector.
     let pool = db::lazy_pool(&db_args.resolve_url()?, &pool_opts)?;
-    let client = DockerClient::new(ClientSettings {
-        host: args.docker.effective_host(),
-        ..ClientSettings::default()
-    });
+    let client = args.docker.client();
     let gc = DockerGarbageCollector::new(
         client,
         pool.clone(),

@@ -11,7 +11,7 @@
 use crate::config::docker::DockerConfig;
 use crate::config::DatabaseArgs;
 use crate::db::{self, PoolOptions};
-use crate::docker::client::{ClientSettings, DockerClient};
+
 use anyhow::{bail, Context};
 use highway_workflows::definition::WorkflowDefinition;
 use highway_workflows::runs::{self, RunStatus};
@@ -79,10 +79,7 @@ pub async fn run(args: RunArgs, db_args: &DatabaseArgs) -> anyhow::Result<ExitCo
     )
     .await?;
     let client = Client::new(pool.clone());
-    let digests = crate::workflow::DockerDigests::new(DockerClient::new(ClientSettings {
-        host: args.docker.effective_host(),
-        ..ClientSettings::default()
-    }));
+    let digests = crate::workflow::DockerDigests::new(args.docker.client());
     let run_id = runs::start_run(&client, &args.tenant, &def, &inputs, &digests).await?;
     if args.json {
         println!("{}", json!({"event": "started", "run_id": run_id}));

@@ -303,6 +303,16 @@ pub struct SecurityPolicy {
 }
 
 impl DockerConfig {
+    /// A Docker client for these settings (the effective host, the pull deadline); every
+    /// command and service that talks to the daemon builds its client here.
+    pub fn client(&self) -> crate::docker::client::DockerClient {
+        crate::docker::client::DockerClient::new(crate::docker::client::ClientSettings {
+            host: self.effective_host(),
+            pull_timeout: self.pull_timeout.0,
+            ..Default::default()
+        })
+    }
+
     /// The daemon address, honouring `DOCKER_HOST` when `HIGHWAY_DOCKER_HOST` and
     /// `--docker-host` were not given (clap cannot express a second env fallback).
     pub fn effective_host(&self) -> String {

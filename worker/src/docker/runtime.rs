@@ -8,7 +8,7 @@
 
 use crate::config::docker::DockerConfig;
 use crate::docker::artifacts::ArtifactStore;
-use crate::docker::client::{ClientSettings, DockerClient};
+use crate::docker::client::DockerClient;
 use crate::docker::logs::LogSettings;
 use crate::docker::secrets::{EnvSecretResolver, SecretResolver};
 use crate::docker::tario::TarLimits;
@@ -112,11 +112,7 @@ impl std::fmt::Debug for DockerRuntime {
 impl DockerRuntime {
     /// A runtime with the environment secret resolver. `artifact_dir` holds output tars.
     pub fn new(config: DockerConfig, pool: PgPool, worker_id: Uuid, artifact_dir: PathBuf) -> Self {
-        let client = DockerClient::new(ClientSettings {
-            host: config.effective_host(),
-            pull_timeout: config.pull_timeout.0,
-            ..ClientSettings::default()
-        });
+        let client = config.client();
         Self::with_client(config, client, pool, worker_id, artifact_dir)
     }
 

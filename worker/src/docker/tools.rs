@@ -1319,6 +1319,39 @@ pub struct ImageReapCounts {
     pub failed: u64,
 }
 
+/// A committed snapshot image past its TTL: what the reaper removes next and what the
+/// GC plan (`GET /v1/gc/plan`) lists.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct ExpiredImage {
+    pub image_id: String,
+    pub reference: String,
+    pub tenant_id: String,
+    pub activity_id: Option<Uuid>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Always `expired`: why the pass would remove it.
+    pub reason: String,
+}
+
+/// Unpinned images of this daemon (or of none recorded) whose TTL passed, oldest
+/// expiry first: the ones the collector's image sweep would remove next.
+pub async fn expired_images(
+    db: impl sqlx::PgExecutor<'_>,
+    daemon_id: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<ExpiredImage>> {
+    sqlx::query_as(
+        "SELECT image_id, reference, tenant_id, activity_id, expires_at, 'expired' AS reason
+           FROM highway.docker_images
+          WHERE removed_at IS NULL AND NOT pinned AND expires_at <= now()
+            AND (daemon_id = $1 OR daemon_id IS NULL)
+          ORDER BY expires_at LIMIT $2",
+    )
+    .bind(daemon_id)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
 /// Removes expired, unpinned images committed on this daemon (at most `limit` per
 /// pass), closing their rows and auditing each removal as `actor`. For the garbage
 /// collector's pass (`gc:<id>`, with `DaemonClock::id`) or `highway gc`; expiry is judged
@@ -1330,19 +1363,15 @@ pub async fn reap_expired_images(
     daemon_id: &str,
     limit: i64,
 ) -> sqlx::Result<ImageReapCounts> {
-    let rows: Vec<(String, String, Option<Uuid>)> = sqlx::query_as(
-        "SELECT image_id, tenant_id, activity_id FROM highway.docker_images
-          WHERE removed_at IS NULL AND NOT pinned AND expires_at <= now()
-            AND (daemon_id = $1 OR daemon_id IS NULL)
-          ORDER BY expires_at
-          LIMIT $2",
-    )
-    .bind(daemon_id)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
+    let rows = expired_images(pool, daemon_id, limit).await?;
     let mut counts = ImageReapCounts::default();
-    for (image_id, tenant_id, activity_id) in rows {
+    for ExpiredImage {
+        image_id,
+        tenant_id,
+        activity_id,
+        ..
+    } in rows
+    {
         let (outcome, details) = match client.remove_image(&image_id, false).await {
             Ok(true) => {
                 counts.removed += 1;

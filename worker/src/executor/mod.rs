@@ -77,6 +77,8 @@ pub struct WorkerOptions {
     pub run_rescuer: bool,
     /// Finished activities older than this are deleted by the rescuer (`None`: never).
     pub retention: Option<Duration>,
+    /// Image digests for workflow cache keys, used when a completion advances a run.
+    pub digests: crate::workflow::Digests,
 }
 
 impl WorkerOptions {
@@ -96,6 +98,7 @@ impl WorkerOptions {
             hard_stop_timeout: Duration::from_secs(60),
             run_rescuer: true,
             retention: Some(c.retention.0).filter(|r| !r.is_zero()),
+            digests: Default::default(),
         }
     }
 
@@ -116,6 +119,7 @@ impl WorkerOptions {
             hard_stop_timeout: Duration::from_secs(60),
             run_rescuer: true,
             retention: Some(rescuer::DEFAULT_RETENTION),
+            digests: Default::default(),
         }
     }
 }
@@ -807,7 +811,8 @@ async fn complete_and_advance(
         runs.sort_unstable();
         runs.dedup();
         let mut sp = sqlx::Connection::begin(&mut *tx).await?;
-        match crate::workflow::advance_finished(pool, &mut sp, &runs).await {
+        match crate::workflow::advance_finished(pool, &mut sp, &runs, opts.digests.0.as_ref()).await
+        {
             Ok(_) => sp.commit().await?,
             Err(e) => {
                 warn!(error = %e, "could not advance workflow runs; the sweeper will");

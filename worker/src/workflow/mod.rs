@@ -4,9 +4,8 @@
 //! rescuer ended), so another worker continues any run from the database. The driver
 //! logic and all `workflow_steps` SQL live in `highway_workflows::runs`.
 //!
-//! Also the image digest resolver of cache keys ([`DockerDigests`]) and the one this
-//! process uses ([`install_digests`] / [`digests`]): the supervisor installs it once at
-//! start, so the completer's hook keeps its signature. Why resolve inside the completion
+//! Also the image digest resolver of cache keys ([`DockerDigests`], carried as
+//! [`Digests`] by the worker's options, the sweeper and the API). Why resolve inside the completion
 //! transaction rather than leave the step for the sweeper: a cached step would otherwise
 //! wait a sweep interval (and the sweeper only sees runs with nothing in flight); the
 //! call is bounded by [`DIGEST_TIMEOUT`] and cached for [`DIGEST_TTL`], so the locks of
@@ -18,7 +17,7 @@ use highway_workflows::runs::{self, DigestError, ImageDigests, RunError};
 use highway_workflows::Client;
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -128,21 +127,29 @@ impl ImageDigests for NoDigests {
     }
 }
 
-static DIGESTS: RwLock<Option<Arc<dyn ImageDigests>>> = RwLock::new(None);
+/// The resolver a process uses, handed to whoever advances runs: the worker (its
+/// completer hook, through `WorkerOptions::digests`), the sweeper and the API. Without
+/// Docker settings it is [`NoDigests`].
+#[derive(Clone)]
+pub struct Digests(pub Arc<dyn ImageDigests>);
 
-/// Installs the resolver the completer hook, the sweeper and the API use (the
-/// supervisor, once, with the worker's Docker client; tests, theirs).
-pub fn install_digests(d: Arc<dyn ImageDigests>) {
-    *DIGESTS.write().unwrap_or_else(|e| e.into_inner()) = Some(d);
+impl Default for Digests {
+    fn default() -> Self {
+        Self(Arc::new(NoDigests))
+    }
 }
 
-/// The installed resolver, or [`NoDigests`].
-pub fn digests() -> Arc<dyn ImageDigests> {
-    DIGESTS
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone()
-        .unwrap_or_else(|| Arc::new(NoDigests))
+impl std::fmt::Debug for Digests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Digests(..)")
+    }
+}
+
+impl Digests {
+    /// The Docker-backed resolver of these settings.
+    pub fn docker(cfg: &crate::config::docker::DockerConfig) -> Self {
+        Self(Arc::new(DockerDigests::new(cfg.client())))
+    }
 }
 
 /// Runs advanced per sweeper pass.
@@ -155,15 +162,15 @@ pub async fn advance_finished(
     pool: &PgPool,
     conn: &mut PgConnection,
     runs: &[Uuid],
+    digests: &dyn ImageDigests,
 ) -> Result<usize, RunError> {
     let driven = runs::driven_runs(conn, runs).await?;
     if driven.is_empty() {
         return Ok(0);
     }
     let client = Client::new(pool.clone());
-    let digests = digests();
     for run in &driven {
-        let a = runs::advance(&client, conn, *run, digests.as_ref()).await?;
+        let a = runs::advance(&client, conn, *run, digests).await?;
         debug!(workflow_run_id = %run, enqueued = ?a.enqueued, status = ?a.run_status, "run advanced");
     }
     Ok(driven.len())
@@ -174,11 +181,16 @@ pub async fn advance_finished(
 pub struct Sweeper {
     pool: PgPool,
     interval: Duration,
+    digests: Digests,
 }
 
 impl Sweeper {
-    pub fn new(pool: PgPool, interval: Duration) -> Self {
-        Self { pool, interval }
+    pub fn new(pool: PgPool, interval: Duration, digests: Digests) -> Self {
+        Self {
+            pool,
+            interval,
+            digests,
+        }
     }
 
     /// One pass: advances every stalled run, each in its own transaction (one bad run
@@ -186,12 +198,12 @@ impl Sweeper {
     pub async fn run_once(&self) -> Result<usize, RunError> {
         let stalled = runs::stalled_runs(&self.pool, SWEEP_BATCH).await?;
         let client = Client::new(self.pool.clone());
-        let digests = digests();
+        let digests = self.digests.0.as_ref();
         let mut n = 0;
         for run in stalled {
             let res = async {
                 let mut tx = self.pool.begin().await?;
-                let a = runs::advance(&client, &mut tx, run, digests.as_ref()).await?;
+                let a = runs::advance(&client, &mut tx, run, digests).await?;
                 // A cancelling run with nothing left running ends here too.
                 sqlx::query(highway_workflows::client::FINISH_CANCELLED_RUN)
                     .bind(run)
