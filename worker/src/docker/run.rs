@@ -1141,15 +1141,27 @@ impl Attempt<'_> {
             Ending::Exited(e) => Some(e.code),
             _ => None,
         };
+        let (code, oom) = self.inspect_state(id, wait_code).await;
+        // The daemon handles the kernel's OOM event and the exit event separately and
+        // may record `OOMKilled` just after the exit: a 137 the container ended on by
+        // itself (not our stop) gets one more look.
+        if !oom && code == Some(137) && matches!(ending, Ending::Exited(_)) {
+            tokio::time::sleep(OOM_SETTLE).await;
+            return self.inspect_state(id, code).await;
+        }
+        (code, oom)
+    }
+
+    async fn inspect_state(&self, id: &str, fallback: Option<i64>) -> (Option<i64>, bool) {
         match self.rt.client.inspect_container(id).await {
             Ok(Some(c)) => {
                 let st = c.state.unwrap_or_default();
-                (st.exit_code.or(wait_code), st.oom_killed.unwrap_or(false))
+                (st.exit_code.or(fallback), st.oom_killed.unwrap_or(false))
             }
-            Ok(None) => (wait_code, false),
+            Ok(None) => (fallback, false),
             Err(e) => {
                 tracing::warn!(error = %e, "inspect after exit failed");
-                (wait_code, false)
+                (fallback, false)
             }
         }
     }
@@ -1381,6 +1393,9 @@ async fn cleanup(rt: &DockerRuntime, ctx: &ActivityContext, state: &Mutex<RunSta
         .await;
     }
 }
+
+/// How long the daemon may take to record an OOM kill after the exit it caused.
+const OOM_SETTLE: Duration = Duration::from_millis(300);
 
 /// How long a write may still take once the attempt is cancelled: enough for a healthy
 /// database (so a cancel does not lose the row), short against the lease margin.
