@@ -483,6 +483,86 @@ async fn a_late_success_after_cancel_is_refused() {
     assert!(a.result.is_none());
 }
 
+/// The two completion statements (successes only; anything else) keep the same fence:
+/// per row, only the attempt running under this worker changes, and a batch mixing
+/// outcomes gives each row its own.
+#[tokio::test]
+async fn completion_batches_fence_each_row() {
+    let db = TestDb::new().await;
+    let client = db.client();
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(
+            client
+                .enqueue(&EnqueueRequest::new(NOOP, json!({})))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let me = Uuid::new_v4();
+    let claimed = store::claim(
+        &db.pool,
+        me,
+        "default",
+        &[NOOP.to_string()],
+        4,
+        None,
+        30_000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(claimed.len(), 4);
+    let ok = |id, attempt| Completion {
+        id,
+        attempt,
+        outcome: Outcome::Succeeded(json!({"id": id})),
+    };
+    // Successes only: a wrong attempt and another worker's result change nothing.
+    let done = store::complete(&db.pool, me, 20, &[ok(ids[0], 1), ok(ids[1], 2)])
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!((done[0].0, done[0].1.as_str()), (ids[0], "succeeded"));
+    let other = store::complete(&db.pool, Uuid::new_v4(), 20, &[ok(ids[1], 1)])
+        .await
+        .unwrap();
+    assert!(other.is_empty(), "another worker's result is refused");
+    // A late duplicate of a recorded success is refused too.
+    assert!(store::complete(&db.pool, me, 20, &[ok(ids[0], 1)])
+        .await
+        .unwrap()
+        .is_empty());
+    // Mixed: a success, a non-retryable failure, a cancellation report.
+    let failed = Completion {
+        id: ids[2],
+        attempt: 1,
+        outcome: Outcome::Failed {
+            error: json!({"type": "Boom", "message": "no", "retryable": false, "attempt": 1}),
+            error_type: "Boom".into(),
+            retryable: false,
+            timeout: false,
+        },
+    };
+    let cancelled = Completion {
+        id: ids[3],
+        attempt: 1,
+        outcome: Outcome::Cancelled(json!({"type": "Cancelled", "message": "stop"})),
+    };
+    let mut done = store::complete(&db.pool, me, 20, &[ok(ids[1], 1), failed, cancelled])
+        .await
+        .unwrap();
+    done.sort_by_key(|d| ids.iter().position(|i| *i == d.0));
+    let statuses: Vec<&str> = done.iter().map(|d| d.1.as_str()).collect();
+    assert_eq!(statuses, ["succeeded", "failed", "cancelled"]);
+    let a = client.get(ids[1], None).await.unwrap();
+    assert_eq!(a.result, Some(json!({"id": ids[1]})));
+    assert!(a.error.is_none() && a.lease_owner.is_none() && a.finished_at.is_some());
+    let f = client.get(ids[2], None).await.unwrap();
+    assert_eq!(f.error.unwrap()["type"], "Boom");
+    assert!(f.result.is_none());
+}
+
 #[tokio::test]
 async fn start_to_close_timeout_retries_then_times_out() {
     let db = TestDb::new().await;
