@@ -47,8 +47,7 @@ pub struct DatabaseArgs {
     )]
     pub state_dir: PathBuf,
 
-    /// Connections in the work pool (heartbeats, completions, API). Each queue of the
-    /// worker also holds one connection of its own for its claims.
+    /// Connections in the work pool (claims, heartbeats, completions, API).
     #[arg(
         long,
         env = "HIGHWAY_DB_MAX_CONNECTIONS",
@@ -99,14 +98,6 @@ pub struct WorkerConfig {
     /// Most activities claimed by one claim statement.
     #[arg(long, env = "HIGHWAY_FETCH_BATCH", default_value_t = 100)]
     pub fetch_batch: usize,
-
-    /// Make every claim wait for its WAL flush. Off by default: a claim holds no result,
-    /// the WAL writer flushes it within 3 × `wal_writer_delay` (0.6 s by default), and
-    /// any earlier write of its attempt (heartbeat, container tracking row, result)
-    /// flushes it sooner. A Postgres crash can forget only claims younger than that;
-    /// their activities run again under the same attempt number, as after a lost worker.
-    #[arg(long, env = "HIGHWAY_DURABLE_CLAIMS")]
-    pub durable_claims: bool,
 
     /// Polling fallback when no NOTIFY arrives (jittered by up to 10%).
     #[arg(long, env = "HIGHWAY_POLL_INTERVAL", default_value = "1s")]

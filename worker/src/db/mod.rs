@@ -81,41 +81,6 @@ pub fn lazy_pool(url: &str, opts: &PoolOptions) -> Result<PgPool, Error> {
         .connect_lazy_with(connect))
 }
 
-/// A connection of its own, outside the pool, with the pool's settings plus `settings`
-/// (session parameters set at connect time). For a loop that runs statements back to
-/// back: a pooled connection costs a hand-off and a ping on every release.
-pub async fn dedicated_connection(
-    pool: &PgPool,
-    settings: &[(&str, &str)],
-    timeout: Duration,
-) -> Result<sqlx::PgConnection, sqlx::Error> {
-    use sqlx::ConnectOptions;
-    let opts = (*pool.connect_options())
-        .clone()
-        .options(settings.iter().copied());
-    match tokio::time::timeout(timeout, opts.connect()).await {
-        Ok(conn) => conn,
-        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("connecting to Postgres took longer than {timeout:?}"),
-        ))),
-    }
-}
-
-/// The error says the connection itself is gone (closed, reset, terminated by the
-/// server), not that the statement was refused: a new connection may well succeed.
-pub fn is_connection_lost(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
-        // 08: connection exception; 57P01–57P03: admin shutdown, crash shutdown, cannot
-        // connect now.
-        sqlx::Error::Database(d) => d
-            .code()
-            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
-        _ => false,
-    }
-}
-
 /// Connects and checks the connection now.
 pub async fn connect(url: &str, opts: &PoolOptions) -> Result<PgPool, Error> {
     let pool = lazy_pool(url, opts)?;

@@ -64,12 +64,6 @@ pub struct WorkerOptions {
     pub queues: Vec<String>,
     pub concurrency: usize,
     pub fetch_batch: usize,
-    /// Claims wait for their WAL flush (`synchronous_commit = on`). When false, a
-    /// Postgres crash may forget a claim younger than 3 × `wal_writer_delay` whose
-    /// attempt has written nothing yet (a heartbeat, tracking row or result flushes
-    /// it): that activity runs again under the same attempt number, as after a lost
-    /// worker.
-    pub durable_claims: bool,
     pub poll_interval: Duration,
     pub lease: Duration,
     pub heartbeat_interval: Duration,
@@ -94,7 +88,6 @@ impl WorkerOptions {
             queues: c.queues.clone(),
             concurrency: c.concurrency,
             fetch_batch: c.fetch_batch,
-            durable_claims: c.durable_claims,
             poll_interval: c.poll_interval.0,
             lease: c.lease.0,
             heartbeat_interval: c.heartbeat_interval(),
@@ -116,7 +109,6 @@ impl WorkerOptions {
             queues,
             concurrency,
             fetch_batch: 100,
-            durable_claims: false,
             poll_interval: Duration::from_secs(1),
             lease: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(10),
@@ -375,93 +367,8 @@ struct FetchLoop {
     hard: CancellationToken,
 }
 
-/// A fetch loop's own connection: claims run back to back on it, without a pool
-/// hand-off and the ping the pool makes on every release. Its session forces generic
-/// plans: both claim statements have one right plan (an index range scan of
-/// `activities_claim_idx`), but Postgres keeps choosing custom plans for them, so every
-/// claim would be planned again (~0.2 ms). Unless `durable_claims` is set, claims also
-/// commit without waiting for their WAL flush (see `WorkerOptions::durable_claims`).
-struct ClaimConn {
-    conn: Option<(sqlx::PgConnection, Instant)>,
-}
-
-/// A fetch loop's connection is replaced after this long, like the pool's.
-const CLAIM_CONN_LIFETIME: Duration = Duration::from_secs(1800);
-/// How long connecting for claims may take before the claim counts as failed.
-const CLAIM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-impl ClaimConn {
-    async fn claim(
-        &mut self,
-        f: &FetchLoop,
-        kinds: &[String],
-        want: usize,
-        hint: Option<KeysetHint>,
-    ) -> Result<Vec<Claimed>, sqlx::Error> {
-        if self
-            .conn
-            .as_ref()
-            .is_some_and(|(_, since)| since.elapsed() > CLAIM_CONN_LIFETIME)
-        {
-            self.close().await;
-        }
-        loop {
-            let fresh = self.conn.is_none();
-            if fresh {
-                let mut session = vec![("plan_cache_mode", "force_generic_plan")];
-                if !f.opts.durable_claims {
-                    session.push(("synchronous_commit", "off"));
-                }
-                let c = crate::db::dedicated_connection(&f.pool, &session, CLAIM_CONNECT_TIMEOUT)
-                    .await?;
-                self.conn = Some((c, Instant::now()));
-            }
-            let (conn, _) = self.conn.as_mut().expect("connected above");
-            match store::claim(
-                &mut *conn,
-                f.opts.id,
-                &f.queue,
-                kinds,
-                want,
-                hint,
-                f.opts.lease.as_millis() as i64,
-            )
-            .await
-            {
-                Ok(rows) => return Ok(rows),
-                Err(e) => {
-                    self.conn = None;
-                    // A connection that served earlier claims may have been closed
-                    // since (a restart, pg_terminate_backend): retry once on a new one.
-                    // A claim that committed before its answer was lost is fenced by
-                    // its lease and rescued when that expires.
-                    if fresh || !crate::db::is_connection_lost(&e) {
-                        return Err(e);
-                    }
-                    debug!(error = %e, queue = %f.queue, "claim connection lost; reconnecting");
-                }
-            }
-        }
-    }
-
-    async fn close(&mut self) {
-        if let Some((c, _)) = self.conn.take() {
-            use sqlx::Connection;
-            // A polite goodbye, so the server logs no lost client; bounded, as the
-            // server may be why we stop.
-            let _ = tokio::time::timeout(Duration::from_secs(1), c.close()).await;
-        }
-    }
-}
-
 impl FetchLoop {
     async fn run(self, soft: CancellationToken) {
-        let mut conn = ClaimConn { conn: None };
-        self.fetch(&soft, &mut conn).await;
-        conn.close().await;
-    }
-
-    async fn fetch(&self, soft: &CancellationToken, conn: &mut ClaimConn) {
         let mut hint: Option<KeysetHint> = None;
         let mut hint_set_at = Instant::now();
         let mut linger_until = Instant::now();
@@ -512,7 +419,16 @@ impl FetchLoop {
             let claimed = if kinds.is_empty() {
                 Ok(Vec::new())
             } else {
-                conn.claim(self, &kinds, want, hint).await
+                store::claim(
+                    &self.pool,
+                    self.opts.id,
+                    &self.queue,
+                    &kinds,
+                    want,
+                    hint,
+                    self.opts.lease.as_millis() as i64,
+                )
+                .await
             };
             let got = match claimed {
                 Ok(rows) => {
