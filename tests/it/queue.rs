@@ -483,9 +483,9 @@ async fn a_late_success_after_cancel_is_refused() {
     assert!(a.result.is_none());
 }
 
-/// The two completion statements (successes only; anything else) keep the same fence:
-/// per row, only the attempt running under this worker changes, and a batch mixing
-/// outcomes gives each row its own.
+/// Completion is fenced per row: only the attempt running under this worker changes
+/// (not a wrong attempt, another worker's report or a late duplicate), and a batch
+/// mixing outcomes gives each row its own.
 #[tokio::test]
 async fn completion_batches_fence_each_row() {
     let db = TestDb::new().await;
