@@ -168,44 +168,6 @@ pub async fn run(
             }
         });
     }
-    // Cache keys of workflow steps carry the image digest: one resolver (bounded and
-    // cached, since the completer's hook calls it inside its transaction) for the API,
-    // the worker and the sweeper.
-    let digests = opts
-        .docker
-        .as_ref()
-        .map(|(cfg, _)| crate::workflow::Digests::docker(cfg))
-        .unwrap_or_default();
-    if let Some(addr) = opts.listen {
-        let listener = api::bind(addr).await?;
-        info!(listen = %listener.local_addr()?, "http server listening");
-        if let Some(dir) = &opts.local_access {
-            // A CLI without a token still works here; failing to write only costs that.
-            if let Err(e) =
-                crate::cli::remote::write_local_access(&pool, dir, listener.local_addr()?).await
-            {
-                warn!(
-                    error = format!("{e:#}"),
-                    "local admin token / API URL not written"
-                );
-            }
-        }
-        let planner = opts.docker.as_ref().map(|(cfg, _)| api::gc::GcPlanner {
-            client: cfg.client(),
-            deployment: cfg.deployment.clone(),
-            opts: opts.gc.clone().unwrap_or_default(),
-        });
-        let state = AppState::new(health.clone(), pool.clone(), opts.api.clone())
-            .with_gc(planner)
-            .with_digests(digests.clone());
-        let stop = stop.clone();
-        tracker.spawn(async move {
-            if let Err(e) = api::serve(listener, state, async move { stop.cancelled().await }).await
-            {
-                warn!(error = %e, "http server failed");
-            }
-        });
-    }
     // The Docker runtime connects lazily: a daemon that is down does not stop the start.
     let docker_runtime = match (&opts.docker, &opts.worker) {
         (Some((cfg, artifacts)), Some(w)) => {
@@ -222,6 +184,54 @@ pub async fn run(
         }
         _ => None,
     };
+    // One Docker client for the process: the runtime's when this process runs docker
+    // activities (the monitor puts its circuit breaker in front of it, so the API and a
+    // digest lookup inside a completion fail fast while the daemon is down).
+    let docker_client = docker_runtime
+        .as_ref()
+        .map(|rt| rt.client.clone())
+        .or_else(|| opts.docker.as_ref().map(|(cfg, _)| cfg.client()));
+    // Cache keys of workflow steps carry the image digest: one resolver (bounded and
+    // cached, since the completer's hook calls it inside its transaction) for the API,
+    // the worker and the sweeper.
+    let digests = docker_client
+        .clone()
+        .map(crate::workflow::Digests::docker)
+        .unwrap_or_default();
+    if let Some(addr) = opts.listen {
+        let listener = api::bind(addr).await?;
+        info!(listen = %listener.local_addr()?, "http server listening");
+        if let Some(dir) = &opts.local_access {
+            // A CLI without a token still works here; failing to write only costs that.
+            if let Err(e) =
+                crate::cli::remote::write_local_access(&pool, dir, listener.local_addr()?).await
+            {
+                warn!(
+                    error = format!("{e:#}"),
+                    "local admin token / API URL not written"
+                );
+            }
+        }
+        let planner = opts
+            .docker
+            .as_ref()
+            .zip(docker_client)
+            .map(|((cfg, _), client)| api::gc::GcPlanner {
+                client,
+                deployment: cfg.deployment.clone(),
+                opts: opts.gc.clone().unwrap_or_default(),
+            });
+        let state = AppState::new(health.clone(), pool.clone(), opts.api.clone())
+            .with_gc(planner)
+            .with_digests(digests.clone());
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            if let Err(e) = api::serve(listener, state, async move { stop.cancelled().await }).await
+            {
+                warn!(error = %e, "http server failed");
+            }
+        });
+    }
     // Docker is a soft dependency: the monitor probes once now (the first claim already
     // knows whether docker kinds may run), then keeps probing, drives readiness and
     // guards every call with the circuit breaker. HIGHWAY_DOCKER_OPTIONAL=false: refuse

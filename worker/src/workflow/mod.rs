@@ -146,9 +146,9 @@ impl std::fmt::Debug for Digests {
 }
 
 impl Digests {
-    /// The Docker-backed resolver of these settings.
-    pub fn docker(cfg: &crate::config::docker::DockerConfig) -> Self {
-        Self(Arc::new(DockerDigests::new(cfg.client())))
+    /// The resolver that asks the daemon behind `client`.
+    pub fn docker(client: crate::docker::client::DockerClient) -> Self {
+        Self(Arc::new(DockerDigests::new(client)))
     }
 }
 
