@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
-    /// Queue throughput and latency, with raw-SQL ceilings on the same cluster.
+    /// Queue throughput and latency, with raw-SQL ceilings on the same cluster: a private
+    /// Postgres of its own, started in a temp dir and removed (`--database-url` and
+    /// `--state-dir` are not used).
     Queue(QueueBench),
     /// Container overhead of `tools.docker.run` against raw bollard and the docker CLI.
     Docker(super::bench_docker::DockerBench),
@@ -114,19 +116,25 @@ async fn queue_lanes(b: &QueueBench, cluster: &Cluster) -> anyhow::Result<Vec<La
 
     // 1. pgbench: single-row inserts, 16 clients.
     let v = pgbench_insert(cluster, secs).await?;
-    cpu.lane(&mut lanes, "pgbench_insert_16c", v, secs, "rows/s");
+    cpu.lane(
+        &mut lanes,
+        "pgbench_insert_16c",
+        v,
+        v * secs.as_secs_f64(),
+        "rows/s",
+    );
 
     // 2. Raw claim+complete ceilings on a bare table shaped like ours.
     cpu.restart();
-    let v = raw_claim_complete(&pool, 100, b.activities, secs).await?;
-    cpu.lane(&mut lanes, "raw_batched_claim_complete", v, secs, "jobs/s");
+    let (v, done) = raw_claim_complete(&pool, 100, b.activities, secs).await?;
+    cpu.lane(&mut lanes, "raw_batched_claim_complete", v, done, "jobs/s");
     cpu.restart();
-    let v = raw_claim_complete(&pool, 1, b.activities / 4, secs).await?;
+    let (v, done) = raw_claim_complete(&pool, 1, b.activities / 4, secs).await?;
     cpu.lane(
         &mut lanes,
         "raw_unbatched_claim_complete",
         v,
-        secs,
+        done,
         "jobs/s",
     );
 
@@ -138,7 +146,7 @@ async fn queue_lanes(b: &QueueBench, cluster: &Cluster) -> anyhow::Result<Vec<La
         &mut lanes,
         "highway_enqueue_single_16c",
         single,
-        secs,
+        single * secs.as_secs_f64(),
         "activities/s",
     );
     let t0 = Instant::now();
@@ -186,31 +194,19 @@ async fn queue_lanes(b: &QueueBench, cluster: &Cluster) -> anyhow::Result<Vec<La
     //    enqueues can offer), plus transactions per activity.
     let rate = (max_tput.min(single) / 2.0).max(10.0);
     let (p50, p99, p999, tx_per) = latency(&pool, &client, rate, secs).await?;
-    lanes.push(Lane {
-        name: "latency_offered_rate".into(),
-        value: rate,
-        unit: "activities/s",
-    });
-    lanes.push(Lane {
-        name: "enqueue_to_start_p50".into(),
-        value: p50,
-        unit: "ms",
-    });
-    lanes.push(Lane {
-        name: "enqueue_to_start_p99".into(),
-        value: p99,
-        unit: "ms",
-    });
-    lanes.push(Lane {
-        name: "enqueue_to_start_p99.9".into(),
-        value: p999,
-        unit: "ms",
-    });
-    lanes.push(Lane {
-        name: "transactions_per_activity".into(),
-        value: tx_per,
-        unit: "xact/activity",
-    });
+    for (name, value, unit) in [
+        ("latency_offered_rate", rate, "activities/s"),
+        ("enqueue_to_start_p50", p50, "ms"),
+        ("enqueue_to_start_p99", p99, "ms"),
+        ("enqueue_to_start_p99.9", p999, "ms"),
+        ("transactions_per_activity", tx_per, "xact/activity"),
+    ] {
+        lanes.push(Lane {
+            name: name.into(),
+            value,
+            unit,
+        });
+    }
     pool.close().await;
     Ok(lanes)
 }
@@ -253,13 +249,14 @@ async fn pgbench_insert(cluster: &Cluster, secs: Duration) -> anyhow::Result<f64
 }
 
 /// The ceiling: a bare table, claim `batch` rows with SKIP LOCKED (keyset hint), complete
-/// them (`batch == 1`: one statement per row), 4 concurrent loops.
+/// them (`batch == 1`: one statement per row), 4 concurrent loops. Returns the rate and
+/// the rows done: the lane ends early when the rows run out.
 async fn raw_claim_complete(
     pool: &PgPool,
     batch: i64,
     rows: usize,
     secs: Duration,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     sqlx::query("DROP TABLE IF EXISTS bench_raw")
         .execute(pool)
         .await?;
@@ -339,7 +336,7 @@ async fn raw_claim_complete(
     }
     let n = done.load(Ordering::Relaxed) as f64;
     sqlx::query("DROP TABLE bench_raw").execute(pool).await?;
-    Ok(n / t0.elapsed().as_secs_f64())
+    Ok((n / t0.elapsed().as_secs_f64(), n))
 }
 
 async fn enqueue_single(client: &Client, clients: usize, secs: Duration) -> anyhow::Result<f64> {
@@ -402,31 +399,12 @@ async fn noop_throughput(
     sqlx::query("VACUUM ANALYZE highway.activities")
         .execute(pool)
         .await?;
-    let t0 = Instant::now();
     cpu.restart();
     let (shutdown, h) = bench_worker(pool, &queue, slots);
-    loop {
-        // Through the partial indexes (a count over the table would cost the database
-        // more than the work it measures).
-        let busy: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM highway.activities WHERE status = 'scheduled' AND queue = $1) \
-                 OR EXISTS (SELECT 1 FROM highway.activities WHERE status = 'running')",
-        )
-        .bind(&queue)
-        .fetch_one(pool)
-        .await?;
-        if !busy {
-            break;
-        }
-        anyhow::ensure!(
-            t0.elapsed() < Duration::from_secs(600),
-            "noop lane did not finish"
-        );
-        // Each probe costs Postgres ~2 ms (the running-lease index is full of dead
-        // entries mid-lane); every 20 ms it took a tenth of the database it measures.
-        // The span comes from the rows' own timestamps, so a late probe changes nothing.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // Each probe costs Postgres ~2 ms (the running-lease index is full of dead entries
+    // mid-lane); every 20 ms it took a tenth of the database it measures. The span comes
+    // from the rows' own timestamps, so a late probe changes nothing.
+    drained(pool, &queue, Duration::from_millis(200)).await?;
     let used = cpu.used();
     // Measured from the database's own timestamps: first start to last finish.
     let span: f64 = sqlx::query_scalar(
@@ -437,6 +415,30 @@ async fn noop_throughput(
     shutdown.now();
     h.await?;
     Ok((count as f64 / span.max(1e-6), used))
+}
+
+/// Waits until `queue` has nothing waiting and nothing runs anywhere, probing every
+/// `every` through the partial indexes (a count over the table would cost the database
+/// more than the work it measures); fails after 10 minutes.
+async fn drained(pool: &PgPool, queue: &str, every: Duration) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    loop {
+        let busy: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM highway.activities WHERE status = 'scheduled' AND queue = $1) \
+                 OR EXISTS (SELECT 1 FROM highway.activities WHERE status = 'running')",
+        )
+        .bind(queue)
+        .fetch_one(pool)
+        .await?;
+        if !busy {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(600),
+            "the {queue} lane did not finish"
+        );
+        tokio::time::sleep(every).await;
+    }
 }
 
 /// Every throughput lane loads its rows right after a checkpoint, so no lane pays full
@@ -517,13 +519,13 @@ impl CpuMeter {
         (me, pg)
     }
 
-    /// Pushes the lane and its CPU cost per item (`rate` items/s over `secs`).
+    /// Pushes the lane and its CPU cost per item (`items` done since `restart`).
     fn lane(
         &mut self,
         lanes: &mut Vec<Lane>,
         name: &'static str,
         rate: f64,
-        secs: Duration,
+        items: f64,
         unit: &'static str,
     ) {
         let used = self.used();
@@ -532,7 +534,7 @@ impl CpuMeter {
             value: rate,
             unit,
         });
-        self.push_usage(lanes, name, used, rate * secs.as_secs_f64());
+        self.push_usage(lanes, name, used, items);
     }
 
     fn push_usage(&self, lanes: &mut Vec<Lane>, name: &'static str, used: (f64, f64), items: f64) {
@@ -595,19 +597,7 @@ async fn latency(
     for h in hs {
         h.await??;
     }
-    loop {
-        let busy: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM highway.activities WHERE status = 'scheduled' AND queue = $1) \
-                 OR EXISTS (SELECT 1 FROM highway.activities WHERE status = 'running')",
-        )
-        .bind(queue)
-        .fetch_one(pool)
-        .await?;
-        if !busy {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    drained(pool, queue, Duration::from_millis(20)).await?;
     shutdown.now();
     h.await?;
     tokio::time::sleep(Duration::from_millis(1100)).await;
