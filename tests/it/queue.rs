@@ -4,7 +4,7 @@
 use highway_tests::{eventually, status_of, TestDb, TestWorker};
 use highway_worker::executor::Rescuer;
 use highway_worker::queue::store;
-use highway_worker::queue::{Completion, Outcome};
+use highway_worker::queue::{Claimed, Completion, Outcome};
 use highway_workflows::{CancelOutcome, EnqueueRequest, Error, HumanDuration};
 use serde_json::json;
 use std::collections::HashSet;
@@ -433,6 +433,22 @@ async fn cancellation_in_each_state() {
 }
 
 /// A cancellation that races a success: the success is refused, the state is cancelled.
+/// Claims up to `n` no-op activities of the default queue for `worker` (30 s lease),
+/// as a fetch loop would.
+async fn claim_noops(db: &TestDb, worker: Uuid, n: usize) -> Vec<Claimed> {
+    store::claim(
+        &db.pool,
+        worker,
+        "default",
+        &[NOOP.to_string()],
+        n,
+        None,
+        30_000,
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_late_success_after_cancel_is_refused() {
     let db = TestDb::new().await;
@@ -442,17 +458,7 @@ async fn a_late_success_after_cancel_is_refused() {
         .await
         .unwrap();
     let me = Uuid::new_v4();
-    let c = store::claim(
-        &db.pool,
-        me,
-        "default",
-        &[NOOP.to_string()],
-        1,
-        None,
-        30_000,
-    )
-    .await
-    .unwrap();
+    let c = claim_noops(&db, me, 1).await;
     assert_eq!(c.len(), 1);
     assert_eq!(
         client.cancel(e.id, None).await.unwrap(),
@@ -501,17 +507,7 @@ async fn completion_batches_fence_each_row() {
         );
     }
     let me = Uuid::new_v4();
-    let claimed = store::claim(
-        &db.pool,
-        me,
-        "default",
-        &[NOOP.to_string()],
-        4,
-        None,
-        30_000,
-    )
-    .await
-    .unwrap();
+    let claimed = claim_noops(&db, me, 4).await;
     assert_eq!(claimed.len(), 4);
     let ok = |id, attempt| Completion {
         id,

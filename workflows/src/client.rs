@@ -243,7 +243,7 @@ impl Client {
         // (Validated once, by the public entry points.) Only a keyed request can ever
         // be compared with another one.
         let hash = req.idempotency_key.as_ref().map(|_| request_hash(req));
-        let keyed = req.idempotency_key.is_some();
+        let keyed = hash.is_some();
         // The NOTIFY form is a heavier statement; most enqueues fall inside the
         // debounce window and take the plain INSERT. `ON CONFLICT` (a speculative
         // insertion into every unique index) is only paid by keyed requests.
@@ -735,16 +735,18 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
 }
 const INSERT_PLAIN: &str = insert_one!("", "", "\nRETURNING id");
 const INSERT_KEYED: &str = insert_one!("\nON CONFLICT DO NOTHING", "", "\nRETURNING id");
-const INSERT_PLAIN_NOTIFY: &str = insert_one!(
-    "",
-    "WITH ins AS (",
-    "\n    RETURNING id, queue\n)\nSELECT ins.id FROM ins\nLEFT JOIN LATERAL (SELECT pg_notify('highway_activity', ins.queue)) n ON true"
-);
-const INSERT_KEYED_NOTIFY: &str = insert_one!(
-    "\nON CONFLICT DO NOTHING",
-    "WITH ins AS (",
-    "\n    RETURNING id, queue\n)\nSELECT ins.id FROM ins\nLEFT JOIN LATERAL (SELECT pg_notify('highway_activity', ins.queue)) n ON true"
-);
+/// The NOTIFY form: the INSERT in a CTE, its queue name notified.
+macro_rules! with_notify {
+    ($conflict:literal) => {
+        insert_one!(
+            $conflict,
+            "WITH ins AS (",
+            "\n    RETURNING id, queue\n)\nSELECT ins.id FROM ins\nLEFT JOIN LATERAL (SELECT pg_notify('highway_activity', ins.queue)) n ON true"
+        )
+    };
+}
+const INSERT_PLAIN_NOTIFY: &str = with_notify!("");
+const INSERT_KEYED_NOTIFY: &str = with_notify!("\nON CONFLICT DO NOTHING");
 
 const INSERT_MANY: &str = concat!(
     insert_into_activities!(),

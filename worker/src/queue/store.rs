@@ -18,8 +18,9 @@ pub struct KeysetHint {
 }
 
 /// The claim statement, with or without the keyset hint. Two texts rather than one with
-/// `$n IS NULL OR ...`: each is planned once and its cached generic plan is the right
-/// one (an index range scan of `activities_claim_idx`), so no claim pays for planning.
+/// `$n IS NULL OR ...`: each has one right plan, custom or cached generic alike (an
+/// index range scan of `activities_claim_idx`). Postgres still plans claims afresh
+/// (it keeps preferring custom plans for them: ~0.2 ms per claim, measured).
 macro_rules! claim_sql {
     ($after:literal) => {
         concat!(
