@@ -950,8 +950,9 @@ async fn r6_poison_activity_fails_after_max_attempts() {
 }
 
 /// R10: a worker cut from Postgres (blackholed) longer than its lease stops its container
-/// within the lease; another worker reruns the activity; the cut worker's late result is
-/// rejected.
+/// within the lease, even one that ignores SIGTERM with a `stop_grace` far longer than
+/// the lease (the grace is cut to what is left of the lease); another worker reruns the
+/// activity; the cut worker's late result is rejected.
 #[tokio::test]
 async fn r10_worker_cut_from_postgres_stops_within_the_lease() {
     let env = Env::new().await;
@@ -964,7 +965,8 @@ async fn r10_worker_cut_from_postgres_stops_within_the_lease() {
     );
     let a = env
         .enqueue(
-            json!({"image": TEST_IMAGE, "command": ["sleep", "600"], "stop_grace": "1s"}),
+            json!({"image": TEST_IMAGE, "command": ["sh", "-c", "trap '' TERM; sleep 600 & wait"],
+                   "stop_grace": "60s"}),
             |_| {},
         )
         .await;
@@ -1023,6 +1025,9 @@ async fn r10_worker_cut_from_postgres_stops_within_the_lease() {
         env.db.client().cancel(a, None).await.unwrap(),
         CancelOutcome::Requested
     );
+    // Attempt 2 ignores SIGTERM too and its lease holds, so it gets the whole 60 s
+    // grace: end it now rather than wait.
+    docker_cli(&["kill", &c2]);
     let act = env.db.client().wait(a, None, WAIT).await.unwrap();
     assert_eq!(act.status, "cancelled");
     for p in [&mut pa, &mut pb] {

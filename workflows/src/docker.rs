@@ -207,7 +207,9 @@ pub struct DockerRunParams {
     /// `security_opt` entries (`apparmor=…`, `label=…`); unconfined ones are refused by policy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub security_opt: Vec<String>,
-    /// Time between SIGTERM and SIGKILL when we stop the container (default 10 s).
+    /// Time between SIGTERM and SIGKILL when we stop the container (default 10 s). After
+    /// a lease loss it is cut to what is left of the lease, so the container is down
+    /// before another worker may start the activity again.
     #[serde(default = "default_stop_grace")]
     #[schemars(with = "DurationSchema")]
     pub stop_grace: HumanDuration,

@@ -765,7 +765,25 @@ pub async fn stop_container(
     };
     let stop = async {
         let t0 = tokio::time::Instant::now();
-        match client.stop_container(container_id, grace).await {
+        let call = client.stop_container(container_id, grace);
+        let mut call = std::pin::pin!(call);
+        let res = if grace.subsec_nanos() == 0 {
+            call.await
+        } else {
+            // The daemon counts the grace in whole seconds (rounded up, so it is never
+            // short); a fraction (a grace cut to what is left of a lease) ends with our
+            // own SIGKILL on time. The stop call returns once the container is down.
+            tokio::select! {
+                r = &mut call => r,
+                () = tokio::time::sleep(grace) => {
+                    if let Err(e) = client.kill_container(container_id).await {
+                        warn!(error = %e, "kill at the end of the grace failed");
+                    }
+                    call.await
+                }
+            }
+        };
+        match res {
             // The daemon's stop returns once the container is down; taking the whole
             // grace means SIGTERM was not enough and the daemon sent SIGKILL.
             Ok(()) => t0.elapsed() >= grace,

@@ -73,6 +73,8 @@ struct RunState {
     /// Start was (possibly) sent: cleanup stops with grace before removing.
     started: bool,
     exited: bool,
+    /// An error path already stopped it (the cleanup only removes it).
+    stopped: bool,
     /// `auto_remove: false` and the run finished: keep the container this long.
     keep: Option<Duration>,
     /// A detached run that started: the container outlives the attempt.
@@ -226,6 +228,14 @@ impl Attempt<'_> {
             Ok(r) => r,
             Err(panic) => std::panic::resume_unwind(panic),
         };
+        if res.is_err() {
+            // An error may have left the container running: stop it before the log
+            // flush below, which waits on Postgres. A hung database (R10) must not keep
+            // the container running past the lease.
+            if let Some(id) = snapshot(self.state).container_id {
+                stop_if_running(self.rt, self.ctx, self.state, &id).await;
+            }
+        }
         match &res {
             Ok(_) => sys.system("highway: run finished"),
             Err(e) => sys.system(format!("highway: run failed: {}", e.error_type)),
@@ -508,10 +518,10 @@ impl Attempt<'_> {
             Ending::Cancelled(r) => Some(format!("{r:?}").to_lowercase()),
         };
         if let Some(why) = &stop_reason {
-            let grace = params.stop_grace.0;
+            let grace = grace_within_lease(self.ctx, params.stop_grace.0);
             sys.system(format!(
-                "highway: stopping container ({why}): SIGTERM, SIGKILL after {}s",
-                grace.as_secs()
+                "highway: stopping container ({why}): SIGTERM, SIGKILL after {:.1}s",
+                grace.as_secs_f64()
             ));
             ctx.record_heartbeat(json!({"phase": "stopping", "container_id": id, "reason": why}));
             self.stop(&id, grace).await;
@@ -1341,12 +1351,7 @@ async fn cleanup(rt: &DockerRuntime, ctx: &ActivityContext, state: &Mutex<RunSta
             Err(e) => tracing::warn!(error = %e, "could not record retention; removing instead"),
         }
     }
-    if s.started && !s.exited {
-        // An error or panic while it may be running: stop with grace first (trap 6:
-        // removing a running container with force skips the grace).
-        // Shared with the GC: stop steps timestamped, kill if the stop call fails.
-        gc::stop_container(&rt.client, &rt.pool, &id, s.stop_grace, &reason).await;
-    }
+    stop_if_running(rt, ctx, state, &id).await;
     let mut last_err = None;
     for attempt in 0..3u32 {
         match rt.client.remove_container(&id).await {
@@ -1391,6 +1396,47 @@ async fn cleanup(rt: &DockerRuntime, ctx: &ActivityContext, state: &Mutex<RunSta
             json!({"reason": reason, "error": s.redactor.redact(&e.to_string())}),
         )
         .await;
+    }
+}
+
+/// Stops the container, once, if an error or panic may have left it running: with grace
+/// first (trap 6: removing a running container with force skips the grace), the grace
+/// cut to the lease after a lease loss. Shared with the GC: stop steps timestamped, kill
+/// if the stop call fails. A detached container is not ours to stop.
+async fn stop_if_running(
+    rt: &DockerRuntime,
+    ctx: &ActivityContext,
+    state: &Mutex<RunState>,
+    id: &str,
+) {
+    let s = snapshot(state);
+    if !s.started || s.exited || s.stopped || s.detached {
+        return;
+    }
+    let reason = if s.reason.is_empty() {
+        "failed"
+    } else {
+        s.reason.as_str()
+    };
+    let grace = grace_within_lease(ctx, s.stop_grace);
+    gc::stop_container(&rt.client, &rt.pool, id, grace, reason).await;
+    update(state, |s| s.stopped = true);
+}
+
+/// What the stop call itself may take (SIGKILL delivered, the container down) once the
+/// grace ends: kept free at the end of a lost lease.
+const STOP_CALL_SLACK: Duration = Duration::from_millis(250);
+
+/// The grace a stop may use: the attempt's `stop_grace`, except after a lease loss,
+/// when it is cut to what is left of the lease. Another worker may start the activity
+/// once the lease ends, so a container that ignores SIGTERM must be killed before then:
+/// the lease is the guarantee that one attempt runs at a time, the grace a courtesy.
+fn grace_within_lease(ctx: &ActivityContext, grace: Duration) -> Duration {
+    match (ctx.cancel_reason(), ctx.lease_left()) {
+        (Some(CancelReason::LeaseLost), Some(left)) => {
+            grace.min(left.saturating_sub(STOP_CALL_SLACK))
+        }
+        _ => grace,
     }
 }
 
@@ -1501,6 +1547,49 @@ fn to_json(result: &DockerRunResult) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ctx() -> ActivityContext {
+        ActivityContext::new(
+            uuid::Uuid::nil(),
+            1,
+            "tools.docker.run".into(),
+            "default".into(),
+            None,
+            uuid::Uuid::nil(),
+            "default".into(),
+            None,
+        )
+    }
+
+    #[test]
+    fn a_lost_lease_cuts_the_grace_to_what_is_left_of_it() {
+        let grace = Duration::from_secs(30);
+        let c = ctx();
+        c.set_lease_end(std::time::Instant::now() + Duration::from_secs(2));
+        // Cancelled for another reason, or not at all: the full grace.
+        assert_eq!(grace_within_lease(&c, grace), grace);
+        c.cancel(CancelReason::Requested);
+        assert_eq!(grace_within_lease(&c, grace), grace);
+
+        let c = ctx();
+        c.set_lease_end(std::time::Instant::now() + Duration::from_secs(2));
+        c.cancel(CancelReason::LeaseLost);
+        let cut = grace_within_lease(&c, grace);
+        assert!(cut <= Duration::from_secs(2) - STOP_CALL_SLACK, "{cut:?}");
+        assert!(cut > Duration::from_secs(1), "{cut:?}");
+        // A short grace stays as it is.
+        assert_eq!(
+            grace_within_lease(&c, Duration::from_millis(300)),
+            Duration::from_millis(300)
+        );
+        // The lease already gone (the database refused the renewal): kill at once.
+        c.set_lease_end(std::time::Instant::now());
+        assert_eq!(grace_within_lease(&c, grace), Duration::ZERO);
+        // No lease known (a context outside an executor): the grace stands.
+        let c = ctx();
+        c.cancel(CancelReason::LeaseLost);
+        assert_eq!(grace_within_lease(&c, grace), grace);
+    }
 
     #[test]
     fn owners() {

@@ -453,7 +453,7 @@ impl FetchLoop {
                     backlog = n == want;
                     for row in rows {
                         let permit = permits.split(1).expect("one permit per claimed row");
-                        self.start(row, permit);
+                        self.start(row, permit, claim_started);
                     }
                     drop(permits);
                     n
@@ -489,7 +489,9 @@ impl FetchLoop {
         }
     }
 
-    fn start(&self, row: Claimed, permit: tokio::sync::OwnedSemaphorePermit) {
+    /// Runs a claimed attempt. `claim_sent` is when the claim went out: its lease began
+    /// no earlier in the database, so counting from it never overstates the lease.
+    fn start(&self, row: Claimed, permit: tokio::sync::OwnedSemaphorePermit, claim_sent: Instant) {
         self.counters
             .claimed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -516,6 +518,8 @@ impl FetchLoop {
             row.queue.clone(),
             deadline,
         );
+        let lease = Duration::from_millis(row.lease_ms.max(1000) as u64);
+        ctx.set_lease_end(claim_sent + lease);
         // A cancellation racing the claim is seen at the first heartbeat.
         self.running
             .lock()
@@ -525,8 +529,8 @@ impl FetchLoop {
                 Running {
                     attempt: row.attempt,
                     ctx: ctx.clone(),
-                    renewed_at: now,
-                    lease: Duration::from_millis(row.lease_ms.max(1000) as u64),
+                    renewed_at: claim_sent,
+                    lease,
                 },
             );
         if self.hard.is_cancelled() {
@@ -879,15 +883,21 @@ async fn heartbeat_loop(
             )
             .await;
         }
-        if last_worker_beat.elapsed() >= tick {
+        // The worker's own row, bounded by the next stop deadline too: a hung connection
+        // must not delay the lease check past it (a tick-long wait here once let an
+        // attempt run 650 ms past its lease).
+        let budget = match stop_deadline(&running) {
+            Some(d) => tick.min(d.saturating_duration_since(Instant::now())),
+            None => tick,
+        };
+        if last_worker_beat.elapsed() >= tick && !budget.is_zero() {
             let status = if soft.is_cancelled() {
                 "draining"
             } else {
                 "running"
             };
-            // Bounded too: a hung connection must not delay the next lease check.
             if let Ok(Ok(())) =
-                tokio::time::timeout(tick, store::worker_heartbeat(&pool, opts.id, status)).await
+                tokio::time::timeout(budget, store::worker_heartbeat(&pool, opts.id, status)).await
             {
                 last_worker_beat = Instant::now();
             }
@@ -929,6 +939,7 @@ async fn heartbeat_once(
                     match held.get(id) {
                         Some(cancel) => {
                             r.renewed_at = sent_at;
+                            r.ctx.set_lease_end(sent_at + r.lease);
                             if *cancel {
                                 r.ctx.cancel(CancelReason::Requested);
                             }
@@ -937,6 +948,8 @@ async fn heartbeat_once(
                             if !r.ctx.is_cancelled() {
                                 warn!(activity_id = %id, attempt, "heartbeat refused: lease lost; stopping the attempt");
                             }
+                            // The database says the lease is gone already.
+                            r.ctx.set_lease_end(Instant::now());
                             r.ctx.cancel(CancelReason::LeaseLost);
                         }
                     }

@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -41,6 +41,7 @@ pub struct ActivityContext {
     cancel: CancellationToken,
     reason: Arc<OnceLock<CancelReason>>,
     details: Arc<Mutex<Option<Value>>>,
+    lease_end: Arc<Mutex<Option<Instant>>>,
 }
 
 impl fmt::Debug for ActivityContext {
@@ -76,6 +77,7 @@ impl ActivityContext {
             cancel: CancellationToken::new(),
             reason: Arc::default(),
             details: Arc::default(),
+            lease_end: Arc::default(),
         }
     }
 
@@ -100,6 +102,21 @@ impl ActivityContext {
     pub fn cancel(&self, reason: CancelReason) {
         let _ = self.reason.set(reason);
         self.cancel.cancel();
+    }
+
+    /// How long this worker still holds the attempt's lease, as far as it knows: counted
+    /// from the last renewal the database confirmed, so never longer than the real
+    /// lease. `None` when no executor tracks a lease (a context built by hand). After
+    /// a lease loss a handler must have its work stopped within this time: another
+    /// worker may take the activity over once the lease ends.
+    pub fn lease_left(&self) -> Option<Duration> {
+        let end = *self.lease_end.lock().unwrap_or_else(|p| p.into_inner());
+        end.map(|e| e.saturating_duration_since(Instant::now()))
+    }
+
+    /// The executor records where the lease ends (at the claim and at each renewal).
+    pub fn set_lease_end(&self, at: Instant) {
+        *self.lease_end.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
     }
 
     /// Progress to store with the next heartbeat (`activities.heartbeat_details`);
