@@ -1089,32 +1089,42 @@ async fn r17_cancel_while_queued_creating_running_completing() {
         .await;
     let c = env.running(running, 1).await;
     client.cancel(running, None).await.unwrap();
-    let t0 = Instant::now();
     eventually("the running container removed", WAIT, || async {
         (!env.exists(&c).await).then_some(())
     })
     .await;
-    assert!(
-        t0.elapsed() < Duration::from_secs(2 + 2),
-        "{:?}",
-        t0.elapsed()
-    );
     let act = client.wait(running, None, WAIT).await.unwrap();
     assert_eq!(act.status, "cancelled");
-    let steps = gc_store::stop_steps_of_activity(&env.db.pool, running)
-        .await
-        .unwrap();
-    let s = &steps[0];
+    // Judged on the steps' own timestamps (all from Postgres' clock), not on when this
+    // test's polls noticed: the stop goes out at once, the grace is honoured in full,
+    // and SIGKILL follows it. The slack covers a loaded machine (CI runs four tests at
+    // a time on two cores); a cancel that waited for a heartbeat or a grace that was
+    // doubled would still show.
+    let s = eventually("the removal recorded", WAIT, || async {
+        let steps = gc_store::stop_steps_of_activity(&env.db.pool, running)
+            .await
+            .unwrap();
+        steps.into_iter().next().filter(|s| s.removed_at.is_some())
+    })
+    .await;
     let requested = act.cancel_requested_at.unwrap();
     let signalled = s.stop_signalled_at.expect("signalled step");
+    let killed = s
+        .killed_at
+        .unwrap_or_else(|| panic!("SIGTERM ignored: killed after the grace: {s:?}"));
     assert!(s.stop_requested_at.is_some());
     assert!(
-        signalled - requested < chrono::Duration::milliseconds(1000),
-        "{s:?} requested {requested}"
+        signalled - requested < chrono::Duration::milliseconds(2000),
+        "the stop went out late: {s:?} requested {requested}"
     );
     assert!(
-        s.killed_at.is_some(),
-        "SIGTERM ignored: killed after the grace: {s:?}"
+        // The `signalled` write goes out with the signal and may land a little after it.
+        killed - signalled >= chrono::Duration::milliseconds(1500),
+        "killed before the 2 s grace ended: {s:?}"
+    );
+    assert!(
+        killed - signalled < chrono::Duration::milliseconds(2000 + 2000),
+        "killed long after the 2 s grace: {s:?}"
     );
     assert_eq!(s.stop_reason.as_deref(), Some("requested"));
     assert_eq!(s.status, "removed");
@@ -1209,7 +1219,9 @@ async fn r17_cancel_run_stops_running_and_detached_containers() {
         })
         .await;
     }
-    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    // 1 s grace plus the collector's 500 ms period, with room for a loaded machine; the
+    // daemon's default 10 s grace would not fit.
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
     for a in &running {
         assert_eq!(
             client.wait(*a, None, WAIT).await.unwrap().status,
@@ -1223,8 +1235,20 @@ async fn r17_cancel_run_stops_running_and_detached_containers() {
             .await
             .unwrap();
     assert_eq!(status, "cancelled");
-    let row = env.rows(detached).await;
-    assert_eq!(row[0].removed_reason.as_deref(), Some("detached_run_ended"));
+    // The collector records a removal after the daemon confirms it: wait for the row.
+    let reason = eventually(
+        "the detached container's removal recorded",
+        WAIT,
+        || async {
+            env.rows(detached)
+                .await
+                .into_iter()
+                .next()
+                .and_then(|r| r.removed_reason)
+        },
+    )
+    .await;
+    assert_eq!(reason, "detached_run_ended");
     stop.cancel();
     gc_task.await.unwrap();
     w.stop().await;
