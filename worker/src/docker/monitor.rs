@@ -315,8 +315,11 @@ impl DockerMonitor {
                 Probe::Up => {
                     tokio::select! {
                         _ = tokio::time::sleep(self.settings.probe_interval) => {}
-                        // Calls failing while we thought it up: look now.
-                        _ = self.breaker.tripped() => {}
+                        // Calls failing while we thought it up: stop claiming docker
+                        // work at once (each claim would burn an attempt on a circuit
+                        // that refuses every call) and look now; on a hung daemon the
+                        // probe itself takes its whole deadline to fail.
+                        _ = self.breaker.tripped() => self.set_ready(false),
                         _ = stop.cancelled() => return self.summary,
                     }
                 }
