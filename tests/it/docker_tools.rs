@@ -589,18 +589,20 @@ async fn commit_bakes_no_secret_and_no_highway_label_and_expired_images_are_reap
     .fetch_all(&h.db.pool)
     .await
     .unwrap();
+    // A removal whose call timed out may still have gone through: the next pass then
+    // finds the image gone and records that.
     let last = passes.last().unwrap();
-    assert_eq!(
-        (last.removed, last.in_use, last.gone),
-        (1, 0, 0),
-        "passes {passes:?}, failures {failures:?}"
-    );
+    let reason = match (last.removed, last.gone, last.in_use) {
+        (1, 0, 0) => "expired",
+        (0, 1, 0) if passes.len() > 1 => "gone",
+        _ => panic!("passes {passes:?}, failures {failures:?}"),
+    };
     assert!(h.docker.inspect_image(&image_id).await.is_err());
     let row = tools::tracked_image(&h.db.pool, &image_id)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(row.removed_reason.as_deref(), Some("expired"));
+    assert_eq!(row.removed_reason.as_deref(), Some(reason));
     // Pinned: kept past its expiry.
     assert!(h.docker.inspect_image(&pinned_id).await.is_ok());
     remove_image(&h, &pinned_id).await;

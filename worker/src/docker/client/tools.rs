@@ -186,7 +186,9 @@ impl DockerClient {
     /// Removes an image by id (`force` untags it from every repository). 404 is success
     /// (already gone); 409 (in use by a container) is returned to the caller.
     pub async fn remove_image(&self, image_id: &str, force: bool) -> Result<bool> {
-        let t = self.inner.settings.call_timeout;
+        // Deleting layers is disk work: on a busy daemon it took over 5 s (the plain call
+        // deadline), and a timed-out call counts against the circuit breaker.
+        let t = self.inner.settings.call_timeout * 6;
         let id = image_id.to_string();
         let opts = RemoveImageOptionsBuilder::default()
             .force(force)
