@@ -740,6 +740,28 @@ async fn inspect_after_create_shows_the_secure_defaults_and_secrets_are_redacted
         tokio::spawn(async move {
             let id = wait_running(&docker, a, Duration::from_secs(30)).await;
             let c = docker.inspect_container(&id, None).await.unwrap();
+            // Cancel once both lines are out (on a loaded machine the shell may not have
+            // echoed yet when the container shows running), so the test sees them.
+            highway_tests::eventually("the container's two lines", Duration::from_secs(30), || {
+                let id = id.clone();
+                async move {
+                    let out = tokio::task::spawn_blocking(move || {
+                        std::process::Command::new("docker")
+                            .args(["logs", &id])
+                            .output()
+                    })
+                    .await
+                    .unwrap()
+                    .ok()?;
+                    let all = format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    (all.contains("token=") && all.contains("err=")).then_some(())
+                }
+            })
+            .await;
             ctx.cancel(CancelReason::Requested);
             c
         })

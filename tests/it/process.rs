@@ -57,8 +57,17 @@ async fn sigterm_lets_running_work_finish_then_exits_zero() {
         .unwrap();
     wait_running_on(&db, e.id, wid).await;
     p.signal(libc::SIGTERM);
-    // Let the signal be delivered and handled (the process is asynchronous to us).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait until the signal was handled (the worker's row says draining, or already
+    // stopped; a fixed pause was too short on a loaded machine).
+    eventually("the worker draining", WAIT, || async {
+        let st: String = sqlx::query_scalar("SELECT status FROM highway.workers WHERE id = $1")
+            .bind(wid)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        (st == "draining" || st == "stopped").then_some(())
+    })
+    .await;
     // Enqueued after the signal: never claimed by this worker.
     let late = client
         .enqueue(&EnqueueRequest::new("highway.noop", json!({})))
