@@ -949,6 +949,56 @@ async fn r6_poison_activity_fails_after_max_attempts() {
     env.assert_clean().await;
 }
 
+/// A worker cut from Postgres (blackholed) and then told to stop still stops on time:
+/// its attempt's container is stopped and removed through the daemon, and no task
+/// (collector, sweeper, scheduler, lease release) hangs on the dead connection past the
+/// shutdown grace. The attempt is taken back by the rescuer once Postgres returns.
+#[tokio::test]
+async fn a_worker_cut_from_postgres_still_shuts_down_within_its_grace() {
+    let env = Env::new().await;
+    let proxy = TcpProxy::start(&url_host_port(&env.db.url)).await;
+    let mut p = env.spawn_worker(
+        &proxy.rewrite_url(&env.db.url),
+        Uuid::new_v4(),
+        &[
+            ("HIGHWAY_LEASE", "15s"),
+            ("HIGHWAY_SHUTDOWN_GRACE", "3s"),
+            ("HIGHWAY_SCHEDULER_ENABLED", "true"),
+        ],
+    );
+    let a = env
+        .enqueue(
+            json!({"image": TEST_IMAGE, "command": ["sleep", "600"], "stop_grace": "1s"}),
+            |_| {},
+        )
+        .await;
+    let c = env.running(a, 1).await;
+    // Let every service start a pass against the dead connection.
+    proxy.set(Mode::Blackhole);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t0 = Instant::now();
+    p.signal(libc::SIGTERM);
+    let code = p.wait_exit(WAIT).await;
+    let took = t0.elapsed();
+    // The 3 s grace, the 1 s stop grace, then bounded bookkeeping (each write waits at
+    // most for a pool connection, results 5 s, passes 3 s, closing 2 s): about 20 s
+    // here. Before every wait was bounded, it did not exit at all.
+    assert_eq!(code, Some(0));
+    assert!(took < Duration::from_secs(30), "exit after {took:?}");
+    assert!(!env.exists(&c).await, "the attempt's container was removed");
+    proxy.set(Mode::Pass);
+    // Its lease could not be released: the rescuer of the next worker takes it back.
+    let mut pb = env.spawn_worker(&env.db.url, Uuid::new_v4(), &[]);
+    let c2 = env.running(a, 2).await;
+    assert_ne!(c, c2);
+    env.db.client().cancel(a, None).await.unwrap();
+    let act = env.db.client().wait(a, None, WAIT).await.unwrap();
+    assert_eq!(act.status, "cancelled");
+    pb.signal(libc::SIGTERM);
+    assert_eq!(pb.wait_exit(WAIT).await, Some(0));
+    env.assert_clean().await;
+}
+
 /// R10: a worker cut from Postgres (blackholed) longer than its lease stops its container
 /// within the lease, even one that ignores SIGTERM with a `stop_grace` far longer than
 /// the lease (the grace is cut to what is left of the lease); another worker reruns the
@@ -1228,13 +1278,18 @@ async fn r17_cancel_run_stops_running_and_detached_containers() {
             "cancelled"
         );
     }
-    let status: String =
-        sqlx::query_scalar("SELECT status FROM highway.workflow_runs WHERE id = $1")
-            .bind(run)
-            .fetch_one(&env.db.pool)
-            .await
-            .unwrap();
-    assert_eq!(status, "cancelled");
+    // The run is finished right after its last activity's result commits, in a
+    // statement of its own: wait for it rather than read in between.
+    eventually("the run cancelled", WAIT, || async {
+        let status: String =
+            sqlx::query_scalar("SELECT status FROM highway.workflow_runs WHERE id = $1")
+                .bind(run)
+                .fetch_one(&env.db.pool)
+                .await
+                .unwrap();
+        (status == "cancelled").then_some(())
+    })
+    .await;
     // The collector records a removal after the daemon confirms it: wait for the row.
     let reason = eventually(
         "the detached container's removal recorded",

@@ -43,6 +43,13 @@ pub struct RunOptions {
     pub local_access: Option<PathBuf>,
 }
 
+/// How long the services (HTTP API, collector, scheduler, sweeper, monitors) may take to
+/// stop once the worker drained.
+const SERVICES_STOP: Duration = Duration::from_secs(10);
+
+/// How long closing the database pools may take at the end.
+const POOL_CLOSE: Duration = Duration::from_secs(2);
+
 /// First signal: soft shutdown, then hard after `grace`. Second signal: hard at once.
 pub fn handle_signals(
     shutdown: Shutdown,
@@ -293,9 +300,30 @@ pub async fn run(
     }
     stop.cancel();
     tracker.close();
-    tracker.wait().await;
-    pool.close().await;
-    maint_pool.close().await;
+    // Every service gives way to `stop` (a pass gets PASS_GRACE_AT_STOP to finish, HTTP
+    // requests are drained): the bound only keeps a request stuck on a dead connection
+    // from holding the process forever.
+    if tokio::time::timeout(SERVICES_STOP, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            timeout_ms = SERVICES_STOP.as_millis() as u64,
+            "services did not stop in time (a request or pass stuck on a dead connection); exiting without them"
+        );
+    }
+    // Closing waits for every connection to come back, and a connection released on a
+    // dead network is still being checked (its ping never answers).
+    let close = async {
+        pool.close().await;
+        maint_pool.close().await;
+    };
+    if tokio::time::timeout(POOL_CLOSE, close).await.is_err() {
+        warn!(
+            dependency = "postgres",
+            "database connections did not close in time; dropped"
+        );
+    }
     if let Some(dir) = &opts.local_access {
         // Nobody should find the URL of a stopped server (the token stays valid).
         std::fs::remove_file(dir.join(crate::cli::remote::API_URL_FILE)).ok();

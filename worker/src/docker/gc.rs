@@ -673,7 +673,18 @@ impl DockerGarbageCollector {
         info!(actor = %self.actor, deployment = %self.deployment, period_ms = self.opts.period.as_millis() as u64,
               dry_run = self.opts.dry_run, "garbage collector started");
         loop {
-            match self.run_once().await {
+            // A pass stuck on a dead connection must not hold up the shutdown; dropping
+            // it is as safe as a crash (the next pass of any worker finishes its work).
+            let Some(pass) = crate::executor::finish_within(
+                &stop,
+                crate::executor::PASS_GRACE_AT_STOP,
+                self.run_once(),
+            )
+            .await
+            else {
+                return;
+            };
+            match pass {
                 Ok(c) if c.acted() => info!(
                     listed = c.listed,
                     removed = c.removed_total(),

@@ -241,7 +241,15 @@ impl Attempt<'_> {
             Err(e) => sys.system(format!("highway: run failed: {}", e.error_type)),
         }
         drop(sys);
-        let stats = writer.finish(self.rt.settings.log_flush_timeout).await;
+        // After a shutdown or a lost lease Postgres may be what failed: the last lines
+        // get a short flush so the attempt's end (and the worker's) is not held up.
+        let flush = match self.ctx.cancel_reason() {
+            Some(CancelReason::Shutdown | CancelReason::LeaseLost) => {
+                self.rt.settings.log_flush_timeout.min(LOG_FLUSH_WHEN_LOST)
+            }
+            _ => self.rt.settings.log_flush_timeout,
+        };
+        let stats = writer.finish(flush).await;
         if stats.lines_dropped > 0 || stats.lines_over_cap > 0 {
             tracing::info!(
                 lines_stored = stats.lines_stored,
@@ -553,8 +561,19 @@ impl Attempt<'_> {
                 Ending::Cancelled(r) => format!("{r:?}").to_lowercase(),
             };
         });
-        if let Err(e) = tracking::mark_exited(&rt.pool, &id, exit_code, oom_killed, None).await {
-            tracing::warn!(error = %e, "tracking row not marked exited");
+        // Best-effort, and short once the attempt is cancelled (Postgres may be what
+        // failed): the removal below closes the row anyway, or the collector does.
+        match give_way_to_cancel(
+            self.ctx,
+            tracking::mark_exited(&rt.pool, &id, exit_code, oom_killed, None),
+        )
+        .await
+        {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => tracing::warn!(error = %e, "tracking row not marked exited"),
+            None => {
+                tracing::warn!("tracking row not marked exited: postgres did not answer in time")
+            }
         }
         match exit_code {
             Some(c) => sys.system(format!(
@@ -1293,7 +1312,15 @@ async fn cleanup(rt: &DockerRuntime, ctx: &ActivityContext, state: &Mutex<RunSta
                 outcome,
                 details,
             };
-            tracking::audit_or_warn(&rt.pool, &ev).await;
+            if give_way_to_cancel(ctx, tracking::audit_or_warn(&rt.pool, &ev))
+                .await
+                .is_none()
+            {
+                tracing::warn!(
+                    action,
+                    "audit row not written: postgres did not answer in time"
+                );
+            }
         }
     };
     let id = match (&s.container_id, &s.name) {
@@ -1331,7 +1358,11 @@ async fn cleanup(rt: &DockerRuntime, ctx: &ActivityContext, state: &Mutex<RunSta
     let Some(id) = id else {
         if let Some(name) = &s.name {
             if s.pending_row {
-                let _ = tracking::close_pending(&rt.pool, name, &actor, "create_failed").await;
+                let _ = give_way_to_cancel(
+                    ctx,
+                    tracking::close_pending(&rt.pool, name, &actor, "create_failed"),
+                )
+                .await;
             }
         }
         return;
@@ -1361,16 +1392,28 @@ async fn cleanup(rt: &DockerRuntime, ctx: &ActivityContext, state: &Mutex<RunSta
                     Removed::Removed => reason.clone(),
                     Removed::AlreadyGone => format!("{reason} (already gone)"),
                 };
-                if let Err(e) = tracking::mark_removed(&rt.pool, &id, &actor, &why).await {
-                    tracing::warn!(error = %e, "tracking row not marked removed");
+                // Once the attempt is cancelled (a shutdown, a lost lease) these writes
+                // get a short grace: Postgres may be what failed, and the collector
+                // closes a row left open.
+                match give_way_to_cancel(ctx, tracking::mark_removed(&rt.pool, &id, &actor, &why))
+                    .await
+                {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => tracing::warn!(error = %e, "tracking row not marked removed"),
+                    None => tracing::warn!(
+                        "tracking row not marked removed: postgres did not answer in time"
+                    ),
                 }
                 if s.container_id.is_none() {
                     if let Some(name) = &s.name {
-                        let _ = tracking::close_pending(
-                            &rt.pool,
-                            name,
-                            &actor,
-                            "create_reply_lost_removed",
+                        let _ = give_way_to_cancel(
+                            ctx,
+                            tracking::close_pending(
+                                &rt.pool,
+                                name,
+                                &actor,
+                                "create_reply_lost_removed",
+                            ),
                         )
                         .await;
                     }
@@ -1423,6 +1466,9 @@ async fn stop_if_running(
     update(state, |s| s.stopped = true);
 }
 
+/// The log flush at the end of an attempt stopped by a shutdown or a lost lease.
+const LOG_FLUSH_WHEN_LOST: Duration = Duration::from_secs(1);
+
 /// What the stop call itself may take (SIGKILL delivered, the container down) once the
 /// grace ends: kept free at the end of a lost lease.
 const STOP_CALL_SLACK: Duration = Duration::from_millis(250);
@@ -1453,11 +1499,7 @@ async fn give_way_to_cancel<T>(
     ctx: &ActivityContext,
     write: impl std::future::Future<Output = T>,
 ) -> Option<T> {
-    let mut write = std::pin::pin!(write);
-    tokio::select! {
-        r = &mut write => Some(r),
-        _ = ctx.cancelled() => tokio::time::timeout(WRITE_GRACE_ON_CANCEL, write).await.ok(),
-    }
+    crate::executor::finish_within(ctx.cancel_token(), WRITE_GRACE_ON_CANCEL, write).await
 }
 
 fn cancel_error(reason: Option<CancelReason>) -> HandlerError {

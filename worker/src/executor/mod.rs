@@ -12,6 +12,9 @@
 //! Shutdown has two phases ([`Shutdown`]): *soft* stops claiming and lets running work
 //! finish; *hard* cancels what is left with [`CancelReason::Shutdown`] so handlers stop
 //! their containers, and those attempts are released without counting as failures.
+//! Nothing in it waits on Postgres without a bound: a statement on a connection that
+//! went dead (a blackholed network answers nothing for minutes) is abandoned, which is
+//! as safe as a crash (leases expire, the rescuer takes the work back).
 
 pub mod builtin;
 pub mod registry;
@@ -54,6 +57,41 @@ impl Shutdown {
     pub fn now(&self) {
         self.soft.cancel();
         self.hard.cancel();
+    }
+}
+
+/// How long a background pass in progress may still run once its service is told to
+/// stop: plenty for a healthy database (passes are short transactions), and a pass
+/// stuck on a dead connection is then abandoned instead of holding up the shutdown.
+pub const PASS_GRACE_AT_STOP: Duration = Duration::from_secs(3);
+
+/// How long the last writes of a shutdown (queued results, releasing the leases) may
+/// take before they are abandoned; the rescuer takes the work back once the leases end.
+const LAST_WRITES: Duration = Duration::from_secs(5);
+
+/// A claim that has not answered in this long is given up (its rows, if it did commit,
+/// come back through the rescuer when their leases end).
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The error of a statement given up client-side (the server may not even have seen it).
+fn timed_out(what: &str, after: Duration) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("{what} did not answer within {} ms", after.as_millis()),
+    ))
+}
+
+/// Runs `work` to its end, unless `stop` fires and `work` then takes more than `grace`:
+/// `None` (the future is dropped). For passes and writes that must not hold up a stop.
+pub async fn finish_within<T>(
+    stop: &CancellationToken,
+    grace: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let mut work = std::pin::pin!(work);
+    tokio::select! {
+        r = &mut work => Some(r),
+        () = stop.cancelled() => tokio::time::timeout(grace, work).await.ok(),
     }
 }
 
@@ -230,6 +268,8 @@ impl Worker {
         let tasks = TaskTracker::new();
         // Services that must outlive the drain (heartbeats, completer, listener).
         let stop_services = CancellationToken::new();
+        // Results still unwritten when the last writes ran out of time are given up.
+        let abandon = CancellationToken::new();
         let (done_tx, done_rx) = mpsc::channel::<Done>(opts.complete_batch * 4);
 
         services.spawn(completer(
@@ -237,6 +277,7 @@ impl Worker {
             opts.clone(),
             done_rx,
             counters.clone(),
+            abandon.clone(),
         ));
         services.spawn(heartbeat_loop(
             self.pool.clone(),
@@ -300,14 +341,32 @@ impl Worker {
         drop(done_tx);
         stop_services.cancel();
         services.close();
-        services.wait().await;
-        let released = match store::release_and_stop(&self.pool, opts.id).await {
-            Ok(n) => n,
-            Err(e) => {
-                warn!(error = %e, "could not release leases at shutdown; the rescuer will");
-                0
-            }
-        };
+        if tokio::time::timeout(LAST_WRITES, services.wait())
+            .await
+            .is_err()
+        {
+            warn!(dependency = "postgres", timeout_ms = LAST_WRITES.as_millis() as u64,
+                  "results not recorded in time at shutdown: abandoned (their leases expire and the rescuer retries them)");
+            abandon.cancel();
+            services.wait().await;
+        }
+        let released =
+            match tokio::time::timeout(LAST_WRITES, store::release_and_stop(&self.pool, opts.id))
+                .await
+            {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "could not release leases at shutdown; the rescuer will");
+                    0
+                }
+                Err(_) => {
+                    warn!(
+                        dependency = "postgres",
+                        "releasing leases at shutdown timed out; the rescuer will take them back"
+                    );
+                    0
+                }
+            };
         let summary = WorkerSummary {
             claimed: counters.claimed.load(std::sync::atomic::Ordering::Relaxed),
             completed: counters
@@ -419,16 +478,24 @@ impl FetchLoop {
             let claimed = if kinds.is_empty() {
                 Ok(Vec::new())
             } else {
-                store::claim(
-                    &self.pool,
-                    self.opts.id,
-                    &self.queue,
-                    &kinds,
-                    want,
-                    hint,
-                    self.opts.lease.as_millis() as i64,
-                )
-                .await
+                let claim = tokio::time::timeout(
+                    CLAIM_TIMEOUT,
+                    store::claim(
+                        &self.pool,
+                        self.opts.id,
+                        &self.queue,
+                        &kinds,
+                        want,
+                        hint,
+                        self.opts.lease.as_millis() as i64,
+                    ),
+                );
+                // A claim hung on a dead connection must not hold up the hard phase: it
+                // is dropped then (rows it may have taken come back through the rescuer).
+                tokio::select! {
+                    r = claim => r.unwrap_or_else(|_| Err(timed_out("the claim", CLAIM_TIMEOUT))),
+                    () = self.hard.cancelled() => return,
+                }
             };
             let got = match claimed {
                 Ok(rows) => {
@@ -683,6 +750,7 @@ async fn completer(
     opts: Arc<WorkerOptions>,
     mut rx: mpsc::Receiver<Done>,
     counters: Arc<Counters>,
+    abandon: CancellationToken,
 ) {
     let mut in_flight = tokio::task::JoinSet::new();
     let mut closed = false;
@@ -708,7 +776,13 @@ async fn completer(
                 d = rx.recv() => match d { Some(d) => batch.push(d), None => closed = true },
             }
         }
-        in_flight.spawn(record(pool.clone(), opts.clone(), batch, counters.clone()));
+        in_flight.spawn(record(
+            pool.clone(),
+            opts.clone(),
+            batch,
+            counters.clone(),
+            abandon.clone(),
+        ));
     }
     while in_flight.join_next().await.is_some() {}
 }
@@ -733,18 +807,39 @@ impl Batch {
     }
 }
 
-/// Writes one batch of results.
-async fn record(pool: PgPool, opts: Arc<WorkerOptions>, batch: Batch, counters: Arc<Counters>) {
+/// Writes one batch of results, retrying until twice the lease has passed; each try is
+/// bounded too (a dead connection never answers). Fencing makes a retry of a try that
+/// did commit harmless: it changes nothing.
+async fn record(
+    pool: PgPool,
+    opts: Arc<WorkerOptions>,
+    batch: Batch,
+    counters: Arc<Counters>,
+    abandon: CancellationToken,
+) {
     let buf = &batch.items;
     let give_up = Instant::now() + opts.lease * 2;
     let mut delay = Duration::from_millis(50);
     loop {
         let t0 = Instant::now();
-        let res = if batch.in_run {
-            complete_and_advance(&pool, &opts, buf).await
-        } else {
-            // No workflow run to advance: one statement, no explicit transaction.
-            store::complete(&pool, opts.id, opts.max_uncounted_attempts, buf).await
+        let write = async {
+            if batch.in_run {
+                complete_and_advance(&pool, &opts, buf).await
+            } else {
+                // No workflow run to advance: one statement, no explicit transaction.
+                store::complete(&pool, opts.id, opts.max_uncounted_attempts, buf).await
+            }
+        };
+        let budget = give_up
+            .saturating_duration_since(t0)
+            .max(Duration::from_secs(1));
+        let res = tokio::select! {
+            biased;
+            () = abandon.cancelled() => {
+                warn!(dropped = buf.len(), "results abandoned at shutdown; the rescuer retries them");
+                return;
+            }
+            r = tokio::time::timeout(budget, write) => r.unwrap_or_else(|_| Err(timed_out("recording results", budget))),
         };
         match res {
             Ok(rows) => {
@@ -783,7 +878,10 @@ async fn record(pool: PgPool, opts: Arc<WorkerOptions>, batch: Batch, counters: 
             Err(e) if Instant::now() < give_up => {
                 warn!(dependency = "postgres", error = %e, retry_in_ms = delay.as_millis() as u64,
                       pending = buf.len(), "recording results failed; retrying");
-                tokio::time::sleep(jitter(delay, 0.2)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(jitter(delay, 0.2)) => {}
+                    () = abandon.cancelled() => {}
+                }
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
             Err(e) => {

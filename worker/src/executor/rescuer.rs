@@ -57,7 +57,12 @@ impl Rescuer {
                 _ = tokio::time::sleep(super::jitter(self.interval, 0.2)) => {}
                 _ = stop.cancelled() => return,
             }
-            match self.run_once().await {
+            let Some(pass) =
+                super::finish_within(&stop, super::PASS_GRACE_AT_STOP, self.run_once()).await
+            else {
+                return;
+            };
+            match pass {
                 Ok(c) if !c.is_empty() => info!(
                     retried = c.retried,
                     timed_out = c.timed_out,

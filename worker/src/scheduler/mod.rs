@@ -220,11 +220,21 @@ impl Scheduler {
 
     /// Runs passes until `stop` is cancelled. A pass in progress finishes first (its
     /// transactions are short), so stopping never leaves a half-taken slot behind —
-    /// and a crash would not either. Returns the counts of all passes.
+    /// and a crash would not either: a pass stuck on a dead connection is dropped after
+    /// `PASS_GRACE_AT_STOP`. Returns the counts of all passes.
     pub async fn run(self, stop: CancellationToken) -> RunCounts {
         let mut total = RunCounts::default();
         loop {
-            let sleep = match self.run_once().await {
+            let Some(pass) = crate::executor::finish_within(
+                &stop,
+                crate::executor::PASS_GRACE_AT_STOP,
+                self.run_once(),
+            )
+            .await
+            else {
+                break;
+            };
+            let sleep = match pass {
                 Ok(c) => {
                     if !c.is_quiet() {
                         info!(

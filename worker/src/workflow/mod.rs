@@ -232,7 +232,16 @@ impl Sweeper {
                 _ = tokio::time::sleep(self.interval) => {}
                 _ = stop.cancelled() => return,
             }
-            match self.run_once().await {
+            let Some(pass) = crate::executor::finish_within(
+                &stop,
+                crate::executor::PASS_GRACE_AT_STOP,
+                self.run_once(),
+            )
+            .await
+            else {
+                return;
+            };
+            match pass {
                 Ok(0) => {}
                 Ok(n) => info!(runs = n, "workflow sweeper advanced stalled runs"),
                 Err(e) => {
