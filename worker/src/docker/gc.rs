@@ -673,15 +673,8 @@ impl DockerGarbageCollector {
         info!(actor = %self.actor, deployment = %self.deployment, period_ms = self.opts.period.as_millis() as u64,
               dry_run = self.opts.dry_run, "garbage collector started");
         loop {
-            // A pass stuck on a dead connection must not hold up the shutdown; dropping
-            // it is as safe as a crash (the next pass of any worker finishes its work).
-            let Some(pass) = crate::executor::finish_within(
-                &stop,
-                crate::executor::PASS_GRACE_AT_STOP,
-                self.run_once(),
-            )
-            .await
-            else {
+            // A pass stuck on a dead connection must not hold up the shutdown.
+            let Some(pass) = crate::executor::pass_or_stop(&stop, self.run_once()).await else {
                 return;
             };
             match pass {

@@ -73,6 +73,16 @@ const LAST_WRITES: Duration = Duration::from_secs(5);
 /// come back through the rescuer when their leases end).
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A background pass (rescuer, collector, sweeper, scheduler): run to its end, or
+/// dropped `PASS_GRACE_AT_STOP` after `stop` fires (`None`). Dropping one is as safe as
+/// a crash: the next pass of any worker finishes its work.
+pub async fn pass_or_stop<T>(
+    stop: &CancellationToken,
+    pass: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    finish_within(stop, PASS_GRACE_AT_STOP, pass).await
+}
+
 /// The error of a statement given up client-side (the server may not even have seen it).
 fn timed_out(what: &str, after: Duration) -> sqlx::Error {
     sqlx::Error::Io(std::io::Error::new(

@@ -57,9 +57,7 @@ impl Rescuer {
                 _ = tokio::time::sleep(super::jitter(self.interval, 0.2)) => {}
                 _ = stop.cancelled() => return,
             }
-            let Some(pass) =
-                super::finish_within(&stop, super::PASS_GRACE_AT_STOP, self.run_once()).await
-            else {
+            let Some(pass) = super::pass_or_stop(&stop, self.run_once()).await else {
                 return;
             };
             match pass {

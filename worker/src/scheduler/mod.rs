@@ -225,13 +225,7 @@ impl Scheduler {
     pub async fn run(self, stop: CancellationToken) -> RunCounts {
         let mut total = RunCounts::default();
         loop {
-            let Some(pass) = crate::executor::finish_within(
-                &stop,
-                crate::executor::PASS_GRACE_AT_STOP,
-                self.run_once(),
-            )
-            .await
-            else {
+            let Some(pass) = crate::executor::pass_or_stop(&stop, self.run_once()).await else {
                 break;
             };
             let sleep = match pass {

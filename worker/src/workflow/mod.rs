@@ -232,13 +232,7 @@ impl Sweeper {
                 _ = tokio::time::sleep(self.interval) => {}
                 _ = stop.cancelled() => return,
             }
-            let Some(pass) = crate::executor::finish_within(
-                &stop,
-                crate::executor::PASS_GRACE_AT_STOP,
-                self.run_once(),
-            )
-            .await
-            else {
+            let Some(pass) = crate::executor::pass_or_stop(&stop, self.run_once()).await else {
                 return;
             };
             match pass {
