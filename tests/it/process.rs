@@ -110,6 +110,40 @@ async fn sigterm_past_the_grace_releases_without_counting() {
     assert_eq!((status.as_str(), attempt, uncounted), ("scheduled", 1, 1));
 }
 
+/// The worker's row says `draining` as soon as SIGTERM is handled, not at its next
+/// beat (a third of the lease: 20 s here), so operators see it at once.
+#[tokio::test]
+async fn the_worker_row_says_draining_at_once() {
+    let db = TestDb::new().await;
+    let client = db.client();
+    let wid = Uuid::new_v4();
+    let mut p = spawn_worker(&db, wid, "60s", "1h");
+    let e = client
+        .enqueue(&EnqueueRequest::new(
+            "highway.sleep",
+            json!({"duration": "60s"}),
+        ))
+        .await
+        .unwrap();
+    wait_running_on(&db, e.id, wid).await;
+    p.signal(libc::SIGTERM);
+    eventually(
+        "the worker's row draining",
+        Duration::from_secs(5),
+        || async {
+            let st: String = sqlx::query_scalar("SELECT status FROM highway.workers WHERE id = $1")
+                .bind(wid)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+            (st == "draining").then_some(())
+        },
+    )
+    .await;
+    p.signal(libc::SIGINT);
+    assert_eq!(p.wait_exit(WAIT).await, Some(0));
+}
+
 /// A second signal skips the grace.
 #[tokio::test]
 async fn a_second_signal_escalates_at_once() {

@@ -962,6 +962,8 @@ async fn heartbeat_loop(
             .min()
     };
     let floor = Duration::from_millis(100);
+    // The worker's row says `draining` as soon as the soft phase begins, not a tick later.
+    let mut draining_told = false;
     loop {
         let mut nap = jitter(tick, 0.1);
         if let Some(d) = stop_deadline(&running) {
@@ -969,6 +971,10 @@ async fn heartbeat_loop(
         }
         tokio::select! {
             _ = tokio::time::sleep(nap) => {}
+            _ = soft.cancelled(), if !draining_told => {
+                draining_told = true;
+                last_worker_beat = Instant::now() - tick;
+            }
             _ = stop.cancelled() => return,
         }
         let sent_at = Instant::now();
