@@ -561,9 +561,9 @@ impl Attempt<'_> {
                 Ending::Cancelled(r) => format!("{r:?}").to_lowercase(),
             };
         });
-        // Best-effort, and short once the attempt is cancelled (Postgres may be what
-        // failed): the removal below closes the row anyway, or the collector does.
-        match give_way_to_cancel(
+        // Bounded once the attempt is cancelled (Postgres may be what failed): the
+        // removal below closes the row anyway, or the collector does.
+        match cleanup_write(
             self.ctx,
             tracking::mark_exited(&rt.pool, &id, exit_code, oom_killed, None),
         )
@@ -1312,7 +1312,7 @@ async fn cleanup(rt: &DockerRuntime, ctx: &ActivityContext, state: &Mutex<RunSta
                 outcome,
                 details,
             };
-            if give_way_to_cancel(ctx, tracking::audit_or_warn(&rt.pool, &ev))
+            if cleanup_write(ctx, tracking::audit_or_warn(&rt.pool, &ev))
                 .await
                 .is_none()
             {
@@ -1358,7 +1358,7 @@ async fn cleanup(rt: &DockerRuntime, ctx: &ActivityContext, state: &Mutex<RunSta
     let Some(id) = id else {
         if let Some(name) = &s.name {
             if s.pending_row {
-                let _ = give_way_to_cancel(
+                let _ = cleanup_write(
                     ctx,
                     tracking::close_pending(&rt.pool, name, &actor, "create_failed"),
                 )
@@ -1392,11 +1392,8 @@ async fn cleanup(rt: &DockerRuntime, ctx: &ActivityContext, state: &Mutex<RunSta
                     Removed::Removed => reason.clone(),
                     Removed::AlreadyGone => format!("{reason} (already gone)"),
                 };
-                // Once the attempt is cancelled (a shutdown, a lost lease) these writes
-                // get a short grace: Postgres may be what failed, and the collector
-                // closes a row left open.
-                match give_way_to_cancel(ctx, tracking::mark_removed(&rt.pool, &id, &actor, &why))
-                    .await
+                // Bounded once the attempt is cancelled: Postgres may be what failed.
+                match cleanup_write(ctx, tracking::mark_removed(&rt.pool, &id, &actor, &why)).await
                 {
                     Some(Ok(_)) => {}
                     Some(Err(e)) => tracing::warn!(error = %e, "tracking row not marked removed"),
@@ -1406,7 +1403,7 @@ async fn cleanup(rt: &DockerRuntime, ctx: &ActivityContext, state: &Mutex<RunSta
                 }
                 if s.container_id.is_none() {
                     if let Some(name) = &s.name {
-                        let _ = give_way_to_cancel(
+                        let _ = cleanup_write(
                             ctx,
                             tracking::close_pending(
                                 &rt.pool,
@@ -1492,6 +1489,20 @@ const OOM_SETTLE: Duration = Duration::from_millis(300);
 /// How long a write may still take once the attempt is cancelled: enough for a healthy
 /// database (so a cancel does not lose the row), short against the lease margin.
 const WRITE_GRACE_ON_CANCEL: Duration = Duration::from_millis(250);
+
+/// How long a bookkeeping write after the container stopped (tracking row, audit) may
+/// take once the attempt is cancelled: a loaded database answers well within it (250 ms
+/// left a resumed worker's row open), a dead one no longer holds up a shutdown.
+const CLEANUP_WRITE_GRACE: Duration = Duration::from_secs(2);
+
+/// A bookkeeping write of the cleanup: to its end, or dropped `CLEANUP_WRITE_GRACE` after
+/// the attempt is cancelled (the collector closes a row left open).
+async fn cleanup_write<T>(
+    ctx: &ActivityContext,
+    write: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    crate::executor::finish_within(ctx.cancel_token(), CLEANUP_WRITE_GRACE, write).await
+}
 
 /// Runs `write` to its end, unless the attempt is cancelled and the write then takes more
 /// than `WRITE_GRACE_ON_CANCEL`: `None` (the write is dropped).
