@@ -57,8 +57,9 @@ async fn sigterm_lets_running_work_finish_then_exits_zero() {
         .unwrap();
     wait_running_on(&db, e.id, wid).await;
     p.signal(libc::SIGTERM);
-    // Wait until the signal was handled (the worker's row says draining, or already
-    // stopped; a fixed pause was too short on a loaded machine).
+    // Wait until claiming stopped: the worker's row says draining once every fetch loop
+    // ended (or stopped, if the work finished already). A fixed pause was too short on
+    // a loaded machine.
     eventually("the worker draining", WAIT, || async {
         let st: String = sqlx::query_scalar("SELECT status FROM highway.workers WHERE id = $1")
             .bind(wid)
@@ -110,7 +111,7 @@ async fn sigterm_past_the_grace_releases_without_counting() {
     assert_eq!((status.as_str(), attempt, uncounted), ("scheduled", 1, 1));
 }
 
-/// The worker's row says `draining` as soon as SIGTERM is handled, not at its next
+/// The worker's row says `draining` as soon as SIGTERM stopped claiming, not at its next
 /// beat (a third of the lease: 20 s here), so operators see it at once.
 #[tokio::test]
 async fn the_worker_row_says_draining_at_once() {

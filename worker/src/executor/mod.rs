@@ -289,11 +289,13 @@ impl Worker {
             counters.clone(),
             abandon.clone(),
         ));
+        // Fires once every fetch loop has ended: no claim is in flight any more.
+        let claiming_stopped = CancellationToken::new();
         services.spawn(heartbeat_loop(
             self.pool.clone(),
             opts.clone(),
             running.clone(),
-            shutdown.soft.clone(),
+            claiming_stopped.clone(),
             stop_services.clone(),
         ));
         services.spawn(listener(
@@ -331,6 +333,7 @@ impl Worker {
         // Phase 1: stop claiming, let running work finish until the hard phase.
         shutdown.soft.cancelled().await;
         fetchers.wait().await;
+        claiming_stopped.cancel();
         info!(
             running = running.lock().map(|r| r.len()).unwrap_or(0),
             "draining: claiming stopped"
@@ -943,7 +946,7 @@ async fn heartbeat_loop(
     pool: PgPool,
     opts: Arc<WorkerOptions>,
     running: RunningMap,
-    soft: CancellationToken,
+    claiming_stopped: CancellationToken,
     stop: CancellationToken,
 ) {
     let tick = opts.heartbeat_interval.max(Duration::from_millis(200));
@@ -962,7 +965,8 @@ async fn heartbeat_loop(
             .min()
     };
     let floor = Duration::from_millis(100);
-    // The worker's row says `draining` as soon as the soft phase begins, not a tick later.
+    // The worker's row says `draining` as soon as claiming stopped (every fetch loop
+    // ended, no claim in flight), not a tick later.
     let mut draining_told = false;
     loop {
         let mut nap = jitter(tick, 0.1);
@@ -971,7 +975,7 @@ async fn heartbeat_loop(
         }
         tokio::select! {
             _ = tokio::time::sleep(nap) => {}
-            _ = soft.cancelled(), if !draining_told => {
+            _ = claiming_stopped.cancelled(), if !draining_told => {
                 draining_told = true;
                 last_worker_beat = Instant::now() - tick;
             }
@@ -1005,7 +1009,7 @@ async fn heartbeat_loop(
             None => tick,
         };
         if last_worker_beat.elapsed() >= tick && !budget.is_zero() {
-            let status = if soft.is_cancelled() {
+            let status = if claiming_stopped.is_cancelled() {
                 "draining"
             } else {
                 "running"
