@@ -265,22 +265,10 @@ impl Drop for Env {
     /// A failed test must not leak containers into the machine: remove whatever this
     /// deployment (or the test's unlabelled helpers, named after it) left.
     fn drop(&mut self) {
-        for filter in [
-            format!("label=highway.deployment={}", self.deployment),
-            format!("name={}-", self.deployment),
-        ] {
-            let Ok(out) = std::process::Command::new("docker")
-                .args(["ps", "-aq", "--filter", &filter])
-                .output()
-            else {
-                continue;
-            };
-            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = std::process::Command::new("docker")
-                    .args(["rm", "-f", id])
-                    .output();
-            }
-        }
+        highway_tests::docker::remove_leftovers(
+            &self.deployment,
+            Some(&format!("{}-", self.deployment)),
+        );
         let _ = std::fs::remove_dir_all(&self.artifacts);
     }
 }

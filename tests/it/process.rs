@@ -26,6 +26,14 @@ fn spawn_worker(db: &TestDb, worker_id: Uuid, lease: &str, grace: &str) -> Proce
     Process::spawn(&db.url, &["worker", "--no-http"], &env)
 }
 
+async fn worker_status(db: &TestDb, worker: Uuid) -> String {
+    sqlx::query_scalar("SELECT status FROM highway.workers WHERE id = $1")
+        .bind(worker)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
 async fn wait_running_on(db: &TestDb, id: Uuid, worker: Uuid) {
     eventually("activity running on the child worker", WAIT, || async {
         let owner: Option<Uuid> = sqlx::query_scalar(
@@ -61,11 +69,7 @@ async fn sigterm_lets_running_work_finish_then_exits_zero() {
     // ended (or stopped, if the work finished already). A fixed pause was too short on
     // a loaded machine.
     eventually("the worker draining", WAIT, || async {
-        let st: String = sqlx::query_scalar("SELECT status FROM highway.workers WHERE id = $1")
-            .bind(wid)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+        let st = worker_status(&db, wid).await;
         (st == "draining" || st == "stopped").then_some(())
     })
     .await;
@@ -77,12 +81,7 @@ async fn sigterm_lets_running_work_finish_then_exits_zero() {
     assert_eq!(p.wait_exit(WAIT).await, Some(0));
     assert_eq!(status_of(&db.pool, e.id).await, ("succeeded".into(), 1));
     assert_eq!(status_of(&db.pool, late.id).await, ("scheduled".into(), 0));
-    let st: String = sqlx::query_scalar("SELECT status FROM highway.workers WHERE id = $1")
-        .bind(wid)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(st, "stopped");
+    assert_eq!(worker_status(&db, wid).await, "stopped");
 }
 
 /// R5: work that outlives the grace is stopped and released without counting an attempt.
@@ -112,9 +111,10 @@ async fn sigterm_past_the_grace_releases_without_counting() {
 }
 
 /// The worker's row says `draining` as soon as SIGTERM stopped claiming, not at its next
-/// beat (a third of the lease: 20 s here), so operators see it at once.
+/// beat (a third of the lease: 20 s here), so operators see it at once. A second signal
+/// then skips the grace.
 #[tokio::test]
-async fn the_worker_row_says_draining_at_once() {
+async fn draining_shows_at_once_and_a_second_signal_escalates() {
     let db = TestDb::new().await;
     let client = db.client();
     let wid = Uuid::new_v4();
@@ -131,37 +131,9 @@ async fn the_worker_row_says_draining_at_once() {
     eventually(
         "the worker's row draining",
         Duration::from_secs(5),
-        || async {
-            let st: String = sqlx::query_scalar("SELECT status FROM highway.workers WHERE id = $1")
-                .bind(wid)
-                .fetch_one(&db.pool)
-                .await
-                .unwrap();
-            (st == "draining").then_some(())
-        },
+        || async { (worker_status(&db, wid).await == "draining").then_some(()) },
     )
     .await;
-    p.signal(libc::SIGINT);
-    assert_eq!(p.wait_exit(WAIT).await, Some(0));
-}
-
-/// A second signal skips the grace.
-#[tokio::test]
-async fn a_second_signal_escalates_at_once() {
-    let db = TestDb::new().await;
-    let client = db.client();
-    let wid = Uuid::new_v4();
-    let mut p = spawn_worker(&db, wid, "10s", "1h");
-    let e = client
-        .enqueue(&EnqueueRequest::new(
-            "highway.sleep",
-            json!({"duration": "60s"}),
-        ))
-        .await
-        .unwrap();
-    wait_running_on(&db, e.id, wid).await;
-    p.signal(libc::SIGTERM);
-    tokio::time::sleep(Duration::from_millis(300)).await;
     p.signal(libc::SIGINT);
     assert_eq!(p.wait_exit(Duration::from_secs(10)).await, Some(0));
     assert_eq!(status_of(&db.pool, e.id).await.0, "scheduled");

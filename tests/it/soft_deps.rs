@@ -57,9 +57,18 @@ struct Rig {
     health: Health,
     breaker: Arc<Breaker>,
     stop: CancellationToken,
-    monitor: tokio::task::JoinHandle<MonitorSummary>,
+    monitor: Option<tokio::task::JoinHandle<MonitorSummary>>,
     worker: Option<TestWorker>,
     dir: PathBuf,
+    deployment: String,
+}
+
+impl Drop for Rig {
+    /// A failed test must not leak its containers or its directory into the machine.
+    fn drop(&mut self) {
+        highway_tests::docker::remove_leftovers(&self.deployment, None);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl Rig {
@@ -68,8 +77,9 @@ impl Rig {
         let db = TestDb::new().await;
         let dir = temp_dir("soft-deps");
         let opts = TestWorker::fast_options(2);
+        let deployment = deployment();
         let config = DockerConfig {
-            deployment: deployment(),
+            deployment: deployment.clone(),
             availability: fast_availability(),
             ..DockerConfig::default()
         };
@@ -103,9 +113,10 @@ impl Rig {
             health,
             breaker,
             stop,
-            monitor,
+            monitor: Some(monitor),
             worker: Some(worker),
             dir,
+            deployment,
         }
     }
 
@@ -150,9 +161,8 @@ impl Rig {
         }
         self.rt.drain().await;
         self.stop.cancel();
-        let summary = self.monitor.await.expect("monitor task");
-        let _ = std::fs::remove_dir_all(&self.dir);
-        summary
+        let monitor = self.monitor.take().expect("finished once");
+        monitor.await.expect("monitor task")
     }
 }
 

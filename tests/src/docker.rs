@@ -209,6 +209,25 @@ impl DockerHarness {
     }
 }
 
+/// Force-removes every container labelled with `deployment` or named after `name_prefix`
+/// (a test's unlabelled helpers): what a failed test leaves must not leak into the
+/// machine. Synchronous (the docker CLI), for `Drop`.
+pub fn remove_leftovers(deployment: &str, name_prefix: Option<&str>) {
+    let mut filters = vec![format!("label=highway.deployment={deployment}")];
+    filters.extend(name_prefix.map(|p| format!("name={p}")));
+    for filter in filters {
+        let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+        else {
+            continue;
+        };
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("docker").args(["rm", "-f", id]).output();
+        }
+    }
+}
+
 impl Drop for DockerHarness {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.artifact_dir);
