@@ -186,11 +186,20 @@ pub struct WorkerSummary {
 /// An attempt running in this process.
 struct Running {
     attempt: i32,
+    /// Also holds where the lease ends (`ActivityContext::lease_end`): counted from when
+    /// the last successful heartbeat (or the claim) was *sent*, so the lease in the
+    /// database runs at least until then.
     ctx: ActivityContext,
-    /// Local time at which the last successful heartbeat (or the claim) was *sent*: the
-    /// lease in the database runs at least until this plus the lease.
-    renewed_at: Instant,
     lease: Duration,
+}
+
+impl Running {
+    /// When the attempt must stop if its lease cannot be renewed: `margin` before the
+    /// lease ends (never before the last renewal).
+    fn stop_by(&self, margin: Duration) -> Instant {
+        let end = self.ctx.lease_end().unwrap_or_else(Instant::now);
+        end.checked_sub(margin.min(self.lease)).unwrap_or(end)
+    }
 }
 
 type RunningMap = Arc<Mutex<HashMap<Uuid, Running>>>;
@@ -609,7 +618,6 @@ impl FetchLoop {
                 Running {
                     attempt: row.attempt,
                     ctx: ctx.clone(),
-                    renewed_at: claim_sent,
                     lease,
                 },
             );
@@ -961,7 +969,7 @@ async fn heartbeat_loop(
         let map = running.lock().unwrap_or_else(|p| p.into_inner());
         map.values()
             .filter(|r| !r.ctx.is_cancelled())
-            .map(|r| r.renewed_at + r.lease.saturating_sub(margin))
+            .map(|r| r.stop_by(margin))
             .min()
     };
     let floor = Duration::from_millis(100);
@@ -1056,7 +1064,6 @@ async fn heartbeat_once(
                     }
                     match held.get(id) {
                         Some(cancel) => {
-                            r.renewed_at = sent_at;
                             r.ctx.set_lease_end(sent_at + r.lease);
                             if *cancel {
                                 r.ctx.cancel(CancelReason::Requested);
@@ -1077,9 +1084,7 @@ async fn heartbeat_once(
                 warn!(dependency = "postgres", error = %e, "heartbeat failed");
                 let map = running.lock().unwrap_or_else(|p| p.into_inner());
                 for (id, r) in map.iter() {
-                    if !r.ctx.is_cancelled()
-                        && r.renewed_at + r.lease.saturating_sub(margin) <= Instant::now()
-                    {
+                    if !r.ctx.is_cancelled() && r.stop_by(margin) <= Instant::now() {
                         warn!(activity_id = %id, "cannot renew the lease before it expires: stopping the attempt");
                         r.ctx.cancel(CancelReason::LeaseLost);
                     }

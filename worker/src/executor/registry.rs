@@ -110,8 +110,13 @@ impl ActivityContext {
     /// a lease loss a handler must have its work stopped within this time: another
     /// worker may take the activity over once the lease ends.
     pub fn lease_left(&self) -> Option<Duration> {
-        let end = *self.lease_end.lock().unwrap_or_else(|p| p.into_inner());
-        end.map(|e| e.saturating_duration_since(Instant::now()))
+        self.lease_end()
+            .map(|e| e.saturating_duration_since(Instant::now()))
+    }
+
+    /// Where the lease ends, as far as this worker knows (see [`Self::lease_left`]).
+    pub fn lease_end(&self) -> Option<Instant> {
+        *self.lease_end.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The executor records where the lease ends (at the claim and at each renewal).
