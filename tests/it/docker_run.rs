@@ -573,12 +573,14 @@ async fn create_conflict_adopts_our_own_container_and_refuses_a_foreign_one() {
     let h = DockerHarness::new().await;
     let a = h.activity().await;
     let name = container_name(a, 1);
+    let deployment_id = h.db.deployment_id().await.to_string();
     let labels = |activity: Uuid| {
         [
             ("highway.managed", "true".to_string()),
             ("highway.activity_id", activity.to_string()),
             ("highway.attempt", "1".to_string()),
             ("highway.deployment", "default".to_string()),
+            ("highway.deployment_id", deployment_id.clone()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

@@ -16,6 +16,7 @@ use highway_tests::proxy::{url_host_port, Mode, TcpProxy};
 use highway_tests::{eventually, Process, TestDb, TestWorker};
 use highway_worker::config::docker::DockerConfig;
 use highway_worker::docker::client::{ClientSettings, DockerClient};
+use highway_worker::docker::deployment::Deployment;
 use highway_worker::docker::gc::{DockerGarbageCollector, GcOptions, Reason};
 use highway_worker::docker::gc_store;
 use highway_worker::docker::spec::container_name;
@@ -37,6 +38,9 @@ struct Env {
     db: TestDb,
     docker: Docker,
     deployment: String,
+    /// The database's identity: containers made by hand in these tests carry it to
+    /// stand in for a worker's.
+    deployment_id: Uuid,
     artifacts: PathBuf,
 }
 
@@ -48,10 +52,12 @@ impl Env {
         let deployment = format!("gct-{}", &Uuid::new_v4().simple().to_string()[..12]);
         let artifacts = std::env::temp_dir().join(format!("highway-gc-{deployment}"));
         std::fs::create_dir_all(&artifacts).unwrap();
+        let deployment_id = db.deployment_id().await;
         Self {
             db,
             docker,
             deployment,
+            deployment_id,
             artifacts,
         }
     }
@@ -107,7 +113,7 @@ impl Env {
         DockerGarbageCollector::new(
             client,
             pool,
-            self.deployment.clone(),
+            Deployment::new(self.deployment.clone(), false),
             Uuid::new_v4(),
             None,
             opts,
@@ -213,6 +219,7 @@ impl Env {
         vec![
             ("highway.managed", "true".into()),
             ("highway.deployment", self.deployment.clone()),
+            ("highway.deployment_id", self.deployment_id.to_string()),
             ("highway.activity_id", activity.to_string()),
             ("highway.attempt", attempt.to_string()),
             ("highway.tenant_id", "default".into()),

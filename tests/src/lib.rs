@@ -104,6 +104,13 @@ impl TestDb {
             .connect(&url)
             .await
             .expect("connect to test database");
+        // A clone of the template carries the template's deployment identity: every test
+        // database gets its own, so no test's collector can see another test's
+        // containers as its own.
+        sqlx::query("UPDATE highway.settings SET value = gen_random_uuid()::text WHERE name = 'deployment_id'")
+            .execute(&pool)
+            .await
+            .expect("give the test database its own deployment identity");
         Self { pool, url, name }
     }
 
@@ -114,6 +121,14 @@ impl TestDb {
             .connect(&admin_url())
             .await
             .expect("connect to test cluster")
+    }
+
+    /// This database's deployment identity (the `highway.deployment_id` label of the
+    /// containers its workers create).
+    pub async fn deployment_id(&self) -> uuid::Uuid {
+        highway_worker::db::settings::deployment_id(&self.pool)
+            .await
+            .expect("deployment identity")
     }
 
     pub fn client(&self) -> highway_workflows::Client {

@@ -6,6 +6,7 @@
 use crate::api::{self, AppState};
 use crate::config::docker::DockerConfig;
 use crate::db::{self, PoolOptions};
+use crate::docker::deployment::Deployment;
 use crate::docker::gc::{DockerGarbageCollector, GcOptions};
 use crate::docker::{self, DockerRuntime};
 use crate::executor::{Registry, Shutdown, Worker, WorkerOptions, WorkerSummary};
@@ -225,7 +226,12 @@ pub async fn run(
             .zip(docker_client)
             .map(|((cfg, _), client)| api::gc::GcPlanner {
                 client,
-                deployment: cfg.deployment.clone(),
+                deployment: docker_runtime
+                    .as_ref()
+                    .map(|rt| rt.deployment.clone())
+                    .unwrap_or_else(|| {
+                        Deployment::new(cfg.deployment.clone(), cfg.adopt_unlabelled)
+                    }),
                 opts: opts.gc.clone().unwrap_or_default(),
             });
         let state = AppState::new(health.clone(), pool.clone(), opts.api.clone())

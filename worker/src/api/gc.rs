@@ -12,6 +12,7 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::AppState;
 use crate::docker::client::DockerClient;
+use crate::docker::deployment::Deployment;
 use crate::docker::gc::{DockerGarbageCollector, Error as GcError, GcOptions};
 use axum::extract::State;
 use axum::routing::get;
@@ -28,7 +29,7 @@ pub fn routes() -> Router<AppState> {
 #[derive(Debug, Clone)]
 pub struct GcPlanner {
     pub client: DockerClient,
-    pub deployment: String,
+    pub deployment: Deployment,
     /// The collector's settings (grace, max age, per-pass cap); `dry_run` is forced on.
     pub opts: GcOptions,
 }
@@ -78,13 +79,15 @@ async fn plan(State(st): State<AppState>, caller: Caller) -> Result<Json<Value>,
         })
         .collect();
     Ok(Json(json!({
-        "deployment": planner.deployment,
+        "deployment": planner.deployment.name(),
         "containers": containers,
         "images": images,
         "counts": {
             "listed": counts.listed, "young": counts.young, "live": counts.live,
             "protected": counts.protected, "unsure": counts.unsure,
             "remove": counts.removed_total(), "deferred": counts.deferred,
+            // Other stacks' containers on this daemon: never touched, never described.
+            "foreign": counts.foreign, "unlabelled": counts.unlabelled,
         },
     })))
 }
@@ -95,6 +98,7 @@ fn gc_error(e: GcError) -> ApiError {
         GcError::Docker(_) => ApiError::Unavailable("docker"),
         GcError::Database(e) => ApiError::db(e),
         GcError::DatabaseTimeout(_) => ApiError::Unavailable("postgres"),
+        other @ GcError::Identity(_) => ApiError::Internal(other.to_string()),
         other @ GcError::InvalidOptions { .. } => ApiError::Internal(other.to_string()),
     }
 }

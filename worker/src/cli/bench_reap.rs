@@ -41,6 +41,11 @@ pub struct ReapBench {
     /// Period of the garbage collector.
     #[arg(long, default_value = "1s")]
     pub gc_period: HumanDuration,
+    /// Creation grace of the collector: the product's default, so the kill lane
+    /// measures what a default deployment does (the grace only shields containers with no
+    /// tracking row, so it should not show in kill -9 → removed).
+    #[arg(long, default_value = "60s")]
+    pub gc_creation_grace: HumanDuration,
     /// Stop grace of the cancelled containers.
     #[arg(long, default_value = "2s")]
     pub stop_grace: HumanDuration,
@@ -104,12 +109,13 @@ pub async fn run(b: ReapBench) -> anyhow::Result<ExitCode> {
             "{}",
             json!({"bench": "reap", "lease_ms": b.lease.0.as_millis() as u64,
                    "gc_period_ms": b.gc_period.0.as_millis() as u64,
+                   "gc_creation_grace_ms": b.gc_creation_grace.0.as_millis() as u64,
                    "stop_grace_ms": b.stop_grace.0.as_millis() as u64, "lanes": m})
         );
     } else {
         println!(
-            "lease {:?}, gc period {:?}, stop grace {:?}, {} trials per lane",
-            b.lease.0, b.gc_period.0, b.stop_grace.0, b.trials
+            "lease {:?}, gc period {:?}, gc creation grace {:?}, stop grace {:?}, {} trials per lane",
+            b.lease.0, b.gc_period.0, b.gc_creation_grace.0, b.stop_grace.0, b.trials
         );
         println!(
             "{:<34} {:>4} {:>9} {:>9} {:>9} {:>11}  ok",
@@ -160,12 +166,12 @@ async fn lanes(
     let gc = DockerGarbageCollector::new(
         docker.clone(),
         pool.clone(),
-        deployment.clone(),
+        crate::docker::deployment::Deployment::new(deployment.clone(), false),
         Uuid::new_v4(),
         None,
         GcOptions {
             period: b.gc_period.0,
-            creation_grace: Duration::from_secs(1),
+            creation_grace: b.gc_creation_grace.0,
             stop_grace: Duration::from_secs(2),
             ..GcOptions::default()
         },

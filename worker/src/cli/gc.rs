@@ -11,6 +11,7 @@ use crate::config::docker::DockerConfig;
 use crate::config::gc::GcConfig;
 use crate::config::DatabaseArgs;
 use crate::db::{self, PoolOptions};
+use crate::docker::deployment::Deployment;
 
 use crate::docker::gc::{DockerGarbageCollector, GcCounts};
 use serde_json::json;
@@ -59,7 +60,7 @@ pub async fn run(
     let gc = DockerGarbageCollector::new(
         client,
         pool.clone(),
-        args.docker.deployment.clone(),
+        Deployment::new(args.docker.deployment.clone(), args.docker.adopt_unlabelled),
         Uuid::new_v4(),
         None,
         opts,
@@ -98,15 +99,16 @@ fn print_counts(c: &GcCounts, as_json: bool) {
                 "unsure": c.unsure, "removed": c.removed, "removed_total": c.removed_total(),
                 "dry_run": c.dry_run, "deferred": c.deferred, "failed": c.failed,
                 "missing": c.missing, "pending_adopted": c.pending_adopted,
-                "pending_closed": c.pending_closed,
+                "pending_closed": c.pending_closed, "foreign": c.foreign,
+                "unlabelled": c.unlabelled,
             })
         );
     } else {
         println!(
-            "listed {} young {} live {} protected {} unsure {} removed {}{} deferred {} failed {} missing {} pending adopted {} closed {}",
+            "listed {} young {} live {} protected {} unsure {} removed {}{} deferred {} failed {} missing {} pending adopted {} closed {} foreign {}",
             c.listed, c.young, c.live, c.protected, c.unsure, c.removed_total(),
             if c.dry_run { " (dry run: would remove)" } else { "" },
-            c.deferred, c.failed, c.missing, c.pending_adopted, c.pending_closed
+            c.deferred, c.failed, c.missing, c.pending_adopted, c.pending_closed, c.foreign
         );
         for (reason, n) in &c.removed {
             println!("  {reason}: {n}");
@@ -127,7 +129,7 @@ async fn plan(remote: &RemoteArgs, as_json: bool) -> anyhow::Result<ExitCode> {
     let c = &plan["counts"];
     println!(
         "dry run (deployment {}): would remove {} container(s) and {} image(s); \
-         listed {} young {} live {} protected {} unsure {} deferred {}",
+         listed {} young {} live {} protected {} unsure {} deferred {}; foreign {} (not ours: never touched)",
         cell(&plan["deployment"]),
         containers.len(),
         images.len(),
@@ -137,7 +139,16 @@ async fn plan(remote: &RemoteArgs, as_json: bool) -> anyhow::Result<ExitCode> {
         c["protected"],
         c["unsure"],
         c["deferred"],
+        c["foreign"],
     );
+    if c["unlabelled"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "{} of the foreign containers carry this deployment's name but no deployment identity \
+             (made before identities existed); run the collector with --adopt-unlabelled-containers \
+             to collect them",
+            c["unlabelled"]
+        );
+    }
     if !containers.is_empty() {
         println!(
             "{:<12}  {:<18}  {:<12}  {:<36}  {:>6}  IMAGE",

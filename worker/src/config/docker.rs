@@ -23,14 +23,34 @@ pub struct DockerConfig {
     )]
     pub host: String,
 
-    /// Deployment name, stamped on containers as `highway.deployment`; the garbage
-    /// collector only touches containers of its own deployment.
+    /// Deployment name, stamped on containers as `highway.deployment` beside the
+    /// database's identity (`highway.deployment_id`); the garbage collector and worker
+    /// cleanup only touch containers carrying both this name and their own database's
+    /// identity.
     #[arg(
         long = "deployment",
         env = "HIGHWAY_DEPLOYMENT",
         default_value = "default"
     )]
     pub deployment: String,
+
+    /// Treat containers of this deployment name that carry no deployment identity (made
+    /// before identities existed) as this database's: the collector may then remove
+    /// them. Off by default: such a container may belong to another stack.
+    #[arg(long = "adopt-unlabelled-containers", env = "HIGHWAY_ADOPT_UNLABELLED_CONTAINERS",
+          default_value_t = false, value_parser = boolish(), action = clap::ArgAction::Set)]
+    pub adopt_unlabelled: bool,
+
+    /// A retry whose previous attempt's container sits on another Docker host waits for
+    /// that host's workers to remove it; when no worker of that host has heartbeated for
+    /// this long, the host is taken as lost: the old container's row is marked `lost`
+    /// and the retry runs (the host's own collector removes the container if it returns).
+    #[arg(
+        long = "host-lost-after",
+        env = "HIGHWAY_HOST_LOST_AFTER",
+        default_value = "5m"
+    )]
+    pub host_lost_after: HumanDuration,
 
     /// Pull timeout for one image (the whole progress stream).
     #[arg(
@@ -342,6 +362,9 @@ impl DockerConfig {
         {
             return Err("HIGHWAY_DEPLOYMENT must be 1 to 64 characters of [A-Za-z0-9_.-]".into());
         }
+        if self.host_lost_after.0 < std::time::Duration::from_secs(1) {
+            return Err("HIGHWAY_HOST_LOST_AFTER must be at least 1s".into());
+        }
         if p.default_memory > p.max_memory {
             return Err("HIGHWAY_DOCKER_DEFAULT_MEMORY exceeds HIGHWAY_DOCKER_MAX_MEMORY".into());
         }
@@ -441,6 +464,8 @@ impl Default for DockerConfig {
         Self {
             host: DEFAULT_HOST.into(),
             deployment: "default".into(),
+            adopt_unlabelled: false,
+            host_lost_after: HumanDuration::from_secs(300),
             pull_timeout: HumanDuration::from_secs(600),
             stop_grace: HumanDuration::from_secs(10),
             log_max_size: ByteSize::mib(10),

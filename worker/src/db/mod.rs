@@ -4,6 +4,7 @@
 //! Must not know about activities or Docker: it hands out pools and nothing else.
 
 pub mod embedded;
+pub mod settings;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

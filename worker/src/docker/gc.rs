@@ -1,16 +1,18 @@
 //! [`DockerGarbageCollector`]: the last layer of cleanup (DESIGN "Layers of cleanup").
 //! Every worker runs one, and `highway gc` runs one alone; each works on the Docker
 //! daemon its client talks to (identified by the daemon's ID) and only on containers
-//! labelled `highway.managed=true` of its own deployment. Many collectors on one daemon
-//! are safe: removals are idempotent and every row change is fenced.
+//! labelled `highway.managed=true` with its own deployment name *and* its database's
+//! deployment identity ([`Deployment::ownership`]); others are counted as `foreign` and
+//! never touched. Many collectors on one daemon are safe: removals are idempotent and
+//! every row change is fenced.
 //!
 //! One pass ([`DockerGarbageCollector::run_once`]):
 //! 1. read, and stop if any read fails (never act on partial information, R24): the
-//!    daemon's ID and clock, Postgres' clock, every labelled container in all states
-//!    (trap 9), what Postgres knows about each (activity, attempt, lease, run, tracking
+//!    daemon's ID and clock, Postgres' clock, the deployment identity, every labelled
+//!    container in all states (created and exited ones too), what Postgres knows about each (activity, attempt, lease, run, tracking
 //!    row), and the placeholder rows of the daemon;
-//! 2. judge each container ([`judge`], a pure function): past a creation grace on the
-//!    *daemon's* clock (trap 28), remove it when its activity is gone (orphan), finished
+//! 2. judge each container ([`judge`], a pure function): untracked ones only past a
+//!    creation grace on the *daemon's* clock (the host's clock may differ), remove it when its activity is gone (orphan), finished
 //!    (terminal), on a newer attempt, or its lease expired by Postgres' `now()`; a
 //!    detached one when its run ended or its TTL passed; a kept one when its retention
 //!    passed; any one older than `max_age` unless `gc_protected_until` is in the future;
@@ -24,6 +26,7 @@
 //! Must not: call bollard (that is `client.rs`) or speak SQL (that is `gc_store.rs`).
 
 use crate::docker::client::{self, DockerClient, Removed};
+use crate::docker::deployment::{Deployment, Ownership};
 use crate::docker::gc_store::{self, Facts, Removal};
 use crate::docker::spec::labels;
 use crate::docker::tracking::{self, AuditEvent};
@@ -46,6 +49,9 @@ pub enum Error {
     /// Postgres could not be read: nothing was done.
     #[error("garbage collector did nothing: postgres unreachable: {0}")]
     Database(#[from] sqlx::Error),
+    /// The deployment identity is missing or malformed: nothing was done.
+    #[error("garbage collector did nothing: {0}")]
+    Identity(#[from] crate::db::settings::Error),
     /// A Postgres read did not answer within the deadline (a hung connection).
     #[error("garbage collector did nothing: postgres did not answer within {0:?}")]
     DatabaseTimeout(Duration),
@@ -58,8 +64,9 @@ pub enum Error {
 pub struct GcOptions {
     /// Time between two passes (jittered by up to 10%).
     pub period: Duration,
-    /// A container younger than this (on the daemon's clock) is never touched: its
-    /// creator may not have recorded it yet.
+    /// A container younger than this (on the daemon's clock) with no tracking row is
+    /// never touched: its creator may not have recorded it yet. Tracked containers are
+    /// judged at once.
     pub creation_grace: Duration,
     /// Any container older than this is removed unless `gc_protected_until` is in the
     /// future. `Duration::ZERO` disables the rule.
@@ -193,6 +200,12 @@ pub enum Verdict {
 pub struct GcCounts {
     /// Labelled containers of this deployment on the daemon.
     pub listed: u64,
+    /// `highway.managed` containers on the daemon that are not ours (another database's
+    /// identity or another deployment name): never touched, only counted.
+    pub foreign: u64,
+    /// Of those, containers with our deployment name but no identity label (made before
+    /// identities existed): ours only with `--adopt-unlabelled-containers`.
+    pub unlabelled: u64,
     pub young: u64,
     pub live: u64,
     pub protected: u64,
@@ -327,7 +340,7 @@ impl Listed {
 /// The decision for one container. Pure: every time it needs was read by Postgres
 /// (`facts`) or measured on the daemon's clock (`c.age`).
 pub fn judge(c: &Listed, f: &Facts, o: &GcOptions) -> Verdict {
-    if c.age < o.creation_grace {
+    if !f.tracked && c.age < o.creation_grace {
         return Verdict::Young;
     }
     if f.protected == Some(true) {
@@ -397,7 +410,7 @@ pub fn judge(c: &Listed, f: &Facts, o: &GcOptions) -> Verdict {
 pub struct DockerGarbageCollector {
     client: DockerClient,
     pool: PgPool,
-    deployment: String,
+    deployment: Deployment,
     /// `gc:<id>`: `removed_by` and the audit actor.
     actor: String,
     /// The worker this collector runs in (its `workers.daemon_id` is filled in).
@@ -411,14 +424,13 @@ impl DockerGarbageCollector {
     pub fn new(
         client: DockerClient,
         pool: PgPool,
-        deployment: impl Into<String>,
+        deployment: Deployment,
         id: Uuid,
         worker_id: Option<Uuid>,
         opts: GcOptions,
     ) -> Result<Self, Error> {
         opts.validate()?;
-        let deployment = deployment.into();
-        if deployment.is_empty() {
+        if deployment.name().is_empty() {
             return Err(Error::InvalidOptions {
                 name: "deployment",
                 reason: "must not be empty".into(),
@@ -457,21 +469,45 @@ impl DockerGarbageCollector {
         let o = &self.opts;
         // ---- 1. Read everything first; any failure ends the pass before any action.
         let clock = self.client.daemon_clock().await?;
+        let deployment_id = match tokio::time::timeout(
+            self.opts.db_timeout,
+            self.deployment.id(&self.pool),
+        )
+        .await
+        {
+            Err(_) => return Err(Error::DatabaseTimeout(self.opts.db_timeout)),
+            Ok(Err(crate::db::settings::Error::Db(e))) => return Err(Error::Database(e)),
+            Ok(Err(e)) => return Err(Error::Identity(e)),
+            Ok(Ok(id)) => id,
+        };
         let listed_at = self.db(gc_store::db_now(&self.pool)).await?;
-        let filters = vec![
-            format!("{}=true", labels::MANAGED),
-            format!("{}={}", labels::DEPLOYMENT, self.deployment),
-        ];
+        // Every managed container on the daemon: ours are judged, the others only counted.
+        let filters = vec![format!("{}=true", labels::MANAGED)];
         let summaries = self.client.list_by_labels(&filters).await?;
-        let listed: Vec<Listed> = summaries
+        let all: Vec<Listed> = summaries
             .into_iter()
             .filter_map(|c| Listed::from_summary(c, clock.now))
-            // The daemon filtered already; a second look costs nothing and is what keeps
-            // another deployment's containers safe if a filter were ever mistyped.
-            .filter(|c| {
-                c.labels.get(labels::MANAGED).map(String::as_str) == Some("true")
-                    && c.labels.get(labels::DEPLOYMENT) == Some(&self.deployment)
-            })
+            .collect();
+        // Every container on the daemon, ours or not: a row is only `missing` when its
+        // container is really absent (an unlabelled one of ours still exists).
+        let present: Vec<String> = all.iter().map(|c| c.id.clone()).collect();
+        let (mut foreign, mut unlabelled) = (0, 0);
+        let listed: Vec<Listed> = all
+            .into_iter()
+            .filter(
+                |c| match self.deployment.ownership(deployment_id, &c.labels) {
+                    Ownership::Ours => true,
+                    Ownership::Unlabelled => {
+                        unlabelled += 1;
+                        foreign += 1;
+                        false
+                    }
+                    Ownership::Foreign => {
+                        foreign += 1;
+                        false
+                    }
+                },
+            )
             .collect();
         let ids: Vec<String> = listed.iter().map(|c| c.id.clone()).collect();
         let acts: Vec<Option<Uuid>> = listed.iter().map(|c| c.activity_id).collect();
@@ -485,7 +521,7 @@ impl DockerGarbageCollector {
             .db(gc_store::pending_rows(
                 &self.pool,
                 &clock.id,
-                &self.deployment,
+                self.deployment.name(),
                 before,
             ))
             .await?;
@@ -493,6 +529,8 @@ impl DockerGarbageCollector {
         // ---- 2. Judge.
         let mut counts = GcCounts {
             listed: listed.len() as u64,
+            foreign,
+            unlabelled,
             dry_run: o.dry_run,
             ..GcCounts::default()
         };
@@ -624,8 +662,8 @@ impl DockerGarbageCollector {
         match gc_store::mark_absent_missing(
             &self.pool,
             &clock.id,
-            &self.deployment,
-            &ids,
+            self.deployment.name(),
+            &present,
             before,
             listed_at,
             &self.actor,
@@ -670,7 +708,7 @@ impl DockerGarbageCollector {
     /// Passes every `period` (jittered) until `stop`; the first pass runs at once. A pass
     /// in progress is finished, never abandoned half-way.
     pub async fn run(self, stop: CancellationToken) {
-        info!(actor = %self.actor, deployment = %self.deployment, period_ms = self.opts.period.as_millis() as u64,
+        info!(actor = %self.actor, deployment = %self.deployment.name(), period_ms = self.opts.period.as_millis() as u64,
               dry_run = self.opts.dry_run, "garbage collector started");
         loop {
             // A pass stuck on a dead connection must not hold up the shutdown.
@@ -909,8 +947,26 @@ mod tests {
         let o = opts();
         let j = |c: &Listed, f: &Facts| judge(c, f, &o);
         let c = listed(60, Some(1));
-        // Young beats everything, even an orphan.
+        // Young beats everything for an untracked container, even an orphan.
         assert_eq!(j(&listed(5, Some(1)), &Facts::default()), Verdict::Young);
+        // The grace only covers the create → record window: a tracked container whose
+        // attempt is over goes at once, a tracked live one stays.
+        let tracked = |f: Facts| Facts { tracked: true, ..f };
+        assert_eq!(
+            j(
+                &listed(5, Some(1)),
+                &tracked(act("running", 1, Some(false)))
+            ),
+            Verdict::Remove(Reason::LeaseExpired)
+        );
+        assert_eq!(
+            j(&listed(5, Some(1)), &tracked(act("succeeded", 1, None))),
+            Verdict::Remove(Reason::Terminal)
+        );
+        assert_eq!(
+            j(&listed(5, Some(1)), &tracked(act("running", 1, Some(true)))),
+            Verdict::Live
+        );
         assert_eq!(j(&c, &Facts::default()), Verdict::Remove(Reason::Orphan));
         assert_eq!(
             j(&listed(60, None), &act("running", 1, Some(true))),

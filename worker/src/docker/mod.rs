@@ -6,6 +6,7 @@
 //!   `DockerClient::call` (where the monitor / circuit breaker hook in).
 //! - [`monitor`]: the daemon status monitor (probes with backoff, `/health`, readiness)
 //!   and [`breaker`], the circuit breaker it shares with every call.
+//! - [`deployment`]: whose container is this (deployment name + database identity).
 //! - [`policy`]: the operator's security policy (what tenants may ask for).
 //! - [`spec`]: validated params → the Engine API create body, labels, container name.
 //! - [`run`]: the `tools.docker.run` handler (the whole lifecycle, cleanup on every path).
@@ -28,6 +29,7 @@
 pub mod artifacts;
 pub mod breaker;
 pub mod client;
+pub mod deployment;
 pub mod gc;
 pub mod gc_store;
 pub mod logs;

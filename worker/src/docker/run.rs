@@ -25,6 +25,7 @@
 
 use crate::docker::artifacts::{self, Producer};
 use crate::docker::client::{self, Removed, WaitExit};
+use crate::docker::deployment::Ownership;
 use crate::docker::gc;
 use crate::docker::logs::{self, LogSender, Reader};
 use crate::docker::policy;
@@ -41,12 +42,13 @@ use highway_workflows::docker::{
     RunStatus,
 };
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
+use uuid::Uuid;
 
 /// The handler registered as `tools.docker.run`.
 #[derive(Debug, Clone)]
@@ -401,8 +403,15 @@ impl Attempt<'_> {
         self.check_cancelled()?;
         self.ensure_image(&p.image, params.pull_policy, sys).await?;
 
+        let deployment_id = rt
+            .deployment
+            .id(&rt.pool)
+            .await
+            .map_err(|e| HandlerError::infrastructure("DatabaseUnavailable", e.to_string()))?;
+
         self.check_cancelled()?;
-        self.remove_older_attempts(&daemon_id).await?;
+        self.remove_older_attempts(&daemon_id, deployment_id)
+            .await?;
 
         // Tracking row first: a crash between here and create leaves a trace.
         let ident = RunIdentity {
@@ -411,7 +420,8 @@ impl Attempt<'_> {
             tenant_id: ctx.tenant_id.clone(),
             workflow_run_id: ctx.workflow_run_id,
             worker_id: rt.worker_id,
-            deployment: rt.deployment.clone(),
+            deployment: rt.deployment.name().to_string(),
+            deployment_id,
         };
         let (body, spec_warnings) = spec::container_config(params, &rt.config, &ident, &p.env);
         warnings.extend(spec_warnings);
@@ -763,9 +773,17 @@ impl Attempt<'_> {
 
     /// At most one live container per activity: before this attempt creates its
     /// container, every container of an older attempt on this daemon is removed, and an
-    /// older attempt still live on another daemon makes this attempt wait (retried as
-    /// infrastructure, no attempt burned) until that daemon's GC removed it.
-    async fn remove_older_attempts(&self, daemon_id: &str) -> Result<(), HandlerError> {
+    /// older attempt still live on another daemon makes this attempt wait in place
+    /// ([`Self::wait_for_other_host`]) until that daemon's workers removed it, or until
+    /// no worker of that daemon has heartbeated for `host_lost_after`: then the host is
+    /// taken as lost, the old row is marked `lost` and this attempt runs (the lost
+    /// host's collector removes the old container if the host comes back). Only
+    /// containers of this deployment (name and database identity) are touched.
+    async fn remove_older_attempts(
+        &self,
+        daemon_id: &str,
+        deployment_id: Uuid,
+    ) -> Result<(), HandlerError> {
         let rt = self.rt;
         let ctx = self.ctx;
         let filters = vec![
@@ -786,9 +804,24 @@ impl Attempt<'_> {
                 .as_ref()
                 .and_then(|l| l.get(labels::ATTEMPT))
                 .and_then(|a| a.parse::<i32>().ok());
-            let deployment = c.labels.as_ref().and_then(|l| l.get(labels::DEPLOYMENT));
-            if deployment.map(String::as_str) != Some(rt.deployment.as_str()) {
-                continue;
+            let empty = HashMap::new();
+            match rt
+                .deployment
+                .ownership(deployment_id, c.labels.as_ref().unwrap_or(&empty))
+            {
+                Ownership::Ours => {}
+                Ownership::Foreign => continue,
+                // Our name and activity, but made before identities existed: not ours to
+                // remove unless the operator adopts such containers, and not gone either.
+                Ownership::Unlabelled => {
+                    return Err(HandlerError::infrastructure(
+                        "PreviousAttemptLive",
+                        format!(
+                            "container {id} of an older attempt carries no deployment identity; \
+                             remove it, or run with --adopt-unlabelled-containers"
+                        ),
+                    ))
+                }
             }
             on_daemon.insert(id.clone());
             match attempt {
@@ -865,17 +898,63 @@ impl Attempt<'_> {
                     .await;
                 }
             } else {
-                return Err(HandlerError::infrastructure(
-                    "PreviousAttemptLive",
-                    format!(
-                        "attempt {} of this activity may still have a live container on another \
-                         Docker daemon; waiting for it to be removed",
-                        row.attempt.unwrap_or(0)
-                    ),
-                ));
+                self.wait_for_other_host(&row).await?;
             }
         }
         Ok(())
+    }
+
+    /// An older attempt's container on another Docker daemon: wait, holding this
+    /// attempt's lease (the executor keeps heartbeating), until that host's workers
+    /// close its row (its collector removes the container once it sees the newer
+    /// attempt), or until the host has been silent for `host_lost_after`; then the row
+    /// is marked `lost`, audited, and this attempt runs. Waiting in place burns no
+    /// attempt, so a host that is gone for good cannot exhaust the retry budget.
+    async fn wait_for_other_host(&self, row: &tracking::LiveRow) -> Result<(), HandlerError> {
+        let rt = self.rt;
+        let ctx = self.ctx;
+        let silent_for = rt.config.host_lost_after.0;
+        let poll = Duration::from_secs(1).min(silent_for);
+        let mut announced = false;
+        loop {
+            self.check_cancelled()?;
+            let still_open = tracking::live_rows_of_activity(&rt.pool, ctx.activity_id)
+                .await
+                .map_err(db_error)?
+                .iter()
+                .any(|r| r.container_id == row.container_id);
+            if !still_open {
+                return Ok(());
+            }
+            let lost = tracking::mark_lost_if_host_lost(&rt.pool, &row.container_id, silent_for)
+                .await
+                .map_err(db_error)?;
+            if lost == 1 {
+                tracing::warn!(container_id = %row.container_id, daemon_id = ?row.daemon_id,
+                               "the host of an older attempt's container is lost; running without it");
+                self.audit(
+                    "container.lost",
+                    Some(&row.container_id),
+                    "ok",
+                    json!({"reason": "host_lost", "attempt": row.attempt, "daemon_id": row.daemon_id,
+                           "host_lost_after_s": silent_for.as_secs()}),
+                )
+                .await;
+                return Ok(());
+            }
+            if !announced {
+                announced = true;
+                tracing::info!(container_id = %row.container_id, daemon_id = ?row.daemon_id,
+                               old_attempt = ?row.attempt,
+                               "an older attempt's container is on another Docker host; waiting for it to be removed");
+                ctx.record_heartbeat(json!({"phase": "waiting_for_host",
+                                            "daemon_id": row.daemon_id, "attempt": row.attempt}));
+            }
+            tokio::select! {
+                () = ctx.cancelled() => {}
+                () = tokio::time::sleep(poll) => {}
+            }
+        }
     }
 
     /// Create with the deterministic name. A timed-out create is retried: if the first
@@ -934,7 +1013,12 @@ impl Attempt<'_> {
             == Some(self.ctx.activity_id.to_string().as_str())
             && l.get(labels::ATTEMPT).map(String::as_str)
                 == Some(self.ctx.attempt.to_string().as_str())
-            && l.get(labels::DEPLOYMENT).map(String::as_str) == Some(self.rt.deployment.as_str());
+            && self
+                .rt
+                .deployment
+                .id(&self.rt.pool)
+                .await
+                .is_ok_and(|id| self.rt.deployment.ownership(id, &l) == Ownership::Ours);
         let Some(id) = c.id.clone() else {
             return Ok(None);
         };

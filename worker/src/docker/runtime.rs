@@ -9,6 +9,7 @@
 use crate::config::docker::DockerConfig;
 use crate::docker::artifacts::ArtifactStore;
 use crate::docker::client::DockerClient;
+use crate::docker::deployment::Deployment;
 use crate::docker::logs::LogSettings;
 use crate::docker::secrets::{EnvSecretResolver, SecretResolver};
 use crate::docker::tario::TarLimits;
@@ -86,8 +87,9 @@ pub struct DockerRuntime {
     pub pool: PgPool,
     pub config: DockerConfig,
     pub worker_id: Uuid,
-    /// `highway.deployment` label value: the GC only touches its own deployment.
-    pub deployment: String,
+    /// The deployment name and the database's identity, stamped on every container;
+    /// cleanup only touches containers carrying both.
+    pub deployment: Deployment,
     pub secrets: Arc<dyn SecretResolver>,
     pub artifacts: ArtifactStore,
     pub settings: RunSettings,
@@ -126,7 +128,7 @@ impl DockerRuntime {
     ) -> Self {
         Self {
             settings: RunSettings::from_config(&config),
-            deployment: config.deployment.clone(),
+            deployment: Deployment::new(config.deployment.clone(), config.adopt_unlabelled),
             client,
             pool,
             config,

@@ -31,6 +31,9 @@ pub mod labels {
     pub const WORKER_ID: &str = "highway.worker_id";
     pub const ATTEMPT: &str = "highway.attempt";
     pub const DEPLOYMENT: &str = "highway.deployment";
+    /// The database's deployment identity (`highway.settings`): a container is ours
+    /// only with our name *and* this.
+    pub const DEPLOYMENT_ID: &str = "highway.deployment_id";
     /// `true` for detached runs: the container belongs to the workflow run.
     pub const DETACHED: &str = "highway.detached";
     /// Seconds after the container's `Created` time (daemon clock) after which the GC may
@@ -47,6 +50,7 @@ pub struct RunIdentity {
     pub workflow_run_id: Option<Uuid>,
     pub worker_id: Uuid,
     pub deployment: String,
+    pub deployment_id: Uuid,
 }
 
 /// The container name for an attempt: `highway-<activity uuid, simple>-<attempt>`.
@@ -250,6 +254,7 @@ fn labels(params: &DockerRunParams, ident: &RunIdentity) -> HashMap<String, Stri
     put(labels::WORKER_ID, ident.worker_id.to_string());
     put(labels::ATTEMPT, ident.attempt.to_string());
     put(labels::DEPLOYMENT, ident.deployment.clone());
+    put(labels::DEPLOYMENT_ID, ident.deployment_id.to_string());
     put(labels::DETACHED, params.detach.to_string());
     let ttl = if params.detach {
         Some(params.detach_ttl)
@@ -430,6 +435,7 @@ mod tests {
             workflow_run_id: Some(Uuid::nil()),
             worker_id: Uuid::max(),
             deployment: "prod".into(),
+            deployment_id: Uuid::parse_str("0190f1c2-dddd-7eee-8fff-0123456789ab").unwrap(),
         }
     }
 
@@ -507,6 +513,10 @@ mod tests {
         assert_eq!(l["highway.worker_id"], Uuid::max().to_string());
         assert_eq!(l["highway.attempt"], "2");
         assert_eq!(l["highway.deployment"], "prod");
+        assert_eq!(
+            l["highway.deployment_id"],
+            "0190f1c2-dddd-7eee-8fff-0123456789ab"
+        );
         assert_eq!(l["highway.detached"], "false");
         assert!(l.get("highway.ttl_seconds").is_none());
         assert_eq!(l["team"], "data");

@@ -255,7 +255,7 @@ pub struct LiveRow {
     pub status: String,
 }
 
-/// Rows of the activity not yet `removed` or `missing` (every attempt).
+/// Rows of the activity not yet `removed`, `missing` or `lost` (every attempt).
 pub async fn live_rows_of_activity(
     db: impl PgExecutor<'_>,
     activity_id: Uuid,
@@ -263,12 +263,40 @@ pub async fn live_rows_of_activity(
     sqlx::query_as(
         "SELECT container_id, name, attempt, daemon_id, status
            FROM highway.docker_containers
-          WHERE activity_id = $1 AND status NOT IN ('removed', 'missing')
+          WHERE activity_id = $1 AND status NOT IN ('removed', 'missing', 'lost')
           ORDER BY created_at",
     )
     .bind(activity_id)
     .fetch_all(db)
     .await
+}
+
+/// Marks an open row `lost` when its Docker host has been silent for `silent_for`: no
+/// worker bound to the row's daemon has heartbeated (and the row itself has not changed)
+/// for that long, by Postgres' clock. 1 when marked; 0 when the host may still be alive
+/// (or the row was closed meanwhile). The container is not removed here: the host's own
+/// collector removes it (`lost` → `removed`) if the host comes back.
+pub async fn mark_lost_if_host_lost(
+    db: impl PgExecutor<'_>,
+    container_id: &str,
+    silent_for: std::time::Duration,
+) -> sqlx::Result<u64> {
+    let r = sqlx::query(
+        "UPDATE highway.docker_containers d
+            SET status = 'lost', stop_reason = COALESCE(d.stop_reason, 'host_lost'),
+                updated_at = now()
+          WHERE d.container_id = $1 AND d.status NOT IN ('removed', 'missing', 'lost')
+            AND d.daemon_id IS NOT NULL
+            AND GREATEST(d.updated_at,
+                         (SELECT max(w.heartbeat_at) FROM highway.workers w
+                           WHERE w.daemon_id = d.daemon_id))
+                < now() - make_interval(secs => $2)",
+    )
+    .bind(container_id)
+    .bind(silent_for.as_secs_f64())
+    .execute(db)
+    .await?;
+    Ok(r.rows_affected())
 }
 
 /// One row as operators and tests see it.
