@@ -61,6 +61,10 @@ pub struct StepDefinition {
     /// `D/<last segment of P>`, like `docker cp S:P D/`; nothing else of the output.
     #[serde(default)]
     pub inputs_from: Vec<InputFrom>,
+    /// The queue the step's activity is enqueued on (default `default`): steps are
+    /// routed to the workers (and so to the Docker hosts) that claim from that queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
     #[serde(default)]
     #[schemars(with = "Option<Value>")]
     pub retry_policy: Option<RetryPolicy>,
@@ -171,6 +175,13 @@ impl WorkflowDefinition {
             }
             if !s.params.is_object() {
                 return Err(FieldError::new(f("params"), "must be a JSON object"));
+            }
+            if let Some(q) = &s.queue {
+                // The same rule as an enqueue's `queue`, judged before anything is stored.
+                crate::EnqueueRequest::new(s.kind.clone(), Value::Object(Default::default()))
+                    .queue(q.clone())
+                    .validate()
+                    .map_err(|e| FieldError::new(f("queue"), e.reason))?;
             }
             check_templates(&s.params, &self.inputs, &f("params"))?;
             if let Some(c) = &s.cache {

@@ -542,6 +542,9 @@ fn step_request(
         .tenant(tenant)
         .workflow_run(run_id)
         .idempotency_key(format!("run:{run_id}:{}", s.id));
+    if let Some(q) = &s.queue {
+        req = req.queue(q.clone());
+    }
     if let Some(rp) = &s.retry_policy {
         req.retry_policy = rp.clone();
     }
