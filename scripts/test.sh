@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what the tests need (PostgreSQL server
 # binaries, busybox-static for the test image, docker-registry for pull tests), starts a
-# private Postgres cluster in a temp dir, builds the offline test image, runs every test
-# of the workspace, and stops the cluster. Extra arguments go to `cargo test`.
+# private Postgres cluster in a temp dir, builds the offline test image, starts a second
+# Docker daemon of its own (scripts/second-docker.sh), runs every test of the workspace,
+# and stops the daemon and the cluster. Extra arguments go to `cargo test`.
 #
 # Docker tests never skip: with the daemon unreachable they fail saying so. People
 # without Docker may set HIGHWAY_TEST_NO_DOCKER=1 to run only the rest (CI never does).
@@ -38,6 +39,9 @@ fi
 cargo build -q -p highway-worker --bin highway
 state=$(mktemp -d /tmp/highway-test.XXXXXX)
 cleanup() {
+  if [ -n "${HIGHWAY_TEST_DOCKER_B_HOST:-}" ]; then
+    scripts/second-docker.sh stop "$state/docker-b" || true
+  fi
   target/debug/highway --state-dir "$state" postgres stop >/dev/null 2>&1 || true
   rm -rf "$state"
 }
@@ -45,5 +49,11 @@ trap cleanup EXIT
 url=$(target/debug/highway --state-dir "$state" postgres start)
 export HIGHWAY_TEST_DATABASE_URL="${url%/*}/postgres"
 export HIGHWAY_TEST_STATE_DIR="$state"
+# "Host B" of the many-hosts tests: a second Docker daemon of our own, stopped by
+# `cleanup` (on failure too). The machine's daemon is never touched.
+if [ "${HIGHWAY_TEST_NO_DOCKER:-}" != "1" ]; then
+  HIGHWAY_TEST_DOCKER_B_HOST=$(scripts/second-docker.sh start "$state/docker-b")
+  export HIGHWAY_TEST_DOCKER_B_HOST
+fi
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
 cargo test --workspace "$@"

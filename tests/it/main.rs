@@ -6,6 +6,7 @@
 //! - `docker_run`: `tools.docker.run` end to end: lifecycle, limits, I/O, cleanup paths.
 //! - `docker_tools`: exec, stop, remove, logs, inspect, pull, images, commit; tenancy; secrets.
 //! - `gc`: the garbage collector and the crash / pause / cut-off / cancel scenarios.
+//! - `many_hosts`: deployment identity and daemon-scoped ownership across two daemons.
 //! - `soft_deps`: Docker and Postgres outages through fault proxies.
 //! - `scheduler`: durable cron: exactly-once fires, catch-up, overlap, DST.
 //! - `api`: the HTTP API: auth, tenancy, limits, log streams, CLI against `highway up`.
@@ -19,6 +20,7 @@ mod cli_remote;
 mod docker_run;
 mod docker_tools;
 mod gc;
+mod many_hosts;
 mod process;
 mod queue;
 mod scheduler;

@@ -35,6 +35,29 @@ pub async fn docker() -> Docker {
     d
 }
 
+/// `DOCKER_HOST` of the tests' second daemon ("host B"), which `scripts/test.sh` starts
+/// (`scripts/second-docker.sh`); panics with how to get one when it is not set.
+pub fn docker_b_host() -> String {
+    std::env::var("HIGHWAY_TEST_DOCKER_B_HOST").unwrap_or_else(|_| {
+        panic!(
+            "HIGHWAY_TEST_DOCKER_B_HOST is not set: run the tests with ./scripts/test.sh, \
+             which starts a second Docker daemon of its own (these tests never skip)"
+        )
+    })
+}
+
+/// A connection to the second daemon; panics with a clear message when it is down.
+pub async fn docker_b() -> Docker {
+    let host = docker_b_host();
+    let path = host.trim_start_matches("unix://");
+    let d = Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
+        .unwrap_or_else(|e| panic!("second Docker daemon {host} unreachable: {e}"));
+    if let Err(e) = d.ping().await {
+        panic!("second Docker daemon {host} unreachable: {e}");
+    }
+    d
+}
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -213,17 +236,26 @@ impl DockerHarness {
 /// (a test's unlabelled helpers): what a failed test leaves must not leak into the
 /// machine. Synchronous (the docker CLI), for `Drop`.
 pub fn remove_leftovers(deployment: &str, name_prefix: Option<&str>) {
+    remove_leftovers_on(None, deployment, name_prefix)
+}
+
+/// [`remove_leftovers`] on the daemon at `host` (`None`: the machine's).
+pub fn remove_leftovers_on(host: Option<&str>, deployment: &str, name_prefix: Option<&str>) {
+    let cli = || {
+        let mut c = Command::new("docker");
+        if let Some(h) = host {
+            c.env("DOCKER_HOST", h);
+        }
+        c
+    };
     let mut filters = vec![format!("label=highway.deployment={deployment}")];
     filters.extend(name_prefix.map(|p| format!("name={p}")));
     for filter in filters {
-        let Ok(out) = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &filter])
-            .output()
-        else {
+        let Ok(out) = cli().args(["ps", "-aq", "--filter", &filter]).output() else {
             continue;
         };
         for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            let _ = Command::new("docker").args(["rm", "-f", id]).output();
+            let _ = cli().args(["rm", "-f", id]).output();
         }
     }
 }
