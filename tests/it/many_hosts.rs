@@ -229,6 +229,31 @@ async fn a_collector_on_host_b_never_touches_host_a() {
         &format!("{}-b", scope.deployment),
         Uuid::new_v4(),
     );
+    // Another stack's container on host B: same deployment name, another identity.
+    let theirs = {
+        let mut args = vec![
+            "run".to_string(),
+            "-d".into(),
+            format!("--name={}-theirs", scope.deployment),
+            "--label=highway.managed=true".into(),
+            format!("--label=highway.deployment={}", scope.deployment),
+            format!("--label=highway.deployment_id={}", Uuid::new_v4()),
+            format!("--label=highway.activity_id={}", Uuid::new_v4()),
+            "--label=highway.attempt=1".into(),
+        ];
+        args.extend([TEST_IMAGE.to_string(), "sleep".into(), "600".into()]);
+        let out = std::process::Command::new("docker")
+            .env("DOCKER_HOST", docker_b_host())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
     // Host A's container is known to this database, on host A's daemon.
     let row = ContainerRow {
         name: format!("{}-a", scope.deployment),
@@ -265,6 +290,10 @@ async fn a_collector_on_host_b_never_touches_host_a() {
     for _ in 0..3 {
         let c = gc_b.run_once().await.unwrap();
         assert_eq!(c.missing, 0, "B's collector marked a row missing: {c:?}");
+        assert!(
+            c.foreign >= 1,
+            "another stack's container is counted: {c:?}"
+        );
     }
     let (da, db_) = (docker().await, docker_b().await);
     assert!(
@@ -274,6 +303,10 @@ async fn a_collector_on_host_b_never_touches_host_a() {
     assert!(
         da.inspect_container(&on_a, None).await.is_ok(),
         "B's collector removed a container of host A"
+    );
+    assert!(
+        db_.inspect_container(&theirs, None).await.is_ok(),
+        "B's collector removed another stack's container"
     );
     let status: String =
         sqlx::query_scalar("SELECT status FROM highway.docker_containers WHERE container_id = $1")

@@ -53,6 +53,7 @@ async fn plan(State(st): State<AppState>, caller: Caller) -> Result<Json<Value>,
     )
     .map_err(gc_error)?;
     let counts = gc.run_once().await.map_err(gc_error)?;
+    let deployment_id = planner.deployment.id(&st.pool).await.ok();
     let daemon_id = planner
         .client
         .daemon_id()
@@ -80,6 +81,7 @@ async fn plan(State(st): State<AppState>, caller: Caller) -> Result<Json<Value>,
         .collect();
     Ok(Json(json!({
         "deployment": planner.deployment.name(),
+        "deployment_id": deployment_id,
         "containers": containers,
         "images": images,
         "counts": {
