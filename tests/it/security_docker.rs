@@ -187,6 +187,15 @@ async fn a_container_that_received_secrets_never_becomes_an_image_holding_them()
         json!({"container": id, "repository": repo, "tag": "v1"}),
     )
     .await;
+    // Removed first, so a failing assertion below leaves no container behind.
+    tool(
+        &h,
+        Tool::Remove,
+        "tools.docker.remove",
+        json!({"container": id, "force": true}),
+    )
+    .await
+    .expect("remove");
     match commit {
         Ok(c) => {
             let image_id = c["image_id"].as_str().unwrap().to_string();
@@ -226,14 +235,6 @@ async fn a_container_that_received_secrets_never_becomes_an_image_holding_them()
     .await
     .unwrap();
     assert_eq!(audit, 0);
-    tool(
-        &h,
-        Tool::Remove,
-        "tools.docker.remove",
-        json!({"container": id, "force": true}),
-    )
-    .await
-    .expect("remove");
 }
 
 /// Imports a one-file image under `reference` (its own image id, nobody's).
