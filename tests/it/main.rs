@@ -13,6 +13,8 @@
 //! - `api_schedules`: `/v1/schedules` (tenancy, quota, 422s) and `highway schedules` over it.
 //! - `cli_remote`: the CLI over the API (activities, audit, gc plan), zero-config token.
 //! - `workflow`: multi-step runs with files passed between steps.
+//! - `security_docker`: secrets never baked into commits, image listings per tenant,
+//!   symlink chains refused in outputs and inputs.
 
 mod api;
 mod api_schedules;
@@ -24,5 +26,6 @@ mod many_hosts;
 mod process;
 mod queue;
 mod scheduler;
+mod security_docker;
 mod soft_deps;
 mod workflow;

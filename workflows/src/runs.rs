@@ -288,7 +288,14 @@ pub async fn advance(
             if let Some(c) = &s.cache {
                 let params = substitute(&s.params, &inputs);
                 let image = params.get("image").and_then(Value::as_str).unwrap_or("");
+                let secrets = received_secrets(&params);
                 match digests.digest(&tenant, image).await {
+                    // A snapshot would carry the secrets, and the worker refuses to
+                    // commit such a container: never a hit, never a commit.
+                    _ if secrets.is_some() => {
+                        decision = Some("miss-no-commit");
+                        reason = secrets;
+                    }
                     Ok(d) => {
                         let tag =
                             cache_tag(&def.name, &s.id, &substitute_key(&c.key, &inputs, &d), &d);
@@ -387,6 +394,50 @@ pub async fn advance(
             out.run_status = Some("succeeded".into());
         }
         return Ok(out);
+    }
+}
+
+/// Why a step's container receives secrets (an environment value `{"secret": ..}` or a
+/// `secrets` entry), as the `cache_reason` of a step that is then never cached.
+fn received_secrets(params: &Value) -> Option<String> {
+    let env: Vec<&str> = params
+        .get("environment")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter(|(_, v)| v.get("secret").is_some())
+                .map(|(k, _)| k.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    let files = params
+        .get("secrets")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    if env.is_empty() && files == 0 {
+        return None;
+    }
+    Some(format!(
+        "the step receives secrets (environment {env:?}, {files} secret file(s)); \
+         a snapshot of its container would carry them, so it is never cached"
+    ))
+}
+
+#[cfg(test)]
+mod secret_steps {
+    use super::*;
+
+    #[test]
+    fn steps_receiving_secrets_are_named() {
+        assert_eq!(received_secrets(&json!({"image": "x"})), None);
+        assert_eq!(
+            received_secrets(&json!({"environment": {"A": "plain"}, "secrets": []})),
+            None
+        );
+        let r = received_secrets(&json!({"environment": {"TOK": {"secret": "s"}}})).unwrap();
+        assert!(r.contains("TOK"), "{r}");
+        let r = received_secrets(&json!({"secrets": [{"name": "s"}]})).unwrap();
+        assert!(r.contains("1 secret file"), "{r}");
     }
 }
 

@@ -137,6 +137,24 @@ fn check_image(params: &DockerRunParams, policy: &SecurityPolicy) -> Result<(), 
     }
 }
 
+/// Whether a tenant may see `reference` (an image tag on the daemon) in an image
+/// listing although it does not own it: only when the operator's allow-list names it.
+/// With no allow-list, every image may be run but none of the host's is listed: the
+/// daemon also holds other stacks' and the operator's images.
+pub fn lists_image(policy: &SecurityPolicy, reference: &str) -> bool {
+    let patterns: Vec<&str> = nonempty(&policy.allowed_images).collect();
+    if patterns.is_empty() {
+        return false;
+    }
+    let (full, name) = match highway_workflows::docker::ImageRef::parse(reference) {
+        Ok(r) => (r.to_string(), r.name()),
+        Err(_) => return false,
+    };
+    patterns
+        .iter()
+        .any(|p| glob_match(p, &full) || glob_match(p, &name))
+}
+
 fn check_namespaces(params: &DockerRunParams, policy: &SecurityPolicy) -> Result<(), PolicyError> {
     if params.privileged && !policy.allow_privileged {
         return Err(PolicyError::new(
@@ -779,6 +797,20 @@ mod tests {
             ..Default::default()
         };
         allowed(json!({"image": "alpine"}), &any);
+    }
+
+    #[test]
+    fn listing_follows_the_allow_list_only() {
+        let open = SecurityPolicy::default();
+        assert!(!lists_image(&open, "busybox:latest"));
+        let listed = SecurityPolicy {
+            allowed_images: vec!["highway-test/*".into(), "busybox".into()],
+            ..SecurityPolicy::default()
+        };
+        assert!(lists_image(&listed, "highway-test/busybox:1"));
+        assert!(lists_image(&listed, "busybox:1.36"));
+        assert!(!lists_image(&listed, "other/busybox:1"));
+        assert!(!lists_image(&listed, "<none>:<none>"));
     }
 
     #[test]

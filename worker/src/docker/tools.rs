@@ -5,7 +5,9 @@
 //! Owns: ownership checks (a container or image is addressed only through the tracking
 //! tables, within the caller's tenant: anything else answers exactly like a missing one,
 //! `ContainerNotFound` / `ImageNotFound`, with no Docker call), the secret scrubbing of
-//! what these tools return or bake (inspect env, exec and log output, commit config), the
+//! what these tools return or bake (inspect env, exec and log output, commit config; a
+//! container that received secrets is never committed), which images a tenant lists
+//! (its own commits, and others only when the operator's allow-list names them), the
 //! SQL of `highway.docker_images`, and one `highway.audit_log` row per Docker operation.
 //! Must not: call bollard (that is `client`), or write `docker_containers` other than
 //! through `tracking`.
@@ -23,6 +25,7 @@
 
 use crate::docker::client::tools::{ExecSpec, LogsQuery};
 use crate::docker::client::{self, Removed};
+use crate::docker::policy;
 use crate::docker::runtime::DockerRuntime;
 use crate::docker::secrets::{Redactor, SecretValue, REDACTED};
 use crate::docker::tracking::{self, AuditEvent};
@@ -229,6 +232,8 @@ pub async fn find_container(
 struct ContainerSecrets {
     /// `None`: unknown (the creating params could not be read): treat every key as one.
     env_keys: Option<BTreeSet<String>>,
+    /// Container paths of the secret files delivered at create (empty when unknown).
+    files: Vec<String>,
     redactor: Redactor,
 }
 
@@ -377,6 +382,10 @@ impl Call<'_> {
         }
         Ok(ContainerSecrets {
             env_keys,
+            files: params
+                .as_ref()
+                .map(|p| p.secrets.iter().map(|s| s.target()).collect())
+                .unwrap_or_default(),
             redactor: Redactor::new(values.iter()),
         })
     }
@@ -985,6 +994,16 @@ impl Call<'_> {
                 {
                     return None;
                 }
+                // Nobody's image (another stack's, the operator's): listed only when the
+                // operator's allow-list names one of its tags.
+                if !owned
+                    && !i
+                        .repo_tags
+                        .iter()
+                        .any(|t| policy::lists_image(&self.rt.config.policy, t))
+                {
+                    return None;
+                }
                 Some(ImageView {
                     image_id: i.id,
                     repo_tags: i.repo_tags,
@@ -1022,6 +1041,34 @@ impl Call<'_> {
                  secrets (its run params are unreadable): refusing to commit",
             ));
         };
+        // A container that received secrets is never committed. The commit body can
+        // override the image's `Config`, but the engine (20.10 here) also stores the
+        // container's own config, environment and labels included, as the image's
+        // `ContainerConfig`, which no request can change; and the secret files this
+        // worker delivered lie in the container's layer. Exporting a filtered layer
+        // and loading it back as an image would lose the layer sharing and the exact
+        // semantics of `commit`, so the commit is refused, naming why.
+        if !secret_keys.is_empty() || !secrets.files.is_empty() {
+            let env: Vec<&String> = secret_keys.iter().collect();
+            self.audit(
+                action,
+                Some(id),
+                "refused",
+                json!({"reason": "received_secrets", "env": env, "files": secrets.files}),
+            )
+            .await;
+            return Err(HandlerError::non_retryable(
+                "CommitRefused",
+                format!(
+                    "this container received secrets (environment: {env:?}, files: {:?}); \
+                     an image committed from it would carry them (the engine keeps the \
+                     container's configuration, environment included, in the image, and \
+                     the files in its layer): refusing to commit",
+                    secrets.files
+                ),
+            )
+            .with_details(json!({"env": env, "files": secrets.files})));
+        }
         let config = i.config.clone().unwrap_or_default();
         let env_keys: BTreeSet<String> = config
             .env
