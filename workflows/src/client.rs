@@ -28,6 +28,10 @@ pub enum Error {
     IdempotencyConflict { key: String },
     #[error("activity {0} not found")]
     NotFound(Uuid),
+    /// The request's `workflow_run_id` names no run of its tenant: missing, or another
+    /// tenant's (indistinguishable on purpose).
+    #[error("invalid field `workflow_run_id`: workflow run {0} not found")]
+    RunNotFound(Uuid),
     #[error("timed out after {0:?} waiting for activity to finish")]
     WaitTimeout(Duration),
     #[error("database unavailable: {0}")]
@@ -240,8 +244,11 @@ impl Client {
         id: Uuid,
         req: &EnqueueRequest,
     ) -> Result<Enqueued> {
-        // (Validated once, by the public entry points.) Only a keyed request can ever
-        // be compared with another one.
+        // (Validated once, by the public entry points.)
+        if let Some(run) = req.workflow_run_id {
+            check_runs(&mut *conn, &[run], &[&req.tenant_id]).await?;
+        }
+        // Only a keyed request can ever be compared with another one.
         let hash = req.idempotency_key.as_ref().map(|_| request_hash(req));
         let keyed = hash.is_some();
         // The NOTIFY form is a heavier statement; most enqueues fall inside the
@@ -284,7 +291,7 @@ impl Client {
             {
                 None
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(run_fk_violation(e, req.workflow_run_id)),
         };
         if let Some((id,)) = row {
             return Ok(Enqueued { id, created: true });
@@ -340,6 +347,13 @@ impl Client {
         for (id, r) in ids.iter().zip(reqs) {
             cols.push(*id, r);
         }
+        let (runs, tenants): (Vec<Uuid>, Vec<&str>) = reqs
+            .iter()
+            .filter_map(|r| r.workflow_run_id.map(|run| (run, r.tenant_id.as_str())))
+            .unzip();
+        if !runs.is_empty() {
+            check_runs(&mut *conn, &runs, &tenants).await?;
+        }
         let inserted: Vec<(Uuid,)> = sqlx::query_as(INSERT_MANY)
             .bind(&cols.id)
             .bind(&cols.run)
@@ -362,7 +376,8 @@ impl Client {
             .bind(&cols.key)
             .bind(&cols.hash)
             .fetch_all(&mut *conn)
-            .await?;
+            .await
+            .map_err(|e| run_fk_violation(e, runs.first().copied()))?;
         let created: std::collections::HashSet<Uuid> =
             inserted.into_iter().map(|(id,)| id).collect();
         let mut out = Vec::with_capacity(reqs.len());
@@ -491,6 +506,12 @@ impl Client {
     /// Starts a workflow run record (the driver that executes definitions is separate).
     pub async fn create_run(&self, tenant: &str, name: &str, input: &Value) -> Result<Uuid> {
         check_field("tenant_id", tenant)?;
+        if name.contains('\0') {
+            return Err(
+                FieldError::new("name", "holds a NUL character, which cannot be stored").into(),
+            );
+        }
+        check_storable("input", input)?;
         let id = Uuid::now_v7();
         sqlx::query("INSERT INTO highway.workflow_runs (id, tenant_id, name, input) VALUES ($1, $2, $3, $4)")
             .bind(id)
@@ -582,6 +603,37 @@ pub async fn cancel_run_activities(
         .fetch_all(&mut *conn)
         .await?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// Every `runs[i]` must be a workflow run of `tenants[i]`: the first that is not (missing,
+/// or another tenant's) is `RunNotFound`, so no tenant can attach an activity to, or
+/// probe the ids of, another tenant's runs. One statement for a whole batch.
+async fn check_runs(conn: &mut PgConnection, runs: &[Uuid], tenants: &[&str]) -> Result<()> {
+    let bad: Option<(Uuid,)> = sqlx::query_as(
+        "SELECT u.run FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS u(run, tenant, n) \
+         WHERE NOT EXISTS (SELECT 1 FROM highway.workflow_runs w \
+                           WHERE w.id = u.run AND w.tenant_id = u.tenant) \
+         ORDER BY u.n LIMIT 1",
+    )
+    .bind(runs)
+    .bind(tenants)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match bad {
+        Some((run,)) => Err(Error::RunNotFound(run)),
+        None => Ok(()),
+    }
+}
+
+/// A run deleted between [`check_runs`] and the insert fails the foreign key: the same
+/// answer as a run that was never there.
+fn run_fk_violation(e: sqlx::Error, run: Option<Uuid>) -> Error {
+    if let (sqlx::Error::Database(db), Some(run)) = (&e, run) {
+        if db.constraint() == Some("activities_workflow_run_id_fkey") {
+            return Error::RunNotFound(run);
+        }
+    }
+    e.into()
 }
 
 /// After an insert skipped on a conflict of (tenant_id, idempotency_key): the same
