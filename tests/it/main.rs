@@ -12,6 +12,8 @@
 //! - `api_schedules`: `/v1/schedules` (tenancy, quota, 422s) and `highway schedules` over it.
 //! - `cli_remote`: the CLI over the API (activities, audit, gc plan), zero-config token.
 //! - `workflow`: multi-step runs with files passed between steps.
+//! - `security_api`: what the door refuses (cross-tenant run ids, NUL, lone surrogates,
+//!   duplicate keys), escaped CLI log lines, the OpenAPI document against the server.
 
 mod api;
 mod api_schedules;
@@ -22,5 +24,6 @@ mod gc;
 mod process;
 mod queue;
 mod scheduler;
+mod security_api;
 mod soft_deps;
 mod workflow;
