@@ -10,7 +10,8 @@
 # garbage collector only sees its own deployment's containers. Runs once with the admin
 # token `highway up` writes and once with a tenant token from `highway tokens create`.
 #
-# HIGHWAY_SCHEMATHESIS_EXAMPLES (default 25): most test cases per operation and token.
+# HIGHWAY_SCHEMATHESIS_EXAMPLES (default 10): most test cases per operation and token.
+# HIGHWAY_SCHEMATHESIS_ARGS: more arguments for `schemathesis run` (e.g. `--report har`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -60,7 +61,7 @@ curl -fs "$base/health" >/dev/null || { echo "error: highway up did not answer /
 admin=$(cat "$state/admin.token")
 tenant=$(env -u DATABASE_URL "$bin" --state-dir "$state" tokens create --tenant fuzz --name schemathesis)
 
-examples="${HIGHWAY_SCHEMATHESIS_EXAMPLES:-25}"
+examples="${HIGHWAY_SCHEMATHESIS_EXAMPLES:-10}"
 rc=0
 for who in admin tenant; do
   token=$admin
@@ -77,7 +78,7 @@ for who in admin tenant; do
     --suppress-health-check all \
     --generation-database none \
     --no-color \
-    --output-sanitize true || rc=1
+    --output-sanitize true ${HIGHWAY_SCHEMATHESIS_ARGS:-} || rc=1
 done
 if [ "$rc" != 0 ]; then
   echo "schemathesis found failures (server log: kept below)" >&2

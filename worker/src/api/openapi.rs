@@ -253,7 +253,8 @@ fn build() -> Value {
             params.push(json!({"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string"}}));
         }
         if op.path.ends_with("/logs") {
-            params.push(json!({"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "string"}}));
+            // The server reads it as a sequence number (a 400 otherwise).
+            params.push(json!({"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "integer", "format": "int64"}}));
         }
         let ok_content = if op.path.ends_with("/logs") {
             json!({"text/event-stream": {"schema": schema_ref("LogRow")}})
