@@ -184,13 +184,32 @@ impl Client {
                 let _ = w.tx.send(Shared::Done(res));
             }
             _ => {
+                let mut conn = match self.pool.acquire().await {
+                    Ok(c) => c,
+                    Err(_) => {
+                        for w in batch {
+                            let _ = w.tx.send(Shared::Alone);
+                        }
+                        return;
+                    }
+                };
+                // A request naming a run its tenant does not have is answered here, so
+                // it does not fail the statement the others share.
+                let batch = match self.answer_foreign_runs(&mut conn, batch).await {
+                    Ok(rest) => rest,
+                    Err(batch) => {
+                        for w in batch {
+                            let _ = w.tx.send(Shared::Alone);
+                        }
+                        return;
+                    }
+                };
+                if batch.is_empty() {
+                    return;
+                }
                 let ids: Vec<Uuid> = batch.iter().map(|w| w.id).collect();
                 let reqs: Vec<&EnqueueRequest> = batch.iter().map(|w| &w.req).collect();
-                let res = async {
-                    let mut conn = self.pool.acquire().await?;
-                    self.insert_many(&mut conn, &ids, &reqs).await
-                }
-                .await;
+                let res = self.insert_many(&mut conn, &ids, &reqs).await;
                 match res {
                     Ok(out) => {
                         for (w, e) in batch.into_iter().zip(out) {
@@ -206,6 +225,47 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Answers `RunNotFound` to every waiting request whose `workflow_run_id` is not a
+    /// run of its tenant and returns the others; on a database error, the whole batch.
+    async fn answer_foreign_runs(
+        &self,
+        conn: &mut PgConnection,
+        batch: Vec<Waiting>,
+    ) -> std::result::Result<Vec<Waiting>, Vec<Waiting>> {
+        let (runs, tenants): (Vec<Option<Uuid>>, Vec<&str>) = batch
+            .iter()
+            .map(|w| (w.req.workflow_run_id, w.req.tenant_id.as_str()))
+            .unzip();
+        if runs.iter().all(Option::is_none) {
+            return Ok(batch);
+        }
+        let bad: Vec<(i64,)> = match sqlx::query_as(
+            "SELECT u.n FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS u(run, tenant, n) \
+             WHERE u.run IS NOT NULL AND NOT EXISTS (SELECT 1 FROM highway.workflow_runs w \
+                                                     WHERE w.id = u.run AND w.tenant_id = u.tenant)",
+        )
+        .bind(&runs)
+        .bind(&tenants)
+        .fetch_all(&mut *conn)
+        .await
+        {
+            Ok(rows) => rows,
+            Err(_) => return Err(batch),
+        };
+        let bad: std::collections::HashSet<usize> =
+            bad.into_iter().map(|(n,)| n as usize - 1).collect();
+        let mut rest = Vec::with_capacity(batch.len());
+        for (i, w) in batch.into_iter().enumerate() {
+            match (bad.contains(&i), w.req.workflow_run_id) {
+                (true, Some(run)) => {
+                    let _ = w.tx.send(Shared::Done(Err(Error::RunNotFound(run))));
+                }
+                _ => rest.push(w),
+            }
+        }
+        Ok(rest)
     }
 
     /// The single-row path: own statement, retried with the same id on a lost connection.
