@@ -57,3 +57,11 @@ if [ "${HIGHWAY_TEST_NO_DOCKER:-}" != "1" ]; then
 fi
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
 cargo test --workspace "$@"
+
+# The API fuzzed against its own OpenAPI document (scripts/schemathesis.sh, about two
+# minutes), after a full run (no arguments, as CI runs it); a targeted run such as
+# `scripts/test.sh -p highway-tests -- api::` skips it. HIGHWAY_TEST_NO_SCHEMATHESIS=1
+# skips it too (CI never sets it).
+if [ "$#" -eq 0 ] && [ "${HIGHWAY_TEST_NO_SCHEMATHESIS:-}" != "1" ]; then
+  scripts/schemathesis.sh
+fi

@@ -895,7 +895,7 @@ async fn s26_cli_against_highway_up_token_from_env_or_file_never_argv() {
         &[api_env, ("HIGHWAY_TOKEN_FILE", file.to_str().unwrap())],
     );
     assert_eq!(rc, 0, "{err}");
-    assert_eq!(out.trim(), "from the cli");
+    assert_eq!(out.trim(), "stdout | from the cli");
     assert!(!out.contains(&token[3..]) && !err.contains(&token[3..]));
     let (rc, out, _) = cli(
         &db.url,

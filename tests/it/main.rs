@@ -15,6 +15,8 @@
 //! - `workflow`: multi-step runs with files passed between steps.
 //! - `security_docker`: secrets never baked into commits, image listings per tenant,
 //!   symlink chains refused in outputs and inputs.
+//! - `security_api`: what the door refuses (cross-tenant run ids, NUL, lone surrogates,
+//!   duplicate keys), escaped CLI log lines, the OpenAPI document against the server.
 
 mod api;
 mod api_schedules;
@@ -27,5 +29,6 @@ mod process;
 mod queue;
 mod scheduler;
 mod security_docker;
+mod security_api;
 mod soft_deps;
 mod workflow;

@@ -734,7 +734,10 @@ async fn concurrent_single_enqueues_share_statements_without_mixing_answers() {
                 Err(e) => panic!("request {i}: {e}"),
             },
             2 => {
-                assert!(res.is_err(), "request {i} names an unknown run");
+                assert!(
+                    matches!(res, Err(Error::RunNotFound(_))),
+                    "request {i} names an unknown run: {res:?}"
+                );
                 fk_failed += 1;
             }
             _ => {

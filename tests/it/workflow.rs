@@ -323,7 +323,7 @@ async fn cli_run_follows_steps_and_logs_and_exits_with_the_outcome() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("[check] stdout: HELLO"), "{stdout}");
+    assert!(stdout.contains("[check] stdout | HELLO"), "{stdout}");
     assert!(stdout.contains("succeeded"), "{stdout}");
     for s in ["produce", "transform", "check"] {
         assert!(stdout.contains(s), "{stdout}");
@@ -793,7 +793,7 @@ async fn runs_through_the_api_start_show_and_cancel() {
     .await
     .unwrap();
     assert_eq!(rc, 0, "{out}{err}");
-    assert!(out.contains("[check] stdout: HELLO"), "{out}");
+    assert!(out.contains("[check] stdout | HELLO"), "{out}");
     assert!(out.contains("succeeded"), "{out}");
     stop.cancel();
     server.await.unwrap().unwrap();

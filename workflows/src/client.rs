@@ -28,6 +28,10 @@ pub enum Error {
     IdempotencyConflict { key: String },
     #[error("activity {0} not found")]
     NotFound(Uuid),
+    /// The request's `workflow_run_id` names no run of its tenant: missing, or another
+    /// tenant's (indistinguishable on purpose).
+    #[error("invalid field `workflow_run_id`: workflow run {0} not found")]
+    RunNotFound(Uuid),
     #[error("timed out after {0:?} waiting for activity to finish")]
     WaitTimeout(Duration),
     #[error("database unavailable: {0}")]
@@ -180,13 +184,32 @@ impl Client {
                 let _ = w.tx.send(Shared::Done(res));
             }
             _ => {
+                let mut conn = match self.pool.acquire().await {
+                    Ok(c) => c,
+                    Err(_) => {
+                        for w in batch {
+                            let _ = w.tx.send(Shared::Alone);
+                        }
+                        return;
+                    }
+                };
+                // A request naming a run its tenant does not have is answered here, so
+                // it does not fail the statement the others share.
+                let batch = match self.answer_foreign_runs(&mut conn, batch).await {
+                    Ok(rest) => rest,
+                    Err(batch) => {
+                        for w in batch {
+                            let _ = w.tx.send(Shared::Alone);
+                        }
+                        return;
+                    }
+                };
+                if batch.is_empty() {
+                    return;
+                }
                 let ids: Vec<Uuid> = batch.iter().map(|w| w.id).collect();
                 let reqs: Vec<&EnqueueRequest> = batch.iter().map(|w| &w.req).collect();
-                let res = async {
-                    let mut conn = self.pool.acquire().await?;
-                    self.insert_many(&mut conn, &ids, &reqs).await
-                }
-                .await;
+                let res = self.insert_many(&mut conn, &ids, &reqs).await;
                 match res {
                     Ok(out) => {
                         for (w, e) in batch.into_iter().zip(out) {
@@ -202,6 +225,47 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Answers `RunNotFound` to every waiting request whose `workflow_run_id` is not a
+    /// run of its tenant and returns the others; on a database error, the whole batch.
+    async fn answer_foreign_runs(
+        &self,
+        conn: &mut PgConnection,
+        batch: Vec<Waiting>,
+    ) -> std::result::Result<Vec<Waiting>, Vec<Waiting>> {
+        let (runs, tenants): (Vec<Option<Uuid>>, Vec<&str>) = batch
+            .iter()
+            .map(|w| (w.req.workflow_run_id, w.req.tenant_id.as_str()))
+            .unzip();
+        if runs.iter().all(Option::is_none) {
+            return Ok(batch);
+        }
+        let bad: Vec<(i64,)> = match sqlx::query_as(
+            "SELECT u.n FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS u(run, tenant, n) \
+             WHERE u.run IS NOT NULL AND NOT EXISTS (SELECT 1 FROM highway.workflow_runs w \
+                                                     WHERE w.id = u.run AND w.tenant_id = u.tenant)",
+        )
+        .bind(&runs)
+        .bind(&tenants)
+        .fetch_all(&mut *conn)
+        .await
+        {
+            Ok(rows) => rows,
+            Err(_) => return Err(batch),
+        };
+        let bad: std::collections::HashSet<usize> =
+            bad.into_iter().map(|(n,)| n as usize - 1).collect();
+        let mut rest = Vec::with_capacity(batch.len());
+        for (i, w) in batch.into_iter().enumerate() {
+            match (bad.contains(&i), w.req.workflow_run_id) {
+                (true, Some(run)) => {
+                    let _ = w.tx.send(Shared::Done(Err(Error::RunNotFound(run))));
+                }
+                _ => rest.push(w),
+            }
+        }
+        Ok(rest)
     }
 
     /// The single-row path: own statement, retried with the same id on a lost connection.
@@ -240,8 +304,11 @@ impl Client {
         id: Uuid,
         req: &EnqueueRequest,
     ) -> Result<Enqueued> {
-        // (Validated once, by the public entry points.) Only a keyed request can ever
-        // be compared with another one.
+        // (Validated once, by the public entry points.)
+        if let Some(run) = req.workflow_run_id {
+            check_runs(&mut *conn, &[run], &[&req.tenant_id]).await?;
+        }
+        // Only a keyed request can ever be compared with another one.
         let hash = req.idempotency_key.as_ref().map(|_| request_hash(req));
         let keyed = hash.is_some();
         // The NOTIFY form is a heavier statement; most enqueues fall inside the
@@ -284,7 +351,7 @@ impl Client {
             {
                 None
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(run_fk_violation(e, req.workflow_run_id)),
         };
         if let Some((id,)) = row {
             return Ok(Enqueued { id, created: true });
@@ -340,6 +407,13 @@ impl Client {
         for (id, r) in ids.iter().zip(reqs) {
             cols.push(*id, r);
         }
+        let (runs, tenants): (Vec<Uuid>, Vec<&str>) = reqs
+            .iter()
+            .filter_map(|r| r.workflow_run_id.map(|run| (run, r.tenant_id.as_str())))
+            .unzip();
+        if !runs.is_empty() {
+            check_runs(&mut *conn, &runs, &tenants).await?;
+        }
         let inserted: Vec<(Uuid,)> = sqlx::query_as(INSERT_MANY)
             .bind(&cols.id)
             .bind(&cols.run)
@@ -362,7 +436,8 @@ impl Client {
             .bind(&cols.key)
             .bind(&cols.hash)
             .fetch_all(&mut *conn)
-            .await?;
+            .await
+            .map_err(|e| run_fk_violation(e, runs.first().copied()))?;
         let created: std::collections::HashSet<Uuid> =
             inserted.into_iter().map(|(id,)| id).collect();
         let mut out = Vec::with_capacity(reqs.len());
@@ -491,6 +566,12 @@ impl Client {
     /// Starts a workflow run record (the driver that executes definitions is separate).
     pub async fn create_run(&self, tenant: &str, name: &str, input: &Value) -> Result<Uuid> {
         check_field("tenant_id", tenant)?;
+        if name.contains('\0') {
+            return Err(
+                FieldError::new("name", "holds a NUL character, which cannot be stored").into(),
+            );
+        }
+        check_storable("input", input)?;
         let id = Uuid::now_v7();
         sqlx::query("INSERT INTO highway.workflow_runs (id, tenant_id, name, input) VALUES ($1, $2, $3, $4)")
             .bind(id)
@@ -582,6 +663,37 @@ pub async fn cancel_run_activities(
         .fetch_all(&mut *conn)
         .await?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// Every `runs[i]` must be a workflow run of `tenants[i]`: the first that is not (missing,
+/// or another tenant's) is `RunNotFound`, so no tenant can attach an activity to, or
+/// probe the ids of, another tenant's runs. One statement for a whole batch.
+async fn check_runs(conn: &mut PgConnection, runs: &[Uuid], tenants: &[&str]) -> Result<()> {
+    let bad: Option<(Uuid,)> = sqlx::query_as(
+        "SELECT u.run FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS u(run, tenant, n) \
+         WHERE NOT EXISTS (SELECT 1 FROM highway.workflow_runs w \
+                           WHERE w.id = u.run AND w.tenant_id = u.tenant) \
+         ORDER BY u.n LIMIT 1",
+    )
+    .bind(runs)
+    .bind(tenants)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match bad {
+        Some((run,)) => Err(Error::RunNotFound(run)),
+        None => Ok(()),
+    }
+}
+
+/// A run deleted between [`check_runs`] and the insert fails the foreign key: the same
+/// answer as a run that was never there.
+fn run_fk_violation(e: sqlx::Error, run: Option<Uuid>) -> Error {
+    if let (sqlx::Error::Database(db), Some(run)) = (&e, run) {
+        if db.constraint() == Some("activities_workflow_run_id_fkey") {
+            return Error::RunNotFound(run);
+        }
+    }
+    e.into()
 }
 
 /// After an insert skipped on a conflict of (tenant_id, idempotency_key): the same

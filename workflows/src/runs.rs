@@ -73,6 +73,10 @@ pub async fn start_run(
     digests: &dyn ImageDigests,
 ) -> Result<Uuid> {
     def.validate()?;
+    // Postgres stores neither in jsonb with a NUL character in it.
+    crate::types::check_storable("inputs", &json!(inputs))?;
+    let stored_def = serde_json::to_value(def).expect("definition serializes");
+    crate::types::check_storable("definition", &stored_def)?;
     let inputs = def.resolve_inputs(inputs)?;
     crate::EnqueueRequest::new("tools.docker.run", json!({}))
         .tenant(tenant)
@@ -87,7 +91,7 @@ pub async fn start_run(
     .bind(tenant)
     .bind(&def.name)
     .bind(json!(inputs))
-    .bind(serde_json::to_value(def).expect("definition serializes"))
+    .bind(stored_def)
     .execute(&mut *tx)
     .await?;
     let steps: Vec<String> = def.steps.iter().map(|s| s.id.clone()).collect();

@@ -207,6 +207,20 @@ impl EnqueueRequest {
         if !self.params.is_object() {
             return Err(FieldError::new("params", "must be a JSON object"));
         }
+        check_storable("params", &self.params)?;
+        for (i, t) in self
+            .retry_policy
+            .non_retryable_error_types
+            .iter()
+            .enumerate()
+        {
+            if t.contains('\0') {
+                return Err(FieldError::new(
+                    format!("retry_policy.non_retryable_error_types[{i}]"),
+                    NUL_REASON,
+                ));
+            }
+        }
         let size = serde_json::to_vec(&self.params)
             .map(|v| v.len())
             .unwrap_or(0);
@@ -275,6 +289,55 @@ impl EnqueueRequest {
         }
         Ok(())
     }
+}
+
+const NUL_REASON: &str = "holds a NUL character, which cannot be stored";
+
+/// Refuses what Postgres cannot store in `jsonb` anywhere in `v`: a NUL character in a
+/// string or an object key. The error names the JSON path under `field`, the way the
+/// API names it (`params.inputs[0].path`). (A Rust string cannot hold a lone surrogate,
+/// and a `Value` map cannot hold a key twice: the API refuses those while reading.)
+pub fn check_storable(field: &str, v: &Value) -> Result<(), FieldError> {
+    fn walk(path: &mut String, v: &Value) -> Result<(), FieldError> {
+        match v {
+            Value::String(s) if s.contains('\0') => Err(FieldError::new(path.clone(), NUL_REASON)),
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("[{i}]"));
+                    walk(path, item)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            Value::Object(map) => {
+                for (k, item) in map {
+                    let len = path.len();
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    for c in k.chars() {
+                        if c.is_control() {
+                            path.extend(c.escape_unicode());
+                        } else {
+                            path.push(c);
+                        }
+                    }
+                    if k.contains('\0') {
+                        return Err(FieldError::new(
+                            path.clone(),
+                            "this object key holds a NUL character, which cannot be stored",
+                        ));
+                    }
+                    walk(path, item)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+    walk(&mut field.to_string(), v)
 }
 
 fn check_name(field: &'static str, v: &str, max: usize, dots: bool) -> Result<(), FieldError> {
@@ -401,6 +464,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn nul_anywhere_in_params_is_refused_naming_its_path() {
+        let r = EnqueueRequest::new("ok", serde_json::json!({"x": "a\u{0}b"}));
+        assert_eq!(r.validate().unwrap_err().field, "params.x");
+        let r = EnqueueRequest::new(
+            "ok",
+            serde_json::json!({"inputs": [{"path": "/a"}, {"path": "/b\u{0}"}]}),
+        );
+        assert_eq!(r.validate().unwrap_err().field, "params.inputs[1].path");
+        let r = EnqueueRequest::new("ok", serde_json::json!({"a": {"k\u{0}": 1}}));
+        let e = r.validate().unwrap_err();
+        assert_eq!(e.field, "params.a.k\\u{0}");
+        assert!(e.reason.contains("key"), "{e}");
+        let mut r = EnqueueRequest::new("ok", serde_json::json!({"x": "tab\tis fine"}));
+        r.validate().unwrap();
+        r.retry_policy.non_retryable_error_types = vec!["A\u{0}".into()];
+        assert_eq!(
+            r.validate().unwrap_err().field,
+            "retry_policy.non_retryable_error_types[0]"
+        );
     }
 
     #[test]

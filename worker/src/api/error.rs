@@ -126,6 +126,7 @@ impl From<highway_workflows::Error> for ApiError {
             },
             E::IdempotencyConflict { key } => Self::IdempotencyConflict(key),
             E::NotFound(_) => Self::NotFound("activity"),
+            E::RunNotFound(_) => Self::NotFound("workflow run"),
             E::WaitTimeout(_) => Self::Unavailable("activity result"),
             E::Database(db) => Self::db(db),
         }

@@ -69,6 +69,12 @@ pub const OPS: &[Op] = &[
     Op { method: "get", path: "/v1/gc/plan", summary: "Admin: what a garbage-collector pass would remove now and why (containers and expired images); removes nothing", query: &[], body: None, answer: None, auth: true },
 ];
 
+/// Operations only an admin token may call (403 for a tenant token).
+const ADMIN_ONLY: &[&str] = &["/v1/gc/plan"];
+
+/// Operations whose body may be left out entirely.
+const OPTIONAL_BODY: &[&str] = &["/v1/schedules/{id}/pause", "/v1/schedules/{id}/trigger"];
+
 /// Mirror of `highway_workflows::EnqueueRequest` for the schema.
 #[allow(dead_code)] // Only its schema is used.
 #[derive(JsonSchema)]
@@ -229,9 +235,14 @@ fn build() -> Value {
     for op in OPS {
         let mut params: Vec<Value> = Vec::new();
         if op.path.contains("{id}") {
-            params.push(
-                json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}),
-            );
+            // Every id is a UUID (anything else is a 400), except a container's, which may
+            // also be a short id or a name.
+            let schema = if op.path.starts_with("/v1/containers/") {
+                json!({"type": "string"})
+            } else {
+                json!({"type": "string", "format": "uuid"})
+            };
+            params.push(json!({"name": "id", "in": "path", "required": true, "schema": schema}));
         }
         for q in op.query {
             params.push(
@@ -242,7 +253,8 @@ fn build() -> Value {
             params.push(json!({"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string"}}));
         }
         if op.path.ends_with("/logs") {
-            params.push(json!({"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "string"}}));
+            // The server reads it as a sequence number (a 400 otherwise).
+            params.push(json!({"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "integer", "format": "int64"}}));
         }
         let ok_content = if op.path.ends_with("/logs") {
             json!({"text/event-stream": {"schema": schema_ref("LogRow")}})
@@ -266,6 +278,13 @@ fn build() -> Value {
                 responses[code] = err.clone();
             }
         }
+        if ADMIN_ONLY.contains(&op.path) {
+            responses["403"] = err.clone();
+        }
+        // An unknown query parameter is a 422 naming it.
+        if op.auth && !op.query.is_empty() {
+            responses["422"] = err.clone();
+        }
         if op.body.is_some() {
             for code in ["409", "413", "415", "422", "429"] {
                 responses[code] = err.clone();
@@ -278,7 +297,8 @@ fn build() -> Value {
             "responses": responses,
         });
         if let Some(b) = op.body {
-            o["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema_ref(b)}}});
+            let required = !OPTIONAL_BODY.contains(&op.path);
+            o["requestBody"] = json!({"required": required, "content": {"application/json": {"schema": schema_ref(b)}}});
         }
         if !op.auth {
             o["security"] = json!([]);

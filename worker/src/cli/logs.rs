@@ -2,9 +2,17 @@
 //! server-sent-events stream; with `-f` it follows live until the activity finishes,
 //! resuming after the last line seen if the connection drops. While following and no
 //! line came yet, a spinner on stderr (terminals only) shows the activity's status.
+//!
+//! Every line is marked with the stream it came from (`stdout | `, `stderr | `, and
+//! `system | ` for the worker's own lines) and shown with its control characters
+//! escaped ([`super::text::for_terminal`]): a container can neither drive the
+//! operator's terminal nor print a line that passes for the CLI's or the worker's own.
+//! Container stdout goes to stdout, the rest to stderr; the CLI's own notes start with
+//! `# ` on stderr. `--json` prints each line as one JSON object instead.
 
 use super::progress::Progress;
 use super::remote::{Remote, RemoteArgs};
+use super::text;
 use serde_json::Value;
 use std::io::Write;
 use std::process::ExitCode;
@@ -21,9 +29,13 @@ pub struct LogsArgs {
     /// Start after this sequence number (as printed with --seq).
     #[arg(long)]
     pub after: Option<i64>,
-    /// Prefix each line with its sequence number and stream.
+    /// Prefix each line with its sequence number too.
     #[arg(long)]
     pub seq: bool,
+    /// One JSON object a line (`seq`, `attempt`, `stream`, `line`, ...) on stdout, the
+    /// line's text unaltered but JSON-escaped.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Exit code: 0 when the activity succeeded (or is still running without `-f`),
@@ -37,7 +49,7 @@ pub async fn run(a: LogsArgs) -> anyhow::Result<ExitCode> {
     if a.follow {
         eprintln!("# following logs of {} (Ctrl-C stops)", a.id);
     }
-    let progress = Progress::new(!a.follow);
+    let progress = Progress::new(!a.follow || a.json);
     let poller = progress
         .is_drawing()
         .then(|| tokio::spawn(show_status(api.clone(), a.id.clone(), progress.clone())));
@@ -59,17 +71,23 @@ pub async fn run(a: LogsArgs) -> anyhow::Result<ExitCode> {
                 match event {
                     "log" => {
                         let line = v["line"].as_str().unwrap_or_default();
-                        let stream = v["stream"].as_str().unwrap_or("stdout");
-                        let text = if a.seq {
-                            format!("{} {stream} {line}", v["seq"])
+                        let stream = match v["stream"].as_str().unwrap_or("stdout") {
+                            s @ ("stdout" | "stderr" | "system") => s,
+                            _ => "?",
+                        };
+                        let line = text::for_terminal(line);
+                        let out = if a.json {
+                            text::json_for_terminal(&v, false)
+                        } else if a.seq {
+                            format!("{} {stream} | {line}", v["seq"])
                         } else {
-                            line.to_string()
+                            format!("{stream} | {line}")
                         };
                         // Errors writing (a closed pipe) end the command quietly.
-                        let ok = if stream == "stdout" {
-                            writeln!(stdout.lock(), "{text}").is_ok()
+                        let ok = if a.json || stream == "stdout" {
+                            writeln!(stdout.lock(), "{out}").is_ok()
                         } else {
-                            writeln!(stderr.lock(), "{text}").is_ok()
+                            writeln!(stderr.lock(), "{out}").is_ok()
                         };
                         ok
                     }

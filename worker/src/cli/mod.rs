@@ -15,6 +15,7 @@ pub mod run;
 pub mod runs;
 pub mod schedules;
 pub mod secrets;
+pub mod text;
 pub mod tokens;
 
 use crate::config::{DatabaseArgs, HttpConfig, LogConfig, LogFormat, WorkerConfig};
@@ -31,12 +32,13 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// A JSON value as a table cell: a string without its quotes, `-` for null, anything
-/// else as JSON. One rule for every table the API commands print.
+/// else as JSON; control characters escaped ([`text::for_terminal`]). One rule for
+/// every table the API commands print.
 pub(crate) fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        Value::String(s) => text::for_terminal(s).into_owned(),
+        other => text::json_for_terminal(other, false),
     }
 }
 
@@ -498,17 +500,15 @@ async fn enqueue(
     let act = progress::wait_activity(&client, enq.id, a.timeout.0, &progress).await?;
     let ok = act.status() == ActivityStatus::Succeeded;
     if a.json {
-        println!(
-            "{}",
-            json!({"id": act.id, "status": act.status, "attempt": act.attempt, "result": act.result, "error": act.error})
-        );
+        let v = json!({"id": act.id, "status": act.status, "attempt": act.attempt, "result": act.result, "error": act.error});
+        println!("{}", text::json_for_terminal(&v, false));
     } else {
         println!("{} {} (attempt {})", act.id, act.status, act.attempt);
         if let Some(r) = &act.result {
-            println!("{}", serde_json::to_string_pretty(r)?);
+            println!("{}", text::json_for_terminal(r, true));
         }
         if let Some(e) = &act.error {
-            println!("error: {}", serde_json::to_string_pretty(e)?);
+            println!("error: {}", text::json_for_terminal(e, true));
         }
     }
     Ok(if ok {
@@ -554,7 +554,7 @@ async fn activities(cmd: ActivitiesCommand) -> anyhow::Result<ExitCode> {
             let body = api.get_json("/v1/activities", &q).await?;
             let items = body["items"].as_array().cloned().unwrap_or_default();
             if json {
-                println!("{}", serde_json::to_string(&items)?);
+                println!("{}", text::json_for_terminal(&Value::Array(items), false));
             } else {
                 println!(
                     "{:<36}  {:<10}  {:>3}  {:<20}  {:<10}  CREATED",
@@ -584,11 +584,7 @@ async fn activities(cmd: ActivitiesCommand) -> anyhow::Result<ExitCode> {
             let api = remote::Remote::new(&remote)?;
             let q: Vec<(&str, String)> = tenant.map(|t| ("tenant", t)).into_iter().collect();
             let a = api.get_json(&format!("/v1/activities/{id}"), &q).await?;
-            if json {
-                println!("{}", serde_json::to_string(&a)?);
-            } else {
-                println!("{}", serde_json::to_string_pretty(&a)?);
-            }
+            println!("{}", text::json_for_terminal(&a, !json));
         }
     }
     Ok(ExitCode::SUCCESS)

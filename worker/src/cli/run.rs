@@ -8,6 +8,7 @@
 //! resolved here, with a Docker client built from the worker's settings
 //! (`HIGHWAY_DOCKER_HOST`, ...); the workers resolve the later ones.
 
+use super::text;
 use crate::config::docker::DockerConfig;
 use crate::config::DatabaseArgs;
 use crate::db::{self, PoolOptions};
@@ -149,13 +150,16 @@ async fn follow_logs(
         let lines = runs::step_logs(pool, a, after).await?;
         for l in &lines {
             if as_json {
-                println!(
-                    "{}",
-                    json!({"event": "log", "step": st.step_id, "attempt": l.attempt,
-                           "stream": l.stream, "line": l.line})
-                );
+                let ev = json!({"event": "log", "step": st.step_id, "attempt": l.attempt,
+                                "stream": l.stream, "line": l.line});
+                println!("{}", text::json_for_terminal(&ev, false));
             } else {
-                println!("[{}] {}: {}", st.step_id, l.stream, l.line);
+                println!(
+                    "[{}] {} | {}",
+                    st.step_id,
+                    l.stream,
+                    text::for_terminal(&l.line)
+                );
             }
         }
         if let Some(last) = lines.last() {
@@ -167,15 +171,13 @@ async fn follow_logs(
 
 fn print_final(s: &RunStatus, as_json: bool) {
     if as_json {
-        println!(
-            "{}",
-            json!({"event": "finished", "run_id": s.id, "status": s.status,
-                   "result": s.result, "error": s.error})
-        );
+        let ev = json!({"event": "finished", "run_id": s.id, "status": s.status,
+                        "result": s.result, "error": s.error});
+        println!("{}", text::json_for_terminal(&ev, false));
     } else {
         println!("run {} {}", s.id, s.status);
         if let Some(e) = &s.error {
-            println!("  error: {e}");
+            println!("  error: {}", text::json_for_terminal(e, false));
         }
     }
 }

@@ -6,8 +6,8 @@
 //!
 //! `highway run FILE` stays the database-direct variant (DATABASE_URL, no API needed).
 
-use super::cell;
 use super::remote::{Remote, RemoteArgs};
+use super::{cell, text};
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use serde_json::{json, Value};
@@ -78,7 +78,7 @@ pub async fn run(cmd: RunsCommand) -> anyhow::Result<ExitCode> {
             let id = run["id"].as_str().unwrap_or_default().to_string();
             if !follow {
                 if json {
-                    println!("{run}");
+                    println!("{}", text::json_for_terminal(&run, false));
                 } else {
                     println!("run {id} ({}) {}", cell(&run["name"]), cell(&run["status"]));
                 }
@@ -95,7 +95,7 @@ pub async fn run(cmd: RunsCommand) -> anyhow::Result<ExitCode> {
             let api = Remote::new(&remote)?;
             let run = api.get_json(&format!("/v1/runs/{id}"), &[]).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&run)?);
+                println!("{}", text::json_for_terminal(&run, true));
             } else {
                 print_run(&run);
             }
@@ -125,7 +125,7 @@ fn print_run(run: &Value) {
         cell(&run["tenant_id"])
     );
     if let Some(e) = run.get("error").filter(|e| !e.is_null()) {
-        println!("  error: {e}");
+        println!("  error: {}", text::json_for_terminal(e, false));
     }
     let Some(steps) = run["steps"].as_array() else {
         println!("  (no definition: activities {})", run["activities"]);
@@ -137,7 +137,7 @@ fn print_run(run: &Value) {
     );
     for st in steps {
         let cache = match (st["cache_decision"].as_str(), st["cache_reason"].as_str()) {
-            (Some(d), Some(r)) => format!("{d} ({r})"),
+            (Some(d), Some(r)) => format!("{d} ({})", text::for_terminal(r)),
             (Some(d), None) => d.to_string(),
             _ => "-".into(),
         };
@@ -188,15 +188,13 @@ async fn follow_run(api: &Remote, id: &str, as_json: bool) -> anyhow::Result<Exi
         let status = run["status"].as_str().unwrap_or_default();
         if matches!(status, "succeeded" | "failed" | "cancelled") {
             if as_json {
-                println!(
-                    "{}",
-                    json!({"event": "finished", "run_id": id, "status": status,
-                           "result": run["result"], "error": run["error"]})
-                );
+                let ev = json!({"event": "finished", "run_id": id, "status": status,
+                                "result": run["result"], "error": run["error"]});
+                println!("{}", text::json_for_terminal(&ev, false));
             } else {
                 println!("run {id} {status}");
                 if let Some(e) = run.get("error").filter(|e| !e.is_null()) {
-                    println!("  error: {e}");
+                    println!("  error: {}", text::json_for_terminal(e, false));
                 }
             }
             return Ok(if status == "succeeded" {
@@ -238,13 +236,12 @@ async fn print_new_logs(
             let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
             last = last.max(v["seq"].as_i64().unwrap_or(last));
             if as_json {
-                println!(
-                    "{}",
-                    json!({"event": "log", "step": step, "attempt": v["attempt"],
-                           "stream": v["stream"], "line": v["line"]})
-                );
+                let ev = json!({"event": "log", "step": step, "attempt": v["attempt"],
+                                "stream": v["stream"], "line": v["line"]});
+                println!("{}", text::json_for_terminal(&ev, false));
             } else {
-                println!("[{step}] {}: {}", cell(&v["stream"]), cell(&v["line"]));
+                // `cell` escapes control characters; the stream marks container lines.
+                println!("[{step}] {} | {}", cell(&v["stream"]), cell(&v["line"]));
             }
             true
         },
