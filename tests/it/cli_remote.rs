@@ -462,6 +462,7 @@ async fn activities_audit_and_gc_plan_through_the_api() {
         .unwrap()
         .id;
     db.client().wait(done, None, WAIT).await.unwrap();
+    let identity = db.deployment_id().await;
     let orphan = docker_cli(&[
         "run",
         "-d",
@@ -469,6 +470,7 @@ async fn activities_audit_and_gc_plan_through_the_api() {
         &format!("--name={deployment}-orphan"),
         "--label=highway.managed=true",
         &format!("--label=highway.deployment={deployment}"),
+        &format!("--label=highway.deployment_id={identity}"),
         &format!("--label=highway.activity_id={done}"),
         "--label=highway.attempt=1",
         "--label=highway.tenant_id=tenant-a",

@@ -877,3 +877,51 @@ async fn secrets_store_encrypts_resolves_per_tenant_and_the_cli_never_prints_val
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A tool run by a worker of another Docker host never acts on a container of this one:
+/// a worker on host B asked to inspect, stop or remove a container tracked on host A
+/// refuses (`ContainerOnAnotherHost`, retried uncounted so a worker of host A may take
+/// it) without a Docker call, and the container and its row are left as they were.
+#[tokio::test]
+async fn tools_on_another_host_never_touch_the_container() {
+    let h = harness().await;
+    let (out, run_id) = start(
+        &h,
+        TENANT_A,
+        json!({"image": TEST_IMAGE, "command": ["sleep", "60"], "detach": true}),
+    )
+    .await;
+    let id = out["container_id"].as_str().unwrap().to_string();
+    let cfg_b = highway_worker::config::docker::DockerConfig {
+        host: highway_tests::docker::docker_b_host(),
+        deployment: h.runtime.deployment.name().to_string(),
+        ..Default::default()
+    };
+    let rt_b = std::sync::Arc::new(highway_worker::docker::DockerRuntime::new(
+        cfg_b,
+        h.db.pool.clone(),
+        Uuid::new_v4(),
+        std::env::temp_dir(),
+    ));
+    for (t, params) in [
+        (Tool::Inspect, json!({"container": id})),
+        (Tool::Stop, json!({"container": id, "grace": "1s"})),
+        (Tool::Remove, json!({"container": id})),
+    ] {
+        let ctx = activity(&h, TENANT_A, kind_of(t), &params).await;
+        let err = ToolHandler::new(rt_b.clone(), t)
+            .run(ctx, params)
+            .await
+            .expect_err("a tool on another host is refused");
+        assert_eq!(err.error_type, "ContainerOnAnotherHost", "{t:?}: {err:?}");
+        assert!(err.infrastructure, "{t:?}: {err:?}");
+    }
+    let i = ok(&h, TENANT_A, Tool::Inspect, json!({"container": id})).await;
+    assert_eq!(i["running"], true, "{i}");
+    let rows = tracking::rows_of_activity(&h.db.pool, run_id)
+        .await
+        .unwrap();
+    assert_eq!(rows[0].status, "running", "{rows:?}");
+    let r = ok(&h, TENANT_A, Tool::Remove, json!({"container": id})).await;
+    assert_eq!(r["removed"], true, "{r}");
+}

@@ -28,7 +28,7 @@ mod many_hosts;
 mod process;
 mod queue;
 mod scheduler;
-mod security_docker;
 mod security_api;
+mod security_docker;
 mod soft_deps;
 mod workflow;

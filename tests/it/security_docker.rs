@@ -551,7 +551,7 @@ async fn a_cached_step_receiving_secrets_runs_uncached() {
     worker.stop().await;
     if let Some(a) = activity {
         // The kept container of a cache miss (if any) is the GC's after its retention.
-        highway_tests::docker::remove_leftovers(&rt.deployment, None);
+        highway_tests::docker::remove_leftovers(rt.deployment.name(), None);
         assert_no_containers(&highway_tests::docker::docker().await, a).await;
     }
     std::fs::remove_dir_all(&artifacts).ok();

@@ -194,6 +194,8 @@ pub struct OwnedContainer {
     pub status: String,
     pub activity_id: Option<Uuid>,
     pub workflow_run_id: Option<Uuid>,
+    /// The daemon the container lives on (`None`: not recorded yet).
+    pub daemon_id: Option<String>,
 }
 
 impl OwnedContainer {
@@ -211,7 +213,7 @@ pub async fn find_container(
     reference: &str,
 ) -> sqlx::Result<Option<OwnedContainer>> {
     sqlx::query_as(
-        "SELECT container_id, name, status, activity_id, workflow_run_id
+        "SELECT container_id, name, status, activity_id, workflow_run_id, daemon_id
            FROM highway.docker_containers
           WHERE tenant_id = $1
             AND container_id NOT LIKE 'pending:%'
@@ -300,6 +302,34 @@ impl Call<'_> {
             .await
             .map_err(db_error)?;
         match row {
+            Some(r) if !r.is_gone() && r.daemon_id.is_some() => {
+                // A container on another Docker host is that host's workers' to act on:
+                // this daemon would answer 404 and the row would be wrongly closed.
+                let here = self
+                    .rt
+                    .client
+                    .daemon_id()
+                    .await
+                    .map_err(|e| docker_error(e, &Redactor::default()))?;
+                if r.daemon_id.as_deref() != Some(here.as_str()) {
+                    self.audit(
+                        action,
+                        Some(&r.container_id),
+                        "wrong_host",
+                        json!({"container": reference, "daemon_id": r.daemon_id}),
+                    )
+                    .await;
+                    return Err(HandlerError::infrastructure(
+                        "ContainerOnAnotherHost",
+                        format!(
+                            "container {reference} lives on Docker daemon {}, not on this \
+                             worker's; route the activity to a queue served by that host",
+                            r.daemon_id.as_deref().unwrap_or_default()
+                        ),
+                    ));
+                }
+                Ok(r)
+            }
             Some(r) if allow_gone || !r.is_gone() => Ok(r),
             _ => {
                 self.audit(action, None, "not_found", json!({"container": reference}))
