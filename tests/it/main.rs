@@ -12,9 +12,12 @@
 //! - `api_schedules`: `/v1/schedules` (tenancy, quota, 422s) and `highway schedules` over it.
 //! - `cli_remote`: the CLI over the API (activities, audit, gc plan), zero-config token.
 //! - `workflow`: multi-step runs with files passed between steps.
+//! - `artifacts_db`: artifacts stored in Postgres across hosts, corruption, the fs store;
+//!   the snapshot cache per Docker daemon.
 
 mod api;
 mod api_schedules;
+mod artifacts_db;
 mod cli_remote;
 mod docker_run;
 mod docker_tools;
