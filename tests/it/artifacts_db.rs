@@ -437,3 +437,58 @@ async fn the_build_container_of_a_miss_is_removed_once_committed() {
     assert!(rows[0].0.is_some(), "tracking row not marked removed");
     wf.finish().await;
 }
+
+/// Retention deletes expired Postgres artifacts and writes abandoned by a crash (the
+/// chunks go through the cascade), and leaves a write in progress alone; readers refuse
+/// an artifact that was never completed.
+#[tokio::test]
+async fn retention_deletes_expired_and_abandoned_artifacts_with_their_chunks() {
+    use highway_worker::docker::artifacts::{ArtifactStore, Backend, Retention};
+    let db = TestDb::new().await;
+    let row = |state: &'static str, touched: &'static str, expires: Option<&'static str>| {
+        let pool = db.pool.clone();
+        async move {
+            let id = Uuid::now_v7();
+            sqlx::query(&format!(
+                "INSERT INTO highway.artifacts (id, tenant_id, kind, size_bytes, sha256, entry_count,
+                     storage, state, chunk_count, touched_at, expires_at)
+                 VALUES ($1, $2, 'outputs', 1, CASE WHEN $3 = 'complete' THEN repeat('0', 64) END, 1,
+                     'postgres', $3, CASE WHEN $3 = 'complete' THEN 1 END,
+                     now() - interval '{touched}', now() + $4::interval)"
+            ))
+            .bind(id)
+            .bind(TENANT)
+            .bind(state)
+            .bind(expires)
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query("INSERT INTO highway.artifact_chunks (artifact_id, seq, data) VALUES ($1, 0, '\\x00')")
+                .bind(id)
+                .execute(&pool)
+                .await
+                .unwrap();
+            id
+        }
+    };
+    let abandoned = row("writing", "2 hours", None).await;
+    let in_progress = row("writing", "1 second", None).await;
+    let expired = row("complete", "1 day", Some("-1 minute")).await;
+    let live = row("complete", "1 day", Some("1 day")).await;
+    let store = ArtifactStore::new(db.pool.clone(), Backend::Postgres);
+    let e = store.load(TENANT, in_progress).await.unwrap_err();
+    assert!(e.to_string().contains("never completed"), "{e}");
+    let counts = Retention::new(db.pool.clone(), Duration::from_secs(60))
+        .run_once()
+        .await
+        .unwrap();
+    assert_eq!((counts.expired, counts.abandoned), (1, 1), "{counts:?}");
+    let left: Vec<(Uuid,)> =
+        sqlx::query_as("SELECT artifact_id FROM highway.artifact_chunks ORDER BY 1")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let mut want = vec![(in_progress,), (live,)];
+    want.sort();
+    assert_eq!(left, want, "abandoned {abandoned}, expired {expired}");
+}

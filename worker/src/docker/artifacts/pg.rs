@@ -298,8 +298,14 @@ async fn upload(pool: PgPool, id: Uuid, spool: Arc<Spool>) -> Result<Uploaded, E
 }
 
 /// One chunk, fenced on the artifact still being written (and its touch time bumped, so
-/// retention sees a live write).
+/// retention sees a live write). Committed without waiting for the WAL flush: a chunk
+/// lost to a crash only leaves a `writing` artifact (refused, then deleted), and the
+/// synchronous commit that completes the row flushes every chunk's WAL before it.
 async fn insert_chunk(pool: &PgPool, id: Uuid, seq: i32, data: Vec<u8>) -> Result<(), Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
     let r = sqlx::query(
         "WITH a AS (UPDATE highway.artifacts SET touched_at = now()
                      WHERE id = $1 AND state = 'writing' RETURNING id)
@@ -308,7 +314,7 @@ async fn insert_chunk(pool: &PgPool, id: Uuid, seq: i32, data: Vec<u8>) -> Resul
     .bind(id)
     .bind(seq)
     .bind(data)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
     if r.rows_affected() != 1 {
         return Err(Error::Corrupt {
@@ -316,6 +322,7 @@ async fn insert_chunk(pool: &PgPool, id: Uuid, seq: i32, data: Vec<u8>) -> Resul
             reason: "its row was deleted while it was written".into(),
         });
     }
+    tx.commit().await?;
     Ok(())
 }
 
