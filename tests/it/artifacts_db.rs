@@ -228,6 +228,7 @@ async fn the_filesystem_store_works_when_chosen() {
     let db = TestDb::new().await;
     let dir = std::env::temp_dir().join(format!("highway-adb-fs-{}", Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup = TempDir(dir.clone());
     let node = Node::new(
         &db.pool,
         ArtifactStoreSetting::Filesystem(Some(dir.clone())),
@@ -253,7 +254,6 @@ async fn the_filesystem_store_works_when_chosen() {
     let e = r2.expect_err("the file is on another host's disk");
     assert_eq!(e.error_type, "ArtifactNotFound", "{e:?}");
     assert_no_containers(&docker().await, a2).await;
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 // ---------------------------------------------------------------------------------
@@ -347,6 +347,22 @@ impl Wf {
             assert_no_containers(&d, id).await;
         }
         std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+impl Drop for Wf {
+    /// The directory goes even when an assertion failed before `finish`.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes a directory when dropped (a failed assertion included).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
