@@ -287,25 +287,25 @@ async fn inputs_and_outputs_round_trip_binary_files() {
     let stored = h
         .runtime
         .artifacts
-        .load(&h.db.pool, &h.tenant, id)
+        .load(&h.tenant, id)
         .await
         .expect("artifact stored");
     assert_eq!(stored.size_bytes, art["size_bytes"].as_u64().unwrap());
-    h.runtime.artifacts.verify(&stored).await.expect("checksum");
     // Another tenant cannot see it.
-    assert!(h
-        .runtime
-        .artifacts
-        .load(&h.db.pool, "tenant-b", id)
-        .await
-        .is_err());
+    assert!(h.runtime.artifacts.load("tenant-b", id).await.is_err());
 
     // Unpack on the host with the system tar into a temp dir and compare bytes.
     let dir = std::env::temp_dir().join(format!("highway-out-{}", Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
+    let tar_file = dir.join("artifact.tar");
+    h.runtime
+        .artifacts
+        .export(&h.tenant, id, &tar_file)
+        .await
+        .expect("artifact read back, checksum verified");
     let st = std::process::Command::new("tar")
         .arg("-xf")
-        .arg(&stored.path)
+        .arg(&tar_file)
         .arg("-C")
         .arg(&dir)
         .status()
@@ -358,7 +358,6 @@ async fn a_100_mib_file_goes_in_via_an_artifact_and_comes_back_out() {
         .runtime
         .artifacts
         .import_tar_file(
-            &h.db.pool,
             Producer {
                 tenant_id: &h.tenant,
                 activity_id: None,
@@ -386,17 +385,17 @@ async fn a_100_mib_file_goes_in_via_an_artifact_and_comes_back_out() {
         "bytes changed on the way in"
     );
     let id: Uuid = out["outputs"]["id"].as_str().unwrap().parse().unwrap();
-    let stored = h
-        .runtime
-        .artifacts
-        .load(&h.db.pool, &h.tenant, id)
-        .await
-        .unwrap();
     let back = work.join("back");
     std::fs::create_dir_all(&back).unwrap();
+    let tar_file = work.join("out.tar");
+    h.runtime
+        .artifacts
+        .export(&h.tenant, id, &tar_file)
+        .await
+        .unwrap();
     let st = std::process::Command::new("tar")
         .arg("-xf")
-        .arg(&stored.path)
+        .arg(&tar_file)
         .arg("-C")
         .arg(&back)
         .status()

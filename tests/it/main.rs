@@ -17,9 +17,12 @@
 //!   symlink chains refused in outputs and inputs.
 //! - `security_api`: what the door refuses (cross-tenant run ids, NUL, lone surrogates,
 //!   duplicate keys), escaped CLI log lines, the OpenAPI document against the server.
+//! - `artifacts_db`: artifacts stored in Postgres across hosts, corruption, the fs store;
+//!   the snapshot cache per Docker daemon.
 
 mod api;
 mod api_schedules;
+mod artifacts_db;
 mod cli_remote;
 mod docker_run;
 mod docker_tools;

@@ -416,37 +416,32 @@ async fn a_symlink_chain_never_escapes_through_outputs_or_inputs() {
         ),
         ("out/c", tar::EntryType::Symlink, "."),
     ]);
-    let store = &h.runtime.artifacts;
-    let pending = store.begin().await.unwrap();
-    pending.open().unwrap().write_all(&bytes).unwrap();
-    let summary = highway_worker::docker::tario::OutputSummary {
-        tar_bytes: bytes.len() as u64,
-        sha256: {
-            let f = std::env::temp_dir().join(format!("highway-chain-{}.tar", Uuid::new_v4()));
-            std::fs::write(&f, &bytes).unwrap();
-            let sha = highway_tests::docker::sha256_file(&f);
-            std::fs::remove_file(&f).ok();
-            sha
-        },
-        entry_count: 3,
-        content_bytes: 0,
-        entries: Vec::new(),
-        entries_omitted: 0,
+    // Stored as an older version would have stored it: straight into the artifact
+    // tables, with no validation on the way in.
+    let sha256 = {
+        let f = std::env::temp_dir().join(format!("highway-chain-{}.tar", Uuid::new_v4()));
+        std::fs::write(&f, &bytes).unwrap();
+        let sha = highway_tests::docker::sha256_file(&f);
+        std::fs::remove_file(&f).ok();
+        sha
     };
-    let producer = highway_worker::docker::artifacts::Producer {
-        tenant_id: TENANT,
-        activity_id: None,
-        attempt: None,
-    };
-    let stored = store
-        .commit(
-            &h.db.pool,
-            pending,
-            producer,
-            "outputs",
-            &summary,
-            vec!["/out".into()],
-        )
+    let stored_id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO highway.artifacts (id, tenant_id, size_bytes, sha256, entry_count,
+                                        paths, storage, state, chunk_count)
+         VALUES ($1, $2, $3, $4, 3, ARRAY['/out'], 'postgres', 'complete', 1)",
+    )
+    .bind(stored_id)
+    .bind(TENANT)
+    .bind(bytes.len() as i64)
+    .bind(&sha256)
+    .execute(&h.db.pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO highway.artifact_chunks (artifact_id, seq, data) VALUES ($1, 0, $2)")
+        .bind(stored_id)
+        .bind(&bytes)
+        .execute(&h.db.pool)
         .await
         .unwrap();
     let marker = format!("x-{}", Uuid::new_v4().simple());
@@ -455,7 +450,7 @@ async fn a_symlink_chain_never_escapes_through_outputs_or_inputs() {
         json!({
             "image": TEST_IMAGE,
             "inputs": [
-                {"path": "/in", "artifact": stored.id},
+                {"path": "/in", "artifact": stored_id},
                 {"path": format!("/in/out/b/etc/{marker}"), "content": "pwned"},
             ],
             "command": ["cat", format!("/etc/{marker}")],

@@ -48,6 +48,9 @@ pub struct RunOptions {
 /// stop once the worker drained.
 const SERVICES_STOP: Duration = Duration::from_secs(10);
 
+/// How often the artifact retention looks for expired and abandoned artifacts.
+const ARTIFACT_RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+
 /// How long closing the database pools may take at the end.
 const POOL_CLOSE: Duration = Duration::from_secs(2);
 
@@ -280,6 +283,15 @@ pub async fn run(
             }
             Err(e) => warn!(error = %e, "garbage collector not started"),
         }
+    }
+    // Artifact retention: expired artifacts and writes a crash abandoned (their chunks
+    // go with them), by any worker with Docker kinds (safe with many).
+    if docker_runtime.is_some() {
+        let retention = crate::docker::artifacts::Retention::new(
+            maint_pool.clone(),
+            ARTIFACT_RETENTION_INTERVAL,
+        );
+        tracker.spawn(retention.run(stop.clone()));
     }
     // Workflow runs: every worker sweeps live runs left with nothing in flight, so a run
     // whose driver crashed continues on whichever worker is alive (safe with many).

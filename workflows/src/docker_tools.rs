@@ -518,6 +518,11 @@ pub struct CommitParams {
     pub ttl: HumanDuration,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+    /// Remove the container once its image is committed and recorded (what a workflow
+    /// cache miss asks: its kept container has no other use). A failed removal does not
+    /// fail the commit; the garbage collector removes the container after its retention.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove_container: bool,
 }
 
 fn default_tag() -> String {

@@ -240,7 +240,8 @@ pub async fn advance(
                 let req = EnqueueRequest::new(
                     crate::docker_tools::KIND_COMMIT,
                     json!({"container": container, "repository": CACHE_REPOSITORY,
-                           "tag": r.cache_key, "comment": format!("workflow cache of step {}", r.step_id)}),
+                           "tag": r.cache_key, "comment": format!("workflow cache of step {}", r.step_id),
+                           "remove_container": true}),
                 )
                 .tenant(&tenant)
                 .workflow_run(run_id)
@@ -303,7 +304,7 @@ pub async fn advance(
                     Ok(d) => {
                         let tag =
                             cache_tag(&def.name, &s.id, &substitute_key(&c.key, &inputs, &d), &d);
-                        if cache_hit(&mut *conn, &tenant, run_id, &s.id, &tag, &d).await? {
+                        if cache_hit(&mut *conn, digests, &tenant, run_id, &s.id, &tag, &d).await? {
                             hit = true;
                             continue;
                         }
@@ -447,7 +448,8 @@ mod secret_steps {
 
 /// The repository (under the tenant's image namespace) of workflow cache snapshots.
 pub const CACHE_REPOSITORY: &str = "wfcache";
-/// How long the container of a cache miss is kept for its commit.
+/// How long the container of a cache miss is kept for its commit (the commit removes it
+/// at once; this bounds how long it stays when the commit never ran or failed).
 const CACHE_CONTAINER_RETENTION: &str = "10m";
 
 /// The key template resolved: `${inputs.NAME}` and `${image.digest}`.
@@ -471,8 +473,15 @@ pub fn cache_tag(workflow: &str, step: &str, key: &str, image_digest: &str) -> S
 /// A live snapshot for `tag` in the tenant's namespace marks the step `cached` (reusing
 /// the image and the output artifact of the run that committed it). Reads the image
 /// table of `tools.docker.commit` (only it writes there).
+///
+/// Snapshots are per Docker daemon: a row recorded by a worker on another host names an
+/// image this daemon does not have, so it is a hit only if the daemon behind `digests`
+/// (the one of the process deciding) resolves the snapshot's reference to the very image
+/// a row recorded. Otherwise the step runs (and commits its own snapshot here) instead
+/// of reusing an image that is not there.
 async fn cache_hit(
     conn: &mut PgConnection,
+    digests: &dyn ImageDigests,
     tenant: &str,
     run_id: Uuid,
     step: &str,
@@ -483,20 +492,27 @@ async fn cache_hit(
         "highway/{}/{CACHE_REPOSITORY}:{tag}",
         crate::docker_tools::tenant_namespace(tenant)
     );
-    let hit: Option<(Option<Uuid>,)> = sqlx::query_as(
-        "SELECT (SELECT s.outputs_artifact FROM highway.workflow_steps s \
+    let rows: Vec<(String, Option<Uuid>)> = sqlx::query_as(
+        "SELECT i.image_id, \
+                (SELECT s.outputs_artifact FROM highway.workflow_steps s \
                  WHERE s.cache_image = i.reference AND s.cache_decision = 'miss-build-as' \
                  ORDER BY s.finished_at DESC LIMIT 1) \
          FROM highway.docker_images i \
          WHERE i.tenant_id = $1 AND i.reference = $2 AND i.removed_at IS NULL \
            AND (i.expires_at IS NULL OR i.expires_at > now()) \
-         ORDER BY i.created_at DESC LIMIT 1",
+         ORDER BY i.created_at DESC",
     )
     .bind(tenant)
     .bind(&reference)
-    .fetch_optional(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    let Some((artifact,)) = hit else {
+    if rows.is_empty() {
+        return Ok(false);
+    }
+    let Ok(local) = digests.digest(tenant, &reference).await else {
+        return Ok(false);
+    };
+    let Some((_, artifact)) = rows.into_iter().find(|(id, _)| *id == local) else {
         return Ok(false);
     };
     sqlx::query(

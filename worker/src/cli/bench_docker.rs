@@ -4,10 +4,12 @@
 //! own) against a private Postgres cluster this program starts and stops.
 //!
 //! Lanes: latency of `true` (median, p99), containers per second at concurrency 8,
-//! 1 GiB of stdout with the worker's peak RSS, and 1 GiB tar in + out against `docker cp`.
+//! 1 GiB of stdout with the worker's peak RSS, and 1 GiB through the artifact store
+//! (Postgres by default): store → container → store, then store → another container,
+//! against `docker cp` of the same file, with the peak RSS of a fresh worker.
 
 use crate::db::{self, embedded::Cluster, PoolOptions};
-use crate::docker::artifacts::{ArtifactStore, Producer};
+use crate::docker::artifacts::{ArtifactStore, Backend, Producer};
 use crate::docker::tario::TarLimits;
 use anyhow::Context;
 use bollard::models::ContainerCreateBody;
@@ -40,6 +42,10 @@ pub struct DockerBench {
     /// Skip the 1 GiB stdout and tar lanes.
     #[arg(long)]
     pub quick: bool,
+    /// Artifact store of the tar lanes: `postgres` or `fs` (the worker's
+    /// `HIGHWAY_ARTIFACT_STORE`).
+    #[arg(long, default_value = "postgres", value_parser = ["postgres", "fs"])]
+    pub artifact_store: String,
 }
 
 struct Row {
@@ -77,6 +83,8 @@ pub async fn run(b: DockerBench) -> anyhow::Result<ExitCode> {
         "worker_p50_vs_cli_p50": get("worker_true_p50") / get("docker_cli_true_p50"),
         "worker_throughput_vs_raw_bollard_at_8": get("worker_containers_per_s_at_8") / get("raw_bollard_containers_per_s_at_8"),
         "docker_cp_time_vs_worker_tar_time": get("docker_cp_1gib_in_out_s") / get("worker_tar_1gib_in_out_s"),
+        "worker_tar_in_vs_docker_cp_in": get("worker_tar_1gib_in_s") / get("docker_cp_1gib_in_s"),
+        "worker_tar_out_vs_docker_cp_out": get("worker_tar_1gib_out_s") / get("docker_cp_1gib_out_s"),
     });
     if b.json {
         let mut m = serde_json::Map::new();
@@ -119,13 +127,14 @@ struct ChildWorker {
 }
 
 impl ChildWorker {
-    fn start(url: &str, dir: &Path, concurrency: usize) -> anyhow::Result<Self> {
+    fn start(url: &str, dir: &Path, concurrency: usize, store: &str) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
         let child = tokio::process::Command::new(exe)
             .args(["worker", "--no-http"])
             .env("DATABASE_URL", url)
             .env("HIGHWAY_STATE_DIR", dir)
             .env("HIGHWAY_ARTIFACT_DIR", dir.join("artifacts"))
+            .env("HIGHWAY_ARTIFACT_STORE", store)
             .env("HIGHWAY_CONCURRENCY", concurrency.to_string())
             .env("HIGHWAY_POLL_INTERVAL", "200ms")
             .env("HIGHWAY_DEPLOYMENT", "bench")
@@ -186,7 +195,7 @@ async fn lanes(b: &DockerBench, cluster: &Cluster, dir: &Path) -> anyhow::Result
         )
     })?;
     let mut rows = Vec::new();
-    let worker = ChildWorker::start(&cluster.url, dir, 8)?;
+    let mut worker = ChildWorker::start(&cluster.url, dir, 8, &b.artifact_store)?;
 
     // Warm up every path once.
     run_activity(
@@ -314,8 +323,12 @@ async fn lanes(b: &DockerBench, cluster: &Cluster, dir: &Path) -> anyhow::Result
         ));
         rows.push(row("worker_peak_rss", worker.peak_rss_mib(), "MiB"));
 
-        // 4. 1 GiB tar in + out: worker (input artifact → container → output artifact)
-        //    against docker create + cp in + start + cp out + rm.
+        // 4. 1 GiB through the artifact store, on a fresh worker (its peak RSS is this
+        //    lane's alone): store → container → store (in + out), then store → another
+        //    container (in); out = (in + out) − in. Against docker create + cp in + start
+        //    + cp out + rm, and create + cp in + start + rm.
+        worker.stop().await;
+        worker = ChildWorker::start(&cluster.url, dir, 8, &b.artifact_store)?;
         let work = dir.join("tar");
         std::fs::create_dir_all(&work)?;
         let big = work.join("big.bin");
@@ -329,10 +342,17 @@ async fn lanes(b: &DockerBench, cluster: &Cluster, dir: &Path) -> anyhow::Result
             .status()
             .await?;
         anyhow::ensure!(st.success(), "making the 1 GiB file failed");
-        let store = ArtifactStore::new(dir.join("artifacts"));
+        let store = match b.artifact_store.as_str() {
+            "fs" => ArtifactStore::new(
+                pool.clone(),
+                Backend::Filesystem {
+                    dir: dir.join("artifacts"),
+                },
+            ),
+            _ => ArtifactStore::new(pool.clone(), Backend::Postgres),
+        };
         let input = store
             .import_tar_file(
-                &pool,
                 Producer {
                     tenant_id: "default",
                     activity_id: None,
@@ -346,7 +366,7 @@ async fn lanes(b: &DockerBench, cluster: &Cluster, dir: &Path) -> anyhow::Result
             )
             .await?;
         std::fs::remove_file(work.join("in.tar")).ok();
-        let (_, ms) = run_activity(
+        let (res, in_out_ms) = run_activity(
             &client,
             &pool,
             json!({"image": b.image, "timeout": "600s", "command": ["true"],
@@ -354,12 +374,30 @@ async fn lanes(b: &DockerBench, cluster: &Cluster, dir: &Path) -> anyhow::Result
                    "outputs": ["/data/big.bin"]}),
         )
         .await?;
-        rows.push(row("worker_tar_1gib_in_out_s", ms / 1000.0, "s"));
+        let output = res["outputs"]["id"]
+            .as_str()
+            .context("the in + out run stored no output")?
+            .to_string();
+        let (_, in_ms) = run_activity(
+            &client,
+            &pool,
+            json!({"image": b.image, "timeout": "600s", "command": ["true"],
+                   "inputs": [{"path": "/data", "artifact": output}]}),
+        )
+        .await?;
+        rows.push(row("worker_tar_1gib_in_out_s", in_out_ms / 1000.0, "s"));
+        rows.push(row("worker_tar_1gib_in_s", in_ms / 1000.0, "s"));
         rows.push(row(
-            "docker_cp_1gib_in_out_s",
-            docker_cp(&b.image, &big, &work).await?,
+            "worker_tar_1gib_out_s",
+            (in_out_ms - in_ms) / 1000.0,
             "s",
         ));
+        rows.push(row("worker_tar_peak_rss", worker.peak_rss_mib(), "MiB"));
+        let cp_in_out = docker_cp(&b.image, &big, &work, true).await?;
+        let cp_in = docker_cp(&b.image, &big, &work, false).await?;
+        rows.push(row("docker_cp_1gib_in_out_s", cp_in_out, "s"));
+        rows.push(row("docker_cp_1gib_in_s", cp_in, "s"));
+        rows.push(row("docker_cp_1gib_out_s", cp_in_out - cp_in, "s"));
     }
     worker.stop().await;
     pool.close().await;
@@ -436,8 +474,9 @@ async fn raw_once(docker: &bollard::Docker, image: &str) -> anyhow::Result<()> {
     res
 }
 
-/// `docker create` + `docker cp` in + `docker start -a` + `docker cp` out + `docker rm`.
-async fn docker_cp(image: &str, big: &Path, work: &Path) -> anyhow::Result<f64> {
+/// `docker create` + `docker cp` in + `docker start -a` + (`out`: `docker cp` out) +
+/// `docker rm`.
+async fn docker_cp(image: &str, big: &Path, work: &Path, copy_out: bool) -> anyhow::Result<f64> {
     let t = Instant::now();
     let out = tokio::process::Command::new("docker")
         .args(["create", image, "true"])
@@ -446,19 +485,21 @@ async fn docker_cp(image: &str, big: &Path, work: &Path) -> anyhow::Result<f64> 
     anyhow::ensure!(out.status.success(), "docker create failed");
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let back: PathBuf = work.join("back.bin");
-    let steps: Vec<Vec<String>> = vec![
+    let mut steps: Vec<Vec<String>> = vec![
         vec![
             "cp".into(),
             big.display().to_string(),
             format!("{id}:/big.bin"),
         ],
         vec!["start".into(), "-a".into(), id.clone()],
-        vec![
+    ];
+    if copy_out {
+        steps.push(vec![
             "cp".into(),
             format!("{id}:/big.bin"),
             back.display().to_string(),
-        ],
-    ];
+        ]);
+    }
     let mut ok = true;
     for s in steps {
         ok &= tokio::process::Command::new("docker")

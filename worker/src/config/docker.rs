@@ -117,6 +117,19 @@ pub struct DockerConfig {
     )]
     pub input_max_bytes: ByteSize,
 
+    /// Where output artifacts are stored. `postgres` (default): as 1 MiB chunks in
+    /// `highway.artifact_chunks`, so a run on any host can take them as inputs.
+    /// `fs:/path`: tar files under `/path` on this host (`fs` alone: under
+    /// `HIGHWAY_ARTIFACT_DIR`, default `<state dir>/artifacts`); only workers that share
+    /// that directory can read them. Artifacts already stored either way stay readable
+    /// (filesystem ones from the artifact directory).
+    #[arg(
+        long = "artifact-store",
+        env = "HIGHWAY_ARTIFACT_STORE",
+        default_value = "postgres"
+    )]
+    pub artifact_store: ArtifactStoreSetting,
+
     #[command(flatten)]
     pub policy: SecurityPolicy,
 
@@ -430,6 +443,34 @@ impl DockerConfig {
 
 const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 
+/// `HIGHWAY_ARTIFACT_STORE`: where output artifacts go (see the flag's help).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ArtifactStoreSetting {
+    /// Chunks in Postgres, readable from any host.
+    #[default]
+    Postgres,
+    /// Tar files in this directory, or in the artifact directory when `None`.
+    Filesystem(Option<std::path::PathBuf>),
+}
+
+impl std::str::FromStr for ArtifactStoreSetting {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "postgres" | "pg" => Ok(Self::Postgres),
+            "fs" => Ok(Self::Filesystem(None)),
+            _ => match s.strip_prefix("fs:") {
+                Some(dir) if dir.starts_with('/') => Ok(Self::Filesystem(Some(dir.into()))),
+                Some(_) => Err(
+                    "`fs:` needs an absolute directory (`fs:/var/lib/highway/artifacts`)".into(),
+                ),
+                None => Err("expected `postgres`, `fs` or `fs:/absolute/dir`".into()),
+            },
+        }
+    }
+}
+
 /// Boolean flags also read `1`/`0`, `yes`/`no`, `on`/`off` from the environment, as
 /// operators write them in compose files and unit files.
 fn boolish() -> clap::builder::BoolishValueParser {
@@ -474,6 +515,7 @@ impl Default for DockerConfig {
             activity_log_lines: 10_000,
             output_max_bytes: ByteSize::mib(1024),
             input_max_bytes: ByteSize::mib(1024),
+            artifact_store: ArtifactStoreSetting::Postgres,
             policy: SecurityPolicy::default(),
             availability: Availability::default(),
         }
@@ -584,6 +626,23 @@ mod tests {
         assert!(!soft.availability.optional);
         assert_eq!(soft.availability.retry_base_delay_ms, 100);
         assert_eq!(soft.availability.max_retries, 3);
+    }
+
+    #[test]
+    fn artifact_store_setting() {
+        use ArtifactStoreSetting as S;
+        assert_eq!(DockerConfig::default().artifact_store, S::Postgres);
+        assert_eq!("postgres".parse::<S>().unwrap(), S::Postgres);
+        assert_eq!("fs".parse::<S>().unwrap(), S::Filesystem(None));
+        assert_eq!(
+            "fs:/srv/a".parse::<S>().unwrap(),
+            S::Filesystem(Some("/srv/a".into()))
+        );
+        assert!("fs:rel".parse::<S>().unwrap_err().contains("absolute"));
+        assert!("s3".parse::<S>().unwrap_err().contains("postgres"));
+        let c = DockerConfig::from_args(["--artifact-store", "fs:/x"]).unwrap();
+        assert_eq!(c.artifact_store, S::Filesystem(Some("/x".into())));
+        assert!(DockerConfig::from_args(["--artifact-store", "nope"]).is_err());
     }
 
     #[test]

@@ -140,8 +140,9 @@ pub struct WorkerConfig {
     #[arg(long, env = "HIGHWAY_WORKER_ID")]
     pub worker_id: Option<Uuid>,
 
-    /// Where output artifacts (tars collected from containers) are stored. Default:
-    /// `<state dir>/artifacts`.
+    /// Directory of filesystem artifacts (tars collected from containers): where
+    /// `HIGHWAY_ARTIFACT_STORE=fs` stores them, and where filesystem artifacts written
+    /// earlier are read from with the Postgres store. Default: `<state dir>/artifacts`.
     #[arg(long, env = "HIGHWAY_ARTIFACT_DIR")]
     pub artifact_dir: Option<PathBuf>,
 

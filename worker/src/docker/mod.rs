@@ -17,7 +17,8 @@
 //!   shared stop/remove sequence with its timestamped steps; its SQL is [`gc_store`].
 //! - [`logs`]: attach reader (bounded head/tail capture) and the `activity_logs` writer.
 //! - [`tario`]: input tar building, output tar validation (never extracted on the host).
-//! - [`artifacts`]: output tars on disk + `highway.artifacts`, read back as inputs.
+//! - [`artifacts`]: output tars in Postgres chunks (default) or on disk, indexed by
+//!   `highway.artifacts`, read back as inputs.
 //! - [`tools`]: the other `tools.docker.*` kinds (inspect, stop, remove, logs, exec,
 //!   pull, images, commit) and the expiry of committed images.
 //! - [`secrets`]: resolving `{"secret": name}` references and redacting their values.

@@ -16,7 +16,7 @@
 //! Error types returned (all `HandlerError::error_type`):
 //! `InvalidParams`, `PolicyViolation`, `SecretNotFound` (non-retryable);
 //! `ImageNotFound` (non-retryable: `never` and absent), `ImagePullFailed`;
-//! `ArtifactNotFound`, `InvalidInput`, `InputUploadFailed`, `CreateFailed`,
+//! `ArtifactNotFound`, `ArtifactCorrupt`, `InvalidInput`, `InputUploadFailed`, `CreateFailed`,
 //! `StartFailed`, `OutputsRefused` (non-retryable when the request is at fault);
 //! `NonZeroExit` and `Timeout` (retryable, the run result in `details`);
 //! `Cancelled` (non-retryable); `LeaseLost`, `Shutdown`, `DockerUnavailable`,
@@ -32,7 +32,7 @@ use crate::docker::policy;
 use crate::docker::runtime::{DockerRuntime, Failpoint};
 use crate::docker::secrets::{Redactor, SecretError, SecretValue};
 use crate::docker::spec::{self, labels, RunIdentity};
-use crate::docker::tario::{self, InputData, OutputTarWriter, TarError};
+use crate::docker::tario::{self, InputData, TarError};
 use crate::docker::tracking::{self, AuditEvent, ContainerRow};
 use crate::executor::{ActivityContext, CancelReason, Handler, HandlerError, HandlerResult};
 use async_trait::async_trait;
@@ -1059,32 +1059,27 @@ impl Attempt<'_> {
         let rt = self.rt;
         let owner = numeric_owner(params.user.as_deref());
         let mut files = Vec::new();
+        // Artifacts open for reading, by input index: each is closed (and its checksum
+        // checked) once the input tar was built.
+        let mut opened = Vec::new();
         for (i, input) in params.inputs.iter().enumerate() {
             let data = match &input.source {
                 InputSource::Artifact(aid) => {
-                    let a =
-                        rt.artifacts
-                            .load(&rt.pool, &self.ctx.tenant_id, *aid)
-                            .await
-                            .map_err(|e| match e {
-                                artifacts::Error::NotFound(_)
-                                | artifacts::Error::Corrupt { .. } => HandlerError::non_retryable(
-                                    "ArtifactNotFound",
-                                    format!("`inputs[{i}].artifact`: {e}"),
-                                ),
-                                other => HandlerError::retryable(
-                                    "InputUploadFailed",
-                                    format!("`inputs[{i}].artifact`: {other}"),
-                                ),
-                            })?;
+                    let a = rt
+                        .artifacts
+                        .open(&self.ctx.tenant_id, *aid)
+                        .await
+                        .map_err(|e| artifact_error(i, e))?;
+                    let path = a.path();
+                    opened.push((i, a));
                     match &input.select {
                         // `select` is validated absolute and normalised with the params.
                         Some(sel) => InputData::ArtifactEntry {
-                            tar: a.path,
+                            tar: path,
                             select: sel.trim_start_matches('/').to_string(),
                             index: i,
                         },
-                        None => InputData::ArtifactTar(a.path),
+                        None => InputData::ArtifactTar(path),
                     }
                 }
                 _ => InputData::Bytes(bytes::Bytes::copy_from_slice(
@@ -1120,8 +1115,15 @@ impl Attempt<'_> {
         let uploaded = rt.client.upload_archive(id, "/", body).await;
         let built = handle.await.map_err(|e| {
             HandlerError::retryable("InputUploadFailed", format!("input tar task failed: {e}"))
-        })?;
-        match (built, uploaded) {
+        });
+        // A stored artifact's checksum is known once it was read to the end, when its
+        // bytes are already in the container: a mismatch fails the attempt here, before
+        // the container starts, and the cleanup removes the container with them. It
+        // comes first, since a corrupt artifact may also have broken the tar.
+        for (i, a) in opened {
+            a.close().await.map_err(|e| artifact_error(i, e))?;
+        }
+        match (built?, uploaded) {
             (Err(TarError::NotInArtifact { input, select }), _) => {
                 let e = TarError::NotInArtifact {
                     input,
@@ -1288,13 +1290,16 @@ impl Attempt<'_> {
         paths: &[String],
     ) -> Result<Option<ArtifactRef>, TarError> {
         let rt = self.rt;
-        let pending = rt
+        let producer = Producer {
+            tenant_id: &self.ctx.tenant_id,
+            activity_id: Some(self.ctx.activity_id),
+            attempt: Some(self.ctx.attempt),
+        };
+        let mut writer = rt
             .artifacts
-            .begin()
+            .writer(producer, "outputs", rt.settings.output_limits)
             .await
             .map_err(|e| TarError::Io(std::io::Error::other(e.to_string())))?;
-        let file = pending.open()?;
-        let writer = OutputTarWriter::spawn(file, rt.settings.output_limits);
         let mut found = Vec::new();
         let mut failure: Option<TarError> = None;
         'paths: for path in paths {
@@ -1340,22 +1345,16 @@ impl Attempt<'_> {
         let summary = match (summary, failure) {
             (Ok(s), None) => s,
             (Err(e), _) | (Ok(_), Some(e)) => {
-                rt.artifacts.discard(pending).await;
+                writer.discard().await;
                 return Err(e);
             }
         };
         if found.is_empty() {
-            rt.artifacts.discard(pending).await;
+            writer.discard().await;
             return Ok(None);
         }
-        let producer = Producer {
-            tenant_id: &self.ctx.tenant_id,
-            activity_id: Some(self.ctx.activity_id),
-            attempt: Some(self.ctx.attempt),
-        };
-        let stored = rt
-            .artifacts
-            .commit(&rt.pool, pending, producer, "outputs", &summary, found)
+        let stored = writer
+            .commit(&summary, found)
             .await
             .map_err(|e| TarError::Io(std::io::Error::other(e.to_string())))?;
         tracing::info!(
@@ -1365,6 +1364,23 @@ impl Attempt<'_> {
             "outputs stored"
         );
         Ok(Some(stored.to_ref()))
+    }
+}
+
+/// The error of an unreadable `inputs[i].artifact`: absent, or corrupt (both the
+/// request's fault, never retried), or the store unreachable (retried).
+fn artifact_error(i: usize, e: artifacts::Error) -> HandlerError {
+    match e {
+        artifacts::Error::NotFound(_) => {
+            HandlerError::non_retryable("ArtifactNotFound", format!("`inputs[{i}].artifact`: {e}"))
+        }
+        artifacts::Error::Corrupt { .. } => {
+            HandlerError::non_retryable("ArtifactCorrupt", format!("`inputs[{i}].artifact`: {e}"))
+        }
+        other => HandlerError::retryable(
+            "InputUploadFailed",
+            format!("`inputs[{i}].artifact`: {other}"),
+        ),
     }
 }
 

@@ -6,8 +6,9 @@
 //! ([`RunSettings`]), and the readiness flag the status monitor will drive.
 //! Must not: start anything at construction (the daemon may be down, F5).
 
+use crate::config::docker::ArtifactStoreSetting;
 use crate::config::docker::DockerConfig;
-use crate::docker::artifacts::ArtifactStore;
+use crate::docker::artifacts::{ArtifactStore, Backend};
 use crate::docker::client::DockerClient;
 use crate::docker::deployment::Deployment;
 use crate::docker::logs::LogSettings;
@@ -111,8 +112,23 @@ impl std::fmt::Debug for DockerRuntime {
     }
 }
 
+/// The artifact store `config` asks for.
+fn artifact_store(config: &DockerConfig, pool: PgPool, artifact_dir: PathBuf) -> ArtifactStore {
+    match &config.artifact_store {
+        ArtifactStoreSetting::Postgres => ArtifactStore::postgres_reading_fs(pool, artifact_dir),
+        ArtifactStoreSetting::Filesystem(dir) => ArtifactStore::new(
+            pool,
+            Backend::Filesystem {
+                dir: dir.clone().unwrap_or(artifact_dir),
+            },
+        ),
+    }
+}
+
 impl DockerRuntime {
-    /// A runtime with the environment secret resolver. `artifact_dir` holds output tars.
+    /// A runtime with the environment secret resolver. `artifact_dir` is the directory
+    /// of filesystem artifacts: where `HIGHWAY_ARTIFACT_STORE=fs` writes them, and where
+    /// the Postgres store (the default) still reads those written earlier.
     pub fn new(config: DockerConfig, pool: PgPool, worker_id: Uuid, artifact_dir: PathBuf) -> Self {
         let client = config.client();
         Self::with_client(config, client, pool, worker_id, artifact_dir)
@@ -126,6 +142,7 @@ impl DockerRuntime {
         worker_id: Uuid,
         artifact_dir: PathBuf,
     ) -> Self {
+        let artifacts = artifact_store(&config, pool.clone(), artifact_dir);
         Self {
             settings: RunSettings::from_config(&config),
             deployment: Deployment::new(config.deployment.clone(), config.adopt_unlabelled),
@@ -134,7 +151,7 @@ impl DockerRuntime {
             config,
             worker_id,
             secrets: Arc::new(EnvSecretResolver::new()),
-            artifacts: ArtifactStore::new(artifact_dir),
+            artifacts,
             tracker: TaskTracker::new(),
             ready: AtomicBool::new(true),
         }

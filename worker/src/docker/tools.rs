@@ -119,7 +119,15 @@ impl Handler for ToolHandler {
                 Tool::Exec => to_value(call.exec(parse(&params)?).await?),
                 Tool::Pull => to_value(call.pull(parse(&params)?).await?),
                 Tool::Images => to_value(call.images(parse(&params)?).await?),
-                Tool::Commit => to_value(call.commit(parse(&params)?).await?),
+                Tool::Commit => {
+                    let p: CommitParams = parse(&params)?;
+                    let remove = p.remove_container.then(|| p.container.clone());
+                    let committed = call.commit(p).await?;
+                    if let Some(container) = remove {
+                        call.remove_committed(container).await;
+                    }
+                    to_value(committed)
+                }
             }
         };
         fut.instrument(span).await
@@ -625,6 +633,20 @@ impl Call<'_> {
                     .await;
                 Err(docker_error(e, &Redactor::default()))
             }
+        }
+    }
+
+    /// `remove_container` of a commit: the container is removed (as `tools.docker.remove`
+    /// would, tracked and audited) once its image is recorded. Best effort: on failure
+    /// the garbage collector removes it after its retention.
+    async fn remove_committed(&self, container: String) {
+        let p = RemoveParams {
+            container,
+            force: false,
+            volumes: true,
+        };
+        if let Err(e) = self.remove(p).await {
+            tracing::warn!(error = %e.message, "committed container not removed; the GC will");
         }
     }
 
