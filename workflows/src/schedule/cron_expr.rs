@@ -330,7 +330,10 @@ fn value(spec: &FieldSpec, tok: &str) -> Result<u32, String> {
         };
     }
     if tok.is_empty() {
-        return Err(format!("{name} has a range with a missing end"));
+        return Err(format!(
+            "{name} has a range with a missing bound (allowed {})",
+            spec.range
+        ));
     }
     let lower = tok.to_ascii_lowercase();
     if let Some((_, v)) = spec.names.iter().find(|(n, _)| *n == lower) {
@@ -545,6 +548,10 @@ mod tests {
                 r#"invalid cron expression "@reboot": unknown shorthand (@yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly)"#,
             ),
             ("", r#"invalid cron expression "": it is empty"#),
+            (
+                "0 9- * * *",
+                r#"invalid cron expression "0 9- * * *": hour has a range with a missing bound (allowed 0-23)"#,
+            ),
             (
                 "99999999999999999999999 * * * *",
                 r#"invalid cron expression "99999999999999999999999 * * * *": minute 99999999999999999999999 is out of range 0-59"#,
