@@ -11,6 +11,7 @@
 //! - `scheduler`: durable cron: exactly-once fires, catch-up, overlap, DST.
 //! - `api`: the HTTP API: auth, tenancy, limits, log streams, CLI against `highway up`.
 //! - `api_schedules`: `/v1/schedules` (tenancy, quota, 422s) and `highway schedules` over it.
+//! - `cron_cli`: `highway schedule preview EXPR --tz TZ -n N`, offline.
 //! - `cli_remote`: the CLI over the API (activities, audit, gc plan), zero-config token.
 //! - `workflow`: multi-step runs with files passed between steps.
 //! - `security_docker`: secrets never baked into commits, image listings per tenant,
@@ -24,6 +25,7 @@ mod api;
 mod api_schedules;
 mod artifacts_db;
 mod cli_remote;
+mod cron_cli;
 mod docker_run;
 mod docker_tools;
 mod gc;

@@ -451,9 +451,9 @@ async fn s22_bad_schedules_are_refused_naming_the_field() {
         (spec("a", "0 0 30 2 *"), "cron", "never fires"),
         (spec("a", "0 24 * * *"), "cron", "hour"),
         (spec("a", "60 * * * *"), "cron", "minute"),
-        (spec("a", "0 0 0 * *"), "cron", "day_of_month"),
+        (spec("a", "0 0 0 * *"), "cron", "day of month"),
         (spec("a", "0 0 * 13 *"), "cron", "month"),
-        (spec("a", "0 0 * * 9"), "cron", "day_of_week"),
+        (spec("a", "0 0 * * 9"), "cron", "day of week"),
         (spec("a", "*/10 * * * * *"), "cron", "minimum interval"),
         (
             ScheduleSpec {

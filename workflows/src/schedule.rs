@@ -7,11 +7,11 @@
 //! Rust client and the worker's scheduler service all go through it.
 //!
 //! # Cron
-//! Standard 5 fields (`minute hour day-of-month month day-of-week`) are accepted by
-//! prefixing a seconds field `0`; 6 fields put seconds first. Day-of-week numbers follow
-//! standard cron (`0` or `7` = Sunday, `1` = Monday; names `MON`..`SUN` too), translated
-//! for the `cron` crate (which counts Sunday as 1). When both day fields are restricted,
-//! both must match (the `cron` crate's rule, not Vixie's "either").
+//! Standard 5 fields (`minute hour day-of-month month day-of-week`), or 6 with seconds
+//! first, or a shorthand (`@hourly`, `@daily`, ...). Day-of-week numbers are crontab's
+//! (`0` or `7` = Sunday, `1` = Monday; names `MON`..`SUN` too). When both day fields are
+//! restricted, a day matches if either matches (Vixie cron). Parsing and the day rule
+//! live in [`cron_expr`].
 //!
 //! # Daylight saving time
 //! Wall-clock fields are read in the schedule's IANA timezone, with Vixie cron's rules:
@@ -21,6 +21,7 @@
 //! - an *interval* job (hour field `*`) follows real time: gap times do not exist and are
 //!   not run, overlap times run at both instants.
 
+mod cron_expr;
 pub mod store;
 
 pub use store::{
@@ -590,28 +591,11 @@ pub struct FirePreview {
 /// A cron expression bound to a timezone: the fire-time arithmetic.
 #[derive(Debug, Clone)]
 pub struct CronTz {
-    cron: cron::Schedule,
+    cron: cron_expr::WallCron,
     tz: Tz,
     /// The hour field is `*`: the job follows real time across DST (see module doc).
     interval_like: bool,
 }
-
-const FIELD_NAMES: [&str; 6] = [
-    "second",
-    "minute",
-    "hour",
-    "day_of_month",
-    "month",
-    "day_of_week",
-];
-const FIELD_RANGES: [&str; 6] = [
-    "0-59",
-    "0-59",
-    "0-23",
-    "1-31",
-    "1-12 or JAN-DEC",
-    "0-7 (0 and 7 = Sunday) or SUN-SAT",
-];
 
 impl CronTz {
     /// Parses `expr` (5 or 6 fields, or an `@` shorthand) in IANA zone `timezone`.
@@ -627,7 +611,7 @@ impl CronTz {
             _ => Err(FieldError::new(
                 "cron",
                 format!(
-                    "`{}` never fires (no date matches within 5 years)",
+                    "cron expression {:?} never fires (no date matches within 5 years)",
                     truncate(expr, 64)
                 ),
             )),
@@ -646,17 +630,8 @@ impl CronTz {
                 ),
             )
         })?;
-        let normalised = normalise_cron(expr)?;
-        let cron = match cron::Schedule::from_str(&normalised) {
-            Ok(c) => c,
-            // Probe field by field only on the error path, to name the bad one.
-            Err(e) => {
-                return Err(name_bad_field(&normalised).unwrap_or_else(|| {
-                    FieldError::new("cron", format!("invalid expression: {e}"))
-                }))
-            }
-        };
-        let interval_like = cron::TimeUnitSpec::is_all(cron.hours());
+        let cron = cron_expr::WallCron::parse(expr).map_err(|r| FieldError::new("cron", r))?;
+        let interval_like = cron.every_hour();
         Ok(Self {
             cron,
             tz,
@@ -847,133 +822,6 @@ fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
 
-/// 5 fields → seconds `0` prefixed; day-of-week numbers → names; each field probed alone
-/// so an error names it.
-fn normalise_cron(expr: &str) -> Result<String, FieldError> {
-    let t = expr.trim();
-    if t.is_empty() {
-        return Err(FieldError::new("cron", "is empty"));
-    }
-    if t.len() > 256 {
-        return Err(FieldError::new("cron", "is longer than 256 characters"));
-    }
-    if t.starts_with('@') {
-        return match t {
-            "@yearly" | "@annually" | "@monthly" | "@weekly" | "@daily" | "@hourly" => {
-                Ok(t.to_owned())
-            }
-            _ => Err(FieldError::new(
-                "cron",
-                format!(
-                    "unknown shorthand {:?} (@yearly, @monthly, @weekly, @daily, @hourly)",
-                    truncate(t, 32)
-                ),
-            )),
-        };
-    }
-    let mut fields: Vec<String> = t.split_whitespace().map(str::to_owned).collect();
-    match fields.len() {
-        5 => fields.insert(0, "0".to_owned()),
-        6 => {}
-        n => {
-            return Err(FieldError::new(
-                "cron",
-                format!(
-                    "has {n} fields; expected 5 (minute hour day-of-month month day-of-week) \
-                     or 6 (second first)"
-                ),
-            ))
-        }
-    }
-    fields[5] = day_of_week(&fields[5])?;
-    Ok(fields.join(" "))
-}
-
-/// Parses each field of a normalised 6-field expression alone; the first that fails
-/// becomes the error, naming it.
-fn name_bad_field(normalised: &str) -> Option<FieldError> {
-    let fields: Vec<&str> = normalised.split_whitespace().collect();
-    if fields.len() != 6 {
-        return None;
-    }
-    for (i, f) in fields.iter().enumerate() {
-        let mut probe = ["0", "0", "0", "*", "*", "*"];
-        probe[i] = f;
-        if let Err(e) = cron::Schedule::from_str(&probe.join(" ")) {
-            return Some(FieldError::new(
-                "cron",
-                format!(
-                    "{} field `{}` is invalid (allowed {}): {e}",
-                    FIELD_NAMES[i],
-                    truncate(f, 32),
-                    FIELD_RANGES[i]
-                ),
-            ));
-        }
-    }
-    None
-}
-
-/// Standard cron day-of-week (0/7 = Sunday) to names the `cron` crate reads the same way.
-fn day_of_week(field: &str) -> Result<String, FieldError> {
-    const NAMES: [&str; 8] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"];
-    let bad = |tok: &str, why: &str| {
-        FieldError::new(
-            "cron",
-            format!(
-                "day_of_week field `{}` is invalid (allowed {}): {why}",
-                truncate(tok, 32),
-                FIELD_RANGES[5]
-            ),
-        )
-    };
-    let name = |tok: &str, part: &str| -> Result<String, FieldError> {
-        if part.chars().all(|c| c.is_ascii_digit()) && !part.is_empty() {
-            let n: usize = part.parse().map_err(|_| bad(tok, "not a number"))?;
-            NAMES
-                .get(n)
-                .map(|s| (*s).to_owned())
-                .ok_or_else(|| bad(tok, "out of range"))
-        } else {
-            Ok(part.to_owned())
-        }
-    };
-    let mut out = Vec::new();
-    for tok in field.split(',') {
-        let (base, step) = match tok.split_once('/') {
-            Some((b, s)) => (b, Some(s)),
-            None => (tok, None),
-        };
-        let base = if base == "*" || base == "?" {
-            base.to_owned()
-        } else if let Some((a, b)) = base.split_once('-') {
-            let (na, nb) = (name(tok, a)?, name(tok, b)?);
-            if b == "7" && na != "SUN" {
-                // `5-7` is Friday..Sunday; the crate's week ends on Saturday.
-                if step.is_some() {
-                    return Err(bad(
-                        tok,
-                        "a stepped range ending in 7; end it at 6 and add 0",
-                    ));
-                }
-                out.push(format!("{na}-SAT"));
-                "SUN".to_owned()
-            } else if b == "7" {
-                "SUN-SAT".to_owned()
-            } else {
-                format!("{na}-{nb}")
-            }
-        } else {
-            name(tok, base)?
-        };
-        out.push(match step {
-            Some(s) => format!("{base}/{s}"),
-            None => base,
-        });
-    }
-    Ok(out.join(","))
-}
-
 /// What to do with one due slot before overlap is considered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SlotPlan {
@@ -1055,13 +903,16 @@ mod tests {
         assert_eq!(f, "cron");
         assert!(r.contains("hour"), "{r}");
         let (_, r) = field_of("61 * * * *", "UTC");
-        assert!(r.contains("minute"), "{r}");
+        assert_eq!(
+            r,
+            r#"invalid cron expression "61 * * * *": minute 61 is out of range 0-59"#
+        );
         let (_, r) = field_of("0 0 32 * *", "UTC");
-        assert!(r.contains("day_of_month"), "{r}");
+        assert!(r.contains("day of month 32 is out of range 1-31"), "{r}");
         let (_, r) = field_of("0 0 * 13 *", "UTC");
         assert!(r.contains("month"), "{r}");
         let (_, r) = field_of("0 0 * * 8", "UTC");
-        assert!(r.contains("day_of_week"), "{r}");
+        assert!(r.contains("day of week 8 is out of range 0-7"), "{r}");
         let (f, r) = field_of("0 0 30 2 *", "UTC");
         assert_eq!(f, "cron");
         assert!(r.contains("never fires"), "{r}");
@@ -1214,5 +1065,325 @@ mod tests {
         let p = plan_slots(old, now, g, w, CatchupPolicy::Latest, 10);
         assert_eq!(p[119], SlotPlan::Fire { catch_up: true });
         assert_eq!(count(&p), 1);
+    }
+
+    /// Expressions × zone × start → the next fire times (UTC), worked out by hand.
+    #[test]
+    fn table_of_expressions_and_fire_times() {
+        let table: &[(&str, &str, &str, &[&str])] = &[
+            // Both day fields restricted: the 1st of the month or any Monday.
+            (
+                "0 0 1 * MON",
+                "UTC",
+                "2026-01-01T00:00:00Z",
+                &[
+                    "2026-01-05T00:00:00Z",
+                    "2026-01-12T00:00:00Z",
+                    "2026-01-19T00:00:00Z",
+                    "2026-01-26T00:00:00Z",
+                    "2026-02-01T00:00:00Z", // a Sunday, the 1st
+                    "2026-02-02T00:00:00Z",
+                ],
+            ),
+            (
+                "0 0 1 * MON",
+                "Europe/Berlin",
+                "2026-03-28T12:00:00Z",
+                &[
+                    "2026-03-29T22:00:00Z", // Mon 30 March, 00:00 CEST
+                    "2026-03-31T22:00:00Z", // Wed 1 April
+                    "2026-04-05T22:00:00Z", // Mon 6 April
+                ],
+            ),
+            (
+                "0 0 1 * MON",
+                "America/New_York",
+                "2026-10-31T12:00:00Z",
+                &[
+                    "2026-11-01T04:00:00Z", // Sun 1 November, 00:00 EDT
+                    "2026-11-02T05:00:00Z", // Mon 2 November, 00:00 EST
+                    "2026-11-09T05:00:00Z",
+                ],
+            ),
+            // Friday the 13th in crontab is "the 13th or any Friday".
+            (
+                "0 12 13 * 5",
+                "UTC",
+                "2026-02-11T00:00:00Z",
+                &[
+                    "2026-02-13T12:00:00Z",
+                    "2026-02-20T12:00:00Z",
+                    "2026-02-27T12:00:00Z",
+                    "2026-03-06T12:00:00Z",
+                    "2026-03-13T12:00:00Z",
+                ],
+            ),
+            // One day field `*` or `?`: the other alone decides.
+            (
+                "0 0 ? * MON",
+                "UTC",
+                "2026-01-01T00:00:00Z",
+                &["2026-01-05T00:00:00Z", "2026-01-12T00:00:00Z"],
+            ),
+            (
+                "0 0 1 * *",
+                "UTC",
+                "2026-01-01T00:00:00Z",
+                &["2026-02-01T00:00:00Z", "2026-03-01T00:00:00Z"],
+            ),
+            (
+                "*/15 9-17 * * MON-FRI",
+                "UTC",
+                "2026-01-02T17:30:00Z", // a Friday
+                &[
+                    "2026-01-02T17:45:00Z",
+                    "2026-01-05T09:00:00Z",
+                    "2026-01-05T09:15:00Z",
+                    "2026-01-05T09:30:00Z",
+                ],
+            ),
+            (
+                "0 0 29 2 *",
+                "UTC",
+                "2026-01-01T00:00:00Z",
+                &["2028-02-29T00:00:00Z", "2032-02-29T00:00:00Z"],
+            ),
+            // Crontab day-of-week numbers: 0 and 7 are Sunday, 1 is Monday.
+            (
+                "0 0 * * 0",
+                "UTC",
+                "2026-01-01T00:00:00Z",
+                &["2026-01-04T00:00:00Z", "2026-01-11T00:00:00Z"],
+            ),
+            (
+                "0 0 * * 7",
+                "UTC",
+                "2026-01-01T00:00:00Z",
+                &["2026-01-04T00:00:00Z", "2026-01-11T00:00:00Z"],
+            ),
+            (
+                "0 0 * * 1",
+                "UTC",
+                "2026-01-01T00:00:00Z",
+                &["2026-01-05T00:00:00Z", "2026-01-12T00:00:00Z"],
+            ),
+            (
+                "30 0 12 * * *",
+                "UTC",
+                "2026-01-01T12:00:30Z",
+                &["2026-01-02T12:00:30Z"],
+            ),
+            (
+                "@daily",
+                "Europe/Berlin",
+                "2026-03-28T12:00:00Z",
+                &[
+                    "2026-03-28T23:00:00Z",
+                    "2026-03-29T22:00:00Z",
+                    "2026-03-30T22:00:00Z",
+                ],
+            ),
+            (
+                "@weekly",
+                "UTC",
+                "2026-01-01T00:00:00Z",
+                &["2026-01-04T00:00:00Z", "2026-01-11T00:00:00Z"],
+            ),
+            // Interval jobs follow real time: 02:00 does not exist on 29 March...
+            (
+                "@hourly",
+                "Europe/Berlin",
+                "2026-03-29T00:30:00Z",
+                &[
+                    "2026-03-29T01:00:00Z",
+                    "2026-03-29T02:00:00Z",
+                    "2026-03-29T03:00:00Z",
+                ],
+            ),
+            // ...and 02:00 happens twice on 25 October.
+            (
+                "@hourly",
+                "Europe/Berlin",
+                "2026-10-24T23:30:00Z",
+                &[
+                    "2026-10-25T00:00:00Z",
+                    "2026-10-25T01:00:00Z",
+                    "2026-10-25T02:00:00Z",
+                    "2026-10-25T03:00:00Z",
+                ],
+            ),
+            (
+                "*/30 * * * *",
+                "America/New_York",
+                "2026-11-01T05:00:00Z",
+                &[
+                    "2026-11-01T05:30:00Z",
+                    "2026-11-01T06:00:00Z",
+                    "2026-11-01T06:30:00Z",
+                    "2026-11-01T07:00:00Z",
+                ],
+            ),
+            // Fixed-time jobs: once right after a gap, once (the first) in a fold.
+            (
+                "30 2 * * *",
+                "Europe/Berlin",
+                "2026-03-28T12:00:00Z",
+                &["2026-03-29T01:00:00Z", "2026-03-30T00:30:00Z"],
+            ),
+            (
+                "30 2 * * *",
+                "Europe/Berlin",
+                "2026-10-24T12:00:00Z",
+                &["2026-10-25T00:30:00Z", "2026-10-26T01:30:00Z"],
+            ),
+            (
+                "30 2 * * *",
+                "America/New_York",
+                "2026-03-07T12:00:00Z",
+                &["2026-03-08T07:00:00Z", "2026-03-09T06:30:00Z"],
+            ),
+            (
+                "30 1 * * *",
+                "America/New_York",
+                "2026-10-31T12:00:00Z",
+                &["2026-11-01T05:30:00Z", "2026-11-02T06:30:00Z"],
+            ),
+            // Either-day rule and a gap at once: Sunday 29 March (a Sunday, not the 1st).
+            (
+                "30 2 1 * SUN",
+                "Europe/Berlin",
+                "2026-03-22T12:00:00Z",
+                &["2026-03-29T01:00:00Z", "2026-04-01T00:30:00Z"],
+            ),
+        ];
+        for (expr, tz, start, want) in table {
+            let c = CronTz::parse(expr, tz).unwrap_or_else(|e| panic!("{expr}: {e:?}"));
+            let want: Vec<_> = want.iter().map(|w| utc(w)).collect();
+            let got = c.fires_between(utc(start), utc("2040-01-01T00:00:00Z"), want.len());
+            assert_eq!(got, want, "{expr} in {tz} after {start}");
+        }
+    }
+
+    /// The fires of `expr` in `(start, end]`, by brute force: every wall minute of the
+    /// window checked against the fields, then mapped to instants by the DST rules
+    /// (gap: fixed-time jobs once at the first existing minute after, interval jobs not
+    /// at all; fold: fixed-time jobs at the first instant, interval jobs at both).
+    fn brute_force(
+        expr: &str,
+        tz: Tz,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Vec<DateTime<Utc>> {
+        let f = cron_expr::Fields::parse(expr).unwrap();
+        let interval = f.every_hour();
+        let mut wall = start.with_timezone(&tz).naive_local() - ChronoDuration::days(1);
+        let wall_end = end.with_timezone(&tz).naive_local() + ChronoDuration::days(1);
+        let mut out = Vec::new();
+        while wall <= wall_end {
+            if f.matches(wall) {
+                match tz.from_local_datetime(&wall) {
+                    LocalResult::Single(d) => out.push(d.with_timezone(&Utc)),
+                    LocalResult::Ambiguous(e, l) => {
+                        out.push(e.with_timezone(&Utc));
+                        if interval {
+                            out.push(l.with_timezone(&Utc));
+                        }
+                    }
+                    LocalResult::None if interval => {}
+                    LocalResult::None => {
+                        let mut w = wall;
+                        loop {
+                            w += ChronoDuration::minutes(1);
+                            if let Some(d) = tz.from_local_datetime(&w).earliest() {
+                                out.push(d.with_timezone(&Utc));
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            wall += ChronoDuration::minutes(1);
+        }
+        out.sort();
+        out.dedup();
+        out.retain(|t| *t > start && *t <= end);
+        out
+    }
+
+    /// Generated expressions, enumerated by the scheduler's arithmetic and by brute
+    /// force over windows around month ends and the DST changes of two zones.
+    #[test]
+    fn fires_match_brute_force_minute_enumeration() {
+        const MINUTE: &[&str] = &["*", "0", "*/15", "5,35", "10-20/5", "59", "30"];
+        const HOUR: &[&str] = &["*", "0", "2", "1-3", "9-17", "*/6", "23", "2,3"];
+        const DOM: &[&str] = &["*", "1", "13", "29-31", "1-7", "*/10", "?", "25"];
+        const MONTH: &[&str] = &["*", "2", "3,10,11", "JAN-JUN", "*/3", "3", "OCT-DEC"];
+        const DOW: &[&str] = &[
+            "*", "0", "7", "1", "MON-FRI", "5-7", "FRI-SUN", "?", "*/2", "SUN", "6",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut pick = |xs: &[&'static str]| -> &'static str {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            xs[(seed >> 33) as usize % xs.len()]
+        };
+        let mut exprs: Vec<String> = [
+            "0 0 1 * MON",
+            "*/15 9-17 * * MON-FRI",
+            "0 0 29 2 *",
+            "@daily",
+            "@hourly",
+            "30 2 * * *",
+            "30 1 * * *",
+            "0,30 2,3 * * *",
+            "0 0 13 * 5",
+            "15 2 1 * SUN",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        for _ in 0..40 {
+            exprs.push(format!(
+                "{} {} {} {} {}",
+                pick(MINUTE),
+                pick(HOUR),
+                pick(DOM),
+                pick(MONTH),
+                pick(DOW)
+            ));
+        }
+        let windows: &[(&str, &str, &str)] = &[
+            ("UTC", "2026-01-25T00:00:00Z", "2026-03-05T00:00:00Z"),
+            (
+                "Europe/Berlin",
+                "2026-03-24T00:00:00Z",
+                "2026-04-03T00:00:00Z",
+            ),
+            (
+                "Europe/Berlin",
+                "2026-10-21T00:00:00Z",
+                "2026-11-02T00:00:00Z",
+            ),
+            (
+                "America/New_York",
+                "2026-03-04T00:00:00Z",
+                "2026-03-12T00:00:00Z",
+            ),
+            (
+                "America/New_York",
+                "2026-10-28T00:00:00Z",
+                "2026-11-05T00:00:00Z",
+            ),
+        ];
+        for expr in &exprs {
+            for (tz, start, end) in windows {
+                let c = CronTz::compile(expr, tz).unwrap_or_else(|e| panic!("{expr}: {e:?}"));
+                let (start, end) = (utc(start), utc(end));
+                let got = c.fires_between(start, end, usize::MAX);
+                let want = brute_force(expr, c.timezone(), start, end);
+                assert_eq!(got, want, "{expr} in {tz}");
+            }
+        }
     }
 }

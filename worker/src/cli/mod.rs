@@ -134,7 +134,7 @@ pub enum Command {
     Gc(gc::GcArgs),
     /// Durable cron schedules: create, ls, show, update, delete, pause, resume, trigger,
     /// backfill, preview, fires.
-    #[command(subcommand)]
+    #[command(subcommand, visible_alias = "schedule")]
     Schedules(schedules::SchedulesCommand),
     /// Run only the cron scheduler (any number may run at once; no leader).
     Scheduler {

@@ -115,20 +115,28 @@ pub enum SchedulesCommand {
         json: bool,
     },
     /// The next fire times in the schedule's timezone (DST gaps and overlaps noted).
-    /// Give a stored schedule, or --cron (and --timezone) to try an expression.
+    /// Give a stored schedule, or an expression to try it offline:
+    /// `preview "0 0 1 * MON" --tz Europe/Berlin -n 10` (or `--cron EXPR`).
     Preview {
+        /// A stored schedule (id or name), or a cron expression (quoted: it has spaces,
+        /// or starts with `@`), which needs neither the API nor a token.
         schedule: Option<String>,
         /// Admin tokens only (a tenant token acts for its own tenant).
         #[arg(long)]
         tenant: Option<String>,
         #[command(flatten)]
         remote: RemoteArgs,
+        /// A cron expression to try (the same as giving it in place of a schedule).
         #[arg(long, conflicts_with = "schedule")]
         cron: Option<String>,
-        #[arg(long, default_value = "UTC")]
+        /// IANA timezone of a tried expression.
+        #[arg(long, visible_alias = "tz", default_value = "UTC")]
         timezone: String,
         #[arg(short = 'n', long, default_value_t = 10)]
         count: usize,
+        /// Fires after this instant (RFC 3339; default now). Tried expressions only.
+        #[arg(long)]
+        after: Option<DateTime<Utc>>,
         #[arg(long)]
         json: bool,
     },
@@ -590,17 +598,28 @@ pub async fn run(cmd: SchedulesCommand) -> anyhow::Result<ExitCode> {
             cron,
             timezone,
             count,
+            after,
             json,
         } => {
-            if let (None, Some(expr)) = (&schedule, &cron) {
+            // Schedule names have neither spaces nor `@`; expressions have one of them.
+            let expr = cron.or_else(|| schedule.clone().filter(|s| looks_like_cron(s)));
+            if let Some(expr) = expr {
                 // Trying an expression needs neither the API nor a token.
-                let c = CronTz::parse(expr, &timezone)?;
-                print_preview(&c.preview(Utc::now(), count.min(1000)), json)?;
+                // The cron reason quotes the expression already; a timezone one names the flag.
+                let c = CronTz::parse(&expr, &timezone).map_err(|e| match e.field.as_str() {
+                    "cron" => anyhow::anyhow!(e.reason),
+                    _ => anyhow::anyhow!("--tz: {}", e.reason),
+                })?;
+                let from = after.unwrap_or_else(Utc::now);
+                print_preview(&c.preview(from, count.min(1000)), json)?;
                 return Ok(ExitCode::SUCCESS);
             }
             let Some(key) = schedule else {
-                bail!("give a schedule, or --cron EXPR [--timezone TZ]");
+                bail!("give a schedule, or a cron expression: preview \"EXPR\" [--tz TZ] [-n N]");
             };
+            if after.is_some() {
+                bail!("--after works only when trying an expression, not with a stored schedule");
+            }
             let api = Remote::new(&remote)?;
             let s = resolve(&api, &key, tenant.as_deref()).await?;
             let q = [("count", count.clamp(1, 1000).to_string())];
@@ -641,6 +660,12 @@ pub async fn run(cmd: SchedulesCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A cron expression rather than a schedule id or name (which are letters, digits,
+/// `_`, `-` and `.` only).
+fn looks_like_cron(s: &str) -> bool {
+    s.trim_start().starts_with('@') || s.trim().contains(char::is_whitespace)
 }
 
 fn print_preview(items: &[FirePreview], as_json: bool) -> anyhow::Result<()> {
