@@ -192,21 +192,22 @@ async fn a_collector_on_host_b_never_touches_host_a() {
         client_b.daemon_id().await.unwrap(),
     );
     assert_ne!(daemon_a, daemon_b, "the two test daemons must be two hosts");
-    let labels = |activity: Uuid| {
-        let mut l = vec![
-            "--label=highway.managed=true".to_string(),
+    // `docker run -d` of a sleeping container labelled as a worker of `identity` would.
+    let run_on = |host: &str, name: &str, identity: Uuid| {
+        let args = [
+            "run".to_string(),
+            "-d".into(),
+            format!("--name={name}"),
+            "--label=highway.managed=true".into(),
             format!("--label=highway.deployment={}", scope.deployment),
-            format!("--label=highway.deployment_id={id}"),
-            format!("--label=highway.activity_id={activity}"),
-            "--label=highway.attempt=1".to_string(),
-            "--label=highway.tenant_id=default".to_string(),
+            format!("--label=highway.deployment_id={identity}"),
+            format!("--label=highway.activity_id={}", Uuid::new_v4()),
+            "--label=highway.attempt=1".into(),
+            "--label=highway.tenant_id=default".into(),
+            TEST_IMAGE.into(),
+            "sleep".into(),
+            "600".into(),
         ];
-        l.extend([TEST_IMAGE.to_string(), "sleep".into(), "600".into()]);
-        l
-    };
-    let run_on = |host: &str, name: &str, activity: Uuid| {
-        let mut args = vec!["run".to_string(), "-d".into(), format!("--name={name}")];
-        args.extend(labels(activity));
         let out = std::process::Command::new("docker")
             .env("DOCKER_HOST", host)
             .args(&args)
@@ -219,41 +220,14 @@ async fn a_collector_on_host_b_never_touches_host_a() {
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    let on_a = run_on(
-        &host_a(),
-        &format!("{}-a", scope.deployment),
-        Uuid::new_v4(),
-    );
-    let on_b = run_on(
-        &docker_b_host(),
-        &format!("{}-b", scope.deployment),
-        Uuid::new_v4(),
-    );
+    let on_a = run_on(&host_a(), &format!("{}-a", scope.deployment), id);
+    let on_b = run_on(&docker_b_host(), &format!("{}-b", scope.deployment), id);
     // Another stack's container on host B: same deployment name, another identity.
-    let theirs = {
-        let mut args = vec![
-            "run".to_string(),
-            "-d".into(),
-            format!("--name={}-theirs", scope.deployment),
-            "--label=highway.managed=true".into(),
-            format!("--label=highway.deployment={}", scope.deployment),
-            format!("--label=highway.deployment_id={}", Uuid::new_v4()),
-            format!("--label=highway.activity_id={}", Uuid::new_v4()),
-            "--label=highway.attempt=1".into(),
-        ];
-        args.extend([TEST_IMAGE.to_string(), "sleep".into(), "600".into()]);
-        let out = std::process::Command::new("docker")
-            .env("DOCKER_HOST", docker_b_host())
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let theirs = run_on(
+        &docker_b_host(),
+        &format!("{}-theirs", scope.deployment),
+        Uuid::new_v4(),
+    );
     // Host A's container is known to this database, on host A's daemon.
     let row = ContainerRow {
         name: format!("{}-a", scope.deployment),
