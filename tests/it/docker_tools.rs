@@ -922,6 +922,12 @@ async fn tools_on_another_host_never_touch_the_container() {
         .await
         .unwrap();
     assert_eq!(rows[0].status, "running", "{rows:?}");
-    let r = ok(&h, TENANT_A, Tool::Remove, json!({"container": id})).await;
+    let r = ok(
+        &h,
+        TENANT_A,
+        Tool::Remove,
+        json!({"container": id, "force": true}),
+    )
+    .await;
     assert_eq!(r["removed"], true, "{r}");
 }
