@@ -154,6 +154,9 @@ pub struct DockerHarness {
     pub worker_id: Uuid,
     pub tenant: String,
     artifact_dir: PathBuf,
+    /// The test database's deployment identity: every container this harness's runtime
+    /// creates carries it, and no other test's does.
+    deployment_id: Uuid,
 }
 
 impl DockerHarness {
@@ -177,6 +180,7 @@ impl DockerHarness {
             .with_secrets(Arc::new(EnvSecretResolver::with_prefix(SECRET_PREFIX)))
             .with_settings(settings);
         let runtime = Arc::new(runtime);
+        let deployment_id = db.deployment_id().await;
         Self {
             handler: RunHandler::new(runtime.clone()),
             runtime,
@@ -185,6 +189,7 @@ impl DockerHarness {
             worker_id,
             tenant: "tenant-a".to_string(),
             artifact_dir,
+            deployment_id,
         }
     }
 
@@ -261,7 +266,18 @@ pub fn remove_leftovers_on(host: Option<&str>, deployment: &str, name_prefix: Op
 }
 
 impl Drop for DockerHarness {
+    /// A failed test must not leak containers into the machine: remove every container
+    /// of this test database's identity (no other test's or stack's carries it).
     fn drop(&mut self) {
+        let filter = format!("label=highway.deployment_id={}", self.deployment_id);
+        if let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("docker").args(["rm", "-f", id]).output();
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.artifact_dir);
     }
 }
