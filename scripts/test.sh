@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what the tests need (PostgreSQL server
-# binaries, busybox-static for the test image, docker-registry for pull tests), starts a
+# binaries, busybox-static for the test image, docker-registry for pull tests, openssl,
+# socat and htpasswd for the TLS tests), makes this run's test certificates, starts a
 # private Postgres cluster in a temp dir, builds the offline test image, starts a second
 # Docker daemon of its own (scripts/second-docker.sh), runs every test of the workspace,
 # and stops the daemon and the cluster. Extra arguments go to `cargo test`.
@@ -14,6 +15,11 @@ need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 dpkg -s docker-registry >/dev/null 2>&1 || need+=(docker-registry)
+# TLS tests: certificates made per run, socat to bridge into the second daemon's namespace,
+# htpasswd for the registry's basic auth.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v socat >/dev/null 2>&1 || need+=(socat)
+command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   # The Debian package would create and start a system cluster on port 5432: we only
@@ -49,6 +55,9 @@ trap cleanup EXIT
 url=$(target/debug/highway --state-dir "$state" postgres start)
 export HIGHWAY_TEST_DATABASE_URL="${url%/*}/postgres"
 export HIGHWAY_TEST_STATE_DIR="$state"
+# A CA, server and client certificates of this run only (scripts/test-certs.sh).
+scripts/test-certs.sh "$state/certs"
+export HIGHWAY_TEST_CERTS_DIR="$state/certs"
 # "Host B" of the many-hosts tests: a second Docker daemon of our own, stopped by
 # `cleanup` (on failure too). The machine's daemon is never touched.
 if [ "${HIGHWAY_TEST_NO_DOCKER:-}" != "1" ]; then
