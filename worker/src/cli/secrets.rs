@@ -3,6 +3,9 @@
 //! would sit in shell history and `ps`) — and is never printed: `ls` shows names only.
 //! `set` and `rm` are operator actions: each writes one `highway.audit_log` row (the
 //! name, never the value).
+//!
+//! `rotate-key` re-encrypts every secret under `HIGHWAY_SECRETS_KEY`, reading rows
+//! written under a previous key with `HIGHWAY_SECRETS_KEY_OLD`.
 
 use crate::config::DatabaseArgs;
 use crate::db::{self, PoolOptions};
@@ -30,6 +33,12 @@ pub enum SecretsCommand {
         tenant: String,
         name: String,
     },
+    /// Re-encrypt every secret under HIGHWAY_SECRETS_KEY (the new key), reading rows
+    /// of previous keys with HIGHWAY_SECRETS_KEY_OLD; all rows or none.
+    RotateKey {
+        #[arg(long)]
+        json: bool,
+    },
     /// List secret names (never values).
     Ls {
         #[arg(long)]
@@ -50,7 +59,8 @@ pub async fn run(
         Err(e) => return Err(e.into()),
     };
     let pool = db::connect(&db_args.resolve_url()?, &pool_opts).await?;
-    let store = SecretStore::new(pool.clone(), key.clone());
+    let store =
+        SecretStore::new(pool.clone(), key.clone()).with_old_keys(SecretsKey::old_from_env()?);
     match cmd {
         SecretsCommand::Set { tenant, name } => {
             let mut value = String::new();
@@ -74,6 +84,23 @@ pub async fn run(
             }
             audit(&pool, &tenant, "secret.rm", &name, key.id()).await?;
             eprintln!("secret {name:?} of tenant {tenant:?} removed");
+        }
+        SecretsCommand::RotateKey { json: as_json } => {
+            let done = store.rotate().await?;
+            audit(&pool, "*", "secret.rotate_key", "*", key.id()).await?;
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"key_id": key.id(), "reencrypted": done.reencrypted, "current": done.current})
+                );
+            } else {
+                eprintln!(
+                    "{} secret(s) re-encrypted under key {} ({} already were); HIGHWAY_SECRETS_KEY_OLD may now be dropped",
+                    done.reencrypted,
+                    key.id(),
+                    done.current
+                );
+            }
         }
         SecretsCommand::Ls { tenant, json } => {
             let rows = store.list(tenant.as_deref()).await?;

@@ -2,6 +2,11 @@
 //! under the worker's `HIGHWAY_SECRETS_KEY`, and [`TableSecretResolver`], the
 //! [`SecretResolver`] the run handler uses (table first, then the worker's environment).
 //!
+//! Key rotation: `HIGHWAY_SECRETS_KEY_OLD` lists previous keys (comma separated) that
+//! still decrypt the rows they wrote (each row records its key id), and
+//! [`SecretStore::rotate`] re-encrypts every row under the current key, in one
+//! transaction, after which the old keys can be dropped.
+//!
 //! Owns: the key format, the encryption (a random 96-bit nonce per write; the tenant and
 //! the name are the associated data, so a ciphertext copied to another row or tenant does
 //! not decrypt), and all SQL on `highway.secrets`.
@@ -22,6 +27,8 @@ use std::fmt;
 
 /// The environment variable holding the key (32 bytes, hex or base64).
 pub const KEY_ENV: &str = "HIGHWAY_SECRETS_KEY";
+/// Previous keys, comma separated, that still decrypt (during a rotation).
+pub const OLD_KEYS_ENV: &str = "HIGHWAY_SECRETS_KEY_OLD";
 /// Largest secret value accepted (the store is for credentials, not files).
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
@@ -32,6 +39,8 @@ pub enum StoreError {
     NoKey,
     #[error("{KEY_ENV} must be 32 bytes as 64 hex digits or base64")]
     BadKey,
+    #[error("{OLD_KEYS_ENV}: entry {index} must be 32 bytes as 64 hex digits or base64")]
+    BadOldKey { index: usize },
     #[error(transparent)]
     Name(#[from] SecretError),
     #[error("tenant id must be 1..=128 characters")]
@@ -97,6 +106,20 @@ impl SecretsKey {
             Ok(v) if !v.trim().is_empty() => Self::parse(&v).map(Some),
             _ => Ok(None),
         }
+    }
+
+    /// From `HIGHWAY_SECRETS_KEY_OLD` (comma separated; empty entries ignored).
+    pub fn old_from_env() -> Result<Vec<Self>, StoreError> {
+        Self::parse_list(&std::env::var(OLD_KEYS_ENV).unwrap_or_default())
+    }
+
+    fn parse_list(text: &str) -> Result<Vec<Self>, StoreError> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .enumerate()
+            .map(|(i, k)| Self::parse(k).map_err(|_| StoreError::BadOldKey { index: i + 1 }))
+            .collect()
     }
 
     /// First 8 hex digits of SHA-256(key): which key encrypted a row.
@@ -165,11 +188,22 @@ pub struct SecretInfo {
     pub updated_at: DateTime<Utc>,
 }
 
-/// `highway.secrets` with its key.
+/// `highway.secrets` with its key (which every write uses) and the previous keys that
+/// still read.
 #[derive(Debug, Clone)]
 pub struct SecretStore {
     pool: PgPool,
     key: SecretsKey,
+    old: Vec<SecretsKey>,
+}
+
+/// What [`SecretStore::rotate`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Rotated {
+    /// Rows re-encrypted under the current key.
+    pub reencrypted: u64,
+    /// Rows that already were.
+    pub current: u64,
 }
 
 fn check_tenant(tenant: &str) -> Result<(), StoreError> {
@@ -181,7 +215,80 @@ fn check_tenant(tenant: &str) -> Result<(), StoreError> {
 
 impl SecretStore {
     pub fn new(pool: PgPool, key: SecretsKey) -> Self {
-        Self { pool, key }
+        Self {
+            pool,
+            key,
+            old: Vec::new(),
+        }
+    }
+
+    /// Previous keys that still decrypt the rows they wrote.
+    pub fn with_old_keys(mut self, old: Vec<SecretsKey>) -> Self {
+        self.old = old;
+        self
+    }
+
+    /// The key that wrote a row (by its recorded id; every key when none matches, for
+    /// rows whose id was lost), and the plaintext.
+    fn open_row(
+        &self,
+        tenant: &str,
+        name: &str,
+        nonce: &[u8],
+        ct: &[u8],
+        key_id: &str,
+    ) -> Option<SecretValue> {
+        let keys = std::iter::once(&self.key).chain(&self.old);
+        let by_id = keys.clone().find(|k| k.id() == key_id);
+        match by_id {
+            Some(k) => k.open(tenant, name, nonce, ct),
+            None => keys.clone().find_map(|k| k.open(tenant, name, nonce, ct)),
+        }
+    }
+
+    /// Re-encrypts every row not under the current key, in one transaction: all or none
+    /// (a row no known key decrypts stops it, naming the row). Safe to run again, and
+    /// while workers run (they read with the old keys until the commit, then with the new).
+    pub async fn rotate(&self) -> Result<Rotated, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(String, String, Vec<u8>, Vec<u8>, String)> = sqlx::query_as(
+            "SELECT tenant_id, name, nonce, ciphertext, key_id FROM highway.secrets
+              ORDER BY tenant_id, name FOR UPDATE",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut done = Rotated {
+            reencrypted: 0,
+            current: 0,
+        };
+        for (tenant, name, nonce, ct, key_id) in rows {
+            if key_id == self.key.id() && self.key.open(&tenant, &name, &nonce, &ct).is_some() {
+                done.current += 1;
+                continue;
+            }
+            let value = self
+                .open_row(&tenant, &name, &nonce, &ct, &key_id)
+                .ok_or_else(|| StoreError::Decrypt {
+                    tenant: tenant.clone(),
+                    name: name.clone(),
+                    key_id: key_id.clone(),
+                })?;
+            let (nonce, ct) = self.key.seal(&tenant, &name, value.expose());
+            sqlx::query(
+                "UPDATE highway.secrets SET nonce = $3, ciphertext = $4, key_id = $5
+                  WHERE tenant_id = $1 AND name = $2",
+            )
+            .bind(&tenant)
+            .bind(&name)
+            .bind(nonce)
+            .bind(ct)
+            .bind(self.key.id())
+            .execute(&mut *tx)
+            .await?;
+            done.reencrypted += 1;
+        }
+        tx.commit().await?;
+        Ok(done)
     }
 
     /// Creates or replaces a secret.
@@ -247,8 +354,7 @@ impl SecretStore {
         match row {
             None => Ok(None),
             Some((nonce, ct, key_id)) => self
-                .key
-                .open(tenant, name, &nonce, &ct)
+                .open_row(tenant, name, &nonce, &ct, &key_id)
                 .map(Some)
                 .ok_or_else(|| StoreError::Decrypt {
                     tenant: tenant.into(),
@@ -272,9 +378,11 @@ impl TableSecretResolver {
         Self { store, fallback }
     }
 
-    /// The worker's resolver: `HIGHWAY_SECRETS_KEY` (if set) and `HIGHWAY_SECRET_*`.
+    /// The worker's resolver: `HIGHWAY_SECRETS_KEY` (if set, with the previous keys of
+    /// `HIGHWAY_SECRETS_KEY_OLD`) and `HIGHWAY_SECRET_*`.
     pub fn from_env(pool: PgPool) -> Result<Self, StoreError> {
-        let store = SecretsKey::from_env()?.map(|k| SecretStore::new(pool, k));
+        let old = SecretsKey::old_from_env()?;
+        let store = SecretsKey::from_env()?.map(|k| SecretStore::new(pool, k).with_old_keys(old));
         Ok(Self::new(store, EnvSecretResolver::new()))
     }
 }
@@ -326,5 +434,10 @@ mod tests {
         );
         assert!(SecretsKey::parse("short").is_err());
         assert!(SecretsKey::parse(&"0".repeat(62)).is_err());
+        let old = SecretsKey::parse_list(&format!(" {},, {b64} ", "01".repeat(32))).unwrap();
+        assert_eq!(old.len(), 2);
+        let err = SecretsKey::parse_list(&format!("{},oops", "01".repeat(32))).unwrap_err();
+        assert!(err.to_string().contains("entry 2"), "{err}");
+        assert!(!err.to_string().contains("oops"), "{err}");
     }
 }
