@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-/// What to run in this process.
-#[derive(Debug, Clone)]
+/// What to run in this process. `Debug` shows the database URL without its password.
+#[derive(Clone)]
 pub struct RunOptions {
     pub database_url: String,
     pub pool: PoolOptions,
@@ -28,6 +28,8 @@ pub struct RunOptions {
     pub worker: Option<WorkerOptions>,
     /// The HTTP server's address, or none.
     pub listen: Option<SocketAddr>,
+    /// HTTPS: the server's certificate and key files (re-read on SIGHUP), or none (HTTP).
+    pub tls: Option<crate::api::tls::TlsFiles>,
     /// The API's limits and quotas.
     pub api: crate::config::api::ApiConfig,
     /// Soft phase length: running work may finish within it after the first signal.
@@ -42,6 +44,24 @@ pub struct RunOptions {
     /// `highway up`: the state dir where the local admin token and the API URL are
     /// written once the server listens (zero-config CLI); none for `highway worker`.
     pub local_access: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("database_url", &db::redact_url(&self.database_url))
+            .field("pool", &self.pool)
+            .field("worker", &self.worker)
+            .field("listen", &self.listen)
+            .field("tls", &self.tls)
+            .field("api", &self.api)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("docker", &self.docker)
+            .field("gc", &self.gc)
+            .field("scheduler", &self.scheduler)
+            .field("local_access", &self.local_access)
+            .finish()
+    }
 }
 
 /// How long the services (HTTP API, collector, scheduler, sweeper, monitors) may take to
@@ -134,7 +154,17 @@ pub async fn run(
     );
 
     // Migrations at start; a database that is down at start is waited for.
-    if !db::migrate_when_available(&pool, &shutdown.soft).await {
+    // A database that refuses us (TLS, credentials) stops the start here, with the reason.
+    let migrated = match db::migrate_when_available(&pool, &shutdown.soft).await {
+        Ok(m) => m,
+        Err(e) => {
+            stop.cancel();
+            tracker.close();
+            tracker.wait().await;
+            return Err(anyhow::Error::new(e).context("database unusable at start"));
+        }
+    };
+    if !migrated {
         stop.cancel();
         tracker.close();
         tracker.wait().await;
@@ -210,12 +240,37 @@ pub async fn run(
         .map(crate::workflow::Digests::docker)
         .unwrap_or_default();
     if let Some(addr) = opts.listen {
+        // A certificate pair that does not load stops the start, naming the file.
+        let tls = match &opts.tls {
+            Some(files) => {
+                let f = files.clone();
+                let config = tokio::task::spawn_blocking(move || api::tls::server_config(&f))
+                    .await?
+                    .map_err(|e| anyhow::Error::new(e).context("HTTPS (--tls-cert, --tls-key)"))?;
+                let config = axum_server::tls_rustls::RustlsConfig::from_config(config);
+                api::tls::reload_on_sighup(config.clone(), files.clone(), &tracker, stop.clone());
+                Some(config)
+            }
+            None => None,
+        };
         let listener = api::bind(addr).await?;
-        info!(listen = %listener.local_addr()?, "http server listening");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        info!(listen = %listener.local_addr()?, scheme, "http server listening");
+        if tls.is_none() && !addr.ip().is_loopback() {
+            warn!(
+                listen = %addr,
+                "the API listens beyond loopback without TLS: tokens cross the network in clear text (set --tls-cert and --tls-key)"
+            );
+        }
         if let Some(dir) = &opts.local_access {
             // A CLI without a token still works here; failing to write only costs that.
-            if let Err(e) =
-                crate::cli::remote::write_local_access(&pool, dir, listener.local_addr()?).await
+            if let Err(e) = crate::cli::remote::write_local_access(
+                &pool,
+                dir,
+                listener.local_addr()?,
+                tls.is_some(),
+            )
+            .await
             {
                 warn!(
                     error = format!("{e:#}"),
@@ -242,8 +297,12 @@ pub async fn run(
             .with_digests(digests.clone());
         let stop = stop.clone();
         tracker.spawn(async move {
-            if let Err(e) = api::serve(listener, state, async move { stop.cancelled().await }).await
-            {
+            let shutdown = async move { stop.cancelled().await };
+            let served = match tls {
+                Some(config) => api::serve_tls(listener, state, config, shutdown).await,
+                None => api::serve(listener, state, shutdown).await,
+            };
+            if let Err(e) = served {
                 warn!(error = %e, "http server failed");
             }
         });

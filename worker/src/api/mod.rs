@@ -12,6 +12,7 @@
 //!   down).
 //! - [`metrics`]: Prometheus text. [`openapi`]: the OpenAPI document.
 //! - [`store`]: the API's own SQL (tokens, quotas, reads).
+//! - [`tls`]: HTTPS (`--tls-cert`/`--tls-key`, reloaded on SIGHUP).
 //!
 //! Architecture Invariant: handlers never format a database error into a response;
 //! they return `ApiError`, whose `Internal` variant is only logged.
@@ -29,6 +30,7 @@ pub mod openapi;
 pub mod runs;
 pub mod schedules;
 pub mod store;
+pub mod tls;
 
 use crate::config::api::ApiConfig;
 use crate::health::{Health, Status};
@@ -152,6 +154,16 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Serves over TLS (see [`tls`]) until `shutdown` completes.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    config: axum_server::tls_rustls::RustlsConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    tls::serve(listener, router(state), config, shutdown).await
 }
 
 /// Binds the listen address (a clear error naming it when taken).

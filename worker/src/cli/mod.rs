@@ -304,7 +304,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             println!("highway {} up", env!("CARGO_PKG_VERSION"));
-            println!("  http:         http://{}", http.listen);
+            let scheme = if http.tls_files().is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            println!("  http:         {scheme}://{}", http.listen);
             println!(
                 "  admin token:  {} (created when missing; `highway` commands run here use it)",
                 cli.db.state_dir.join(remote::ADMIN_TOKEN_FILE).display()
@@ -437,6 +442,7 @@ async fn run_services(
         pool,
         worker: worker.map(WorkerOptions::from_config),
         api: http.as_ref().map(|h| h.api.clone()).unwrap_or_default(),
+        tls: http.as_ref().and_then(HttpConfig::tls_files),
         listen: http.map(|h| h.listen),
         shutdown_grace: grace,
         docker: worker.map(|w| {

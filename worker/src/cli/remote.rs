@@ -137,7 +137,7 @@ pub struct LocalAccess {
 }
 
 /// `highway up`'s zero-config: writes `<state_dir>/api.url` (where the server listens,
-/// loopback when it listens on every address), and creates an admin token into
+/// loopback when it listens on every address; `https://` when `https`), and creates an admin token into
 /// `<state_dir>/admin.token` (mode 0600) unless that file already holds a token this
 /// database knows. A revoked local token is left alone (and the CLI gets 401): an
 /// operator's revoke must not be undone by a restart.
@@ -145,6 +145,7 @@ pub async fn write_local_access(
     pool: &sqlx::PgPool,
     state_dir: &Path,
     listen: SocketAddr,
+    https: bool,
 ) -> anyhow::Result<LocalAccess> {
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating the state dir {}", state_dir.display()))?;
@@ -156,7 +157,11 @@ pub async fn write_local_access(
             std::net::Ipv6Addr::LOCALHOST.into()
         });
     }
-    write_private(&state_dir.join(API_URL_FILE), &format!("http://{addr}\n"))?;
+    let scheme = if https { "https" } else { "http" };
+    write_private(
+        &state_dir.join(API_URL_FILE),
+        &format!("{scheme}://{addr}\n"),
+    )?;
 
     let path = state_dir.join(ADMIN_TOKEN_FILE);
     let existing = std::fs::read_to_string(&path)
@@ -226,10 +231,7 @@ impl Remote {
     pub fn new(args: &RemoteArgs) -> anyhow::Result<Self> {
         let state = state_dir();
         let token = Token::resolve_in(args, &state)?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .context("building the HTTP client")?;
+        let http = http_client()?;
         Ok(Self {
             base: resolve_api_url(args, &state)
                 .trim_end_matches('/')
@@ -289,9 +291,19 @@ impl Remote {
     }
 
     fn transport_error(&self, e: reqwest::Error) -> anyhow::Error {
-        // reqwest errors carry the URL (never the token: it is a header).
+        // reqwest errors carry the URL (never the token: it is a header); the cause (a
+        // refused connection, a certificate not signed by a trusted CA) is in the chain.
+        let mut text = e.to_string();
+        let mut cur = std::error::Error::source(&e);
+        while let Some(c) = cur {
+            let part = c.to_string();
+            if !text.contains(&part) {
+                text = format!("{text}: {part}");
+            }
+            cur = c.source();
+        }
         anyhow::anyhow!(
-            "cannot reach the Highway API at {} (HIGHWAY_API_URL): {e}",
+            "cannot reach the Highway API at {} (HIGHWAY_API_URL): {text}",
             self.base
         )
     }
@@ -350,6 +362,28 @@ impl Remote {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+/// The HTTP client of every API command: system roots, plus the CA certificates of the
+/// PEM file `HIGHWAY_API_CA` names (an API served with a private CA's certificate).
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .use_rustls_tls();
+    if let Some(path) = std::env::var_os("HIGHWAY_API_CA").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        let pem = std::fs::read(&path)
+            .with_context(|| format!("HIGHWAY_API_CA: cannot read {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("HIGHWAY_API_CA: {} is not PEM", path.display()))?;
+        if certs.is_empty() {
+            bail!("HIGHWAY_API_CA: {} holds no certificate", path.display());
+        }
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build().context("building the HTTP client")
 }
 
 async fn json_or_error(resp: reqwest::Response) -> anyhow::Result<Value> {

@@ -19,9 +19,29 @@ pub struct DockerConfig {
     #[arg(
         long = "docker-host",
         env = "HIGHWAY_DOCKER_HOST",
-        default_value = "unix:///var/run/docker.sock"
+        default_value = "unix:///var/run/docker.sock",
+        help_heading = "Docker connection"
     )]
     pub host: String,
+
+    /// TLS to a `tcp://` daemon, verifying its certificate against `ca.pem` and
+    /// offering `cert.pem`/`key.pem` from the certificate directory. Also on when
+    /// `DOCKER_TLS_VERIFY` is set to anything non-empty (as the docker CLI reads it).
+    #[arg(
+        long = "docker-tls-verify",
+        default_value_t = false,
+        help_heading = "Docker connection"
+    )]
+    pub tls_verify: bool,
+
+    /// Directory of `ca.pem`, `cert.pem` and `key.pem` for `--docker-tls-verify`
+    /// [default: `~/.docker`]. Without `cert.pem`/`key.pem` no client certificate is offered.
+    #[arg(
+        long = "docker-cert-path",
+        env = "DOCKER_CERT_PATH",
+        help_heading = "Docker connection"
+    )]
+    pub cert_path: Option<std::path::PathBuf>,
 
     /// Deployment name, stamped on containers as `highway.deployment` beside the
     /// database's identity (`highway.deployment_id`); the garbage collector and worker
@@ -341,9 +361,41 @@ impl DockerConfig {
     pub fn client(&self) -> crate::docker::client::DockerClient {
         crate::docker::client::DockerClient::new(crate::docker::client::ClientSettings {
             host: self.effective_host(),
+            tls: self.tls_files(),
             pull_timeout: self.pull_timeout.0,
             ..Default::default()
         })
+    }
+
+    /// The TLS files when TLS is on (`--docker-tls-verify` or `DOCKER_TLS_VERIFY`
+    /// non-empty) and the host is `tcp://`/`https://`; none otherwise (a unix socket
+    /// never uses TLS, as with the docker CLI).
+    pub fn tls_files(&self) -> Option<crate::docker::client::TlsFiles> {
+        self.tls_files_with(
+            &self.effective_host(),
+            std::env::var("DOCKER_TLS_VERIFY").ok(),
+            std::env::var_os("HOME").map(std::path::PathBuf::from),
+        )
+    }
+
+    fn tls_files_with(
+        &self,
+        host: &str,
+        verify_env: Option<String>,
+        home: Option<std::path::PathBuf>,
+    ) -> Option<crate::docker::client::TlsFiles> {
+        let on = self.tls_verify || verify_env.is_some_and(|v| !v.is_empty());
+        let tcp = host.starts_with("tcp://") || host.starts_with("https://");
+        if !on || !tcp {
+            return None;
+        }
+        let dir = self
+            .cert_path
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+            .or_else(|| home.map(|h| h.join(".docker")))
+            .unwrap_or_else(|| std::path::PathBuf::from(".docker"));
+        Some(crate::docker::client::TlsFiles::in_dir(&dir))
     }
 
     /// The daemon address, honouring `DOCKER_HOST` when `HIGHWAY_DOCKER_HOST` and
@@ -363,9 +415,33 @@ impl DockerConfig {
         }
     }
 
+    /// With Docker TLS on, the CA file must be readable (checked at start: a missing CA
+    /// is a configuration error, not an outage); a missing client pair only warns.
+    pub fn check_tls(&self) -> Result<(), String> {
+        if let Some(tls) = self.tls_files() {
+            // The CA is required; the client pair is optional (the daemon decides).
+            if let Err(e) = std::fs::File::open(&tls.ca) {
+                return Err(format!(
+                    "cannot read the CA certificate {}: {e}",
+                    tls.ca.display()
+                ));
+            }
+            if !tls.cert.exists() || !tls.key.exists() {
+                tracing::warn!(
+                    cert = %tls.cert.display(),
+                    key = %tls.key.display(),
+                    "docker TLS: no client certificate and key; none is offered to the daemon"
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Refuses settings that cannot work together; called once at startup.
     pub fn validate(&self) -> Result<(), String> {
         let p = &self.policy;
+        self.check_tls()
+            .map_err(|e| format!("DOCKER_CERT_PATH: {e}"))?;
         if self.deployment.is_empty()
             || self.deployment.len() > 64
             || !self
@@ -504,6 +580,8 @@ impl Default for DockerConfig {
     fn default() -> Self {
         Self {
             host: DEFAULT_HOST.into(),
+            tls_verify: false,
+            cert_path: None,
             deployment: "default".into(),
             adopt_unlabelled: false,
             host_lost_after: HumanDuration::from_secs(300),
@@ -576,6 +654,39 @@ mod tests {
         assert_eq!(p.default_cpus.nano_cpus(), 1_000_000_000);
         assert_eq!(p.default_pids, 512);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn docker_tls_is_read_the_way_the_docker_cli_reads_it() {
+        let c = DockerConfig::default();
+        let home = Some(std::path::PathBuf::from("/home/u"));
+        // Off without DOCKER_TLS_VERIFY, and never for a unix socket.
+        assert_eq!(c.tls_files_with("tcp://h:2376", None, home.clone()), None);
+        assert_eq!(
+            c.tls_files_with(
+                "unix:///var/run/docker.sock",
+                Some("1".into()),
+                home.clone()
+            ),
+            None
+        );
+        // Any non-empty value turns it on; the default directory is ~/.docker.
+        let t = c
+            .tls_files_with("tcp://h:2376", Some("0".into()), home.clone())
+            .unwrap();
+        assert_eq!(t.ca, std::path::Path::new("/home/u/.docker/ca.pem"));
+        assert_eq!(t.key, std::path::Path::new("/home/u/.docker/key.pem"));
+        assert_eq!(
+            c.tls_files_with("tcp://h:2376", Some(String::new()), home.clone()),
+            None
+        );
+        let c = DockerConfig {
+            tls_verify: true,
+            cert_path: Some("/certs".into()),
+            ..DockerConfig::default()
+        };
+        let t = c.tls_files_with("tcp://h:2376", None, home).unwrap();
+        assert_eq!(t.cert, std::path::Path::new("/certs/cert.pem"));
     }
 
     #[test]

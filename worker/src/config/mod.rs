@@ -30,8 +30,8 @@ fn bad(name: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Where the database is.
-#[derive(clap::Args, Debug, Clone)]
+/// Where the database is. `Debug` shows the URL without its password.
+#[derive(clap::Args, Clone)]
 pub struct DatabaseArgs {
     /// Postgres URL. When unset, the private cluster that `highway up` runs under the
     /// state directory is used.
@@ -55,6 +55,19 @@ pub struct DatabaseArgs {
         global = true
     )]
     pub db_max_connections: u32,
+}
+
+impl std::fmt::Debug for DatabaseArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseArgs")
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(crate::db::redact_url),
+            )
+            .field("state_dir", &self.state_dir)
+            .field("db_max_connections", &self.db_max_connections)
+            .finish()
+    }
 }
 
 impl DatabaseArgs {
@@ -182,6 +195,9 @@ impl WorkerConfig {
         if !(1..=10_000).contains(&self.complete_batch) {
             return Err(bad("HIGHWAY_COMPLETE_BATCH", "must be between 1 and 10000"));
         }
+        self.docker
+            .check_tls()
+            .map_err(|reason| bad("DOCKER_CERT_PATH", reason))?;
         if self.max_uncounted_attempts < 0 {
             return Err(bad(
                 "HIGHWAY_MAX_UNCOUNTED_ATTEMPTS",
@@ -200,12 +216,51 @@ impl WorkerConfig {
 /// The HTTP server.
 #[derive(clap::Args, Debug, Clone)]
 pub struct HttpConfig {
-    /// Address of the HTTP server (`/health`, `/metrics`, `/v1/...`).
-    #[arg(long, env = "HIGHWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    /// Address of the HTTP server (`/health`, `/metrics`, `/v1/...`). Beyond loopback
+    /// without `--tls-cert`, a warning is logged at start (tokens would cross in clear).
+    #[arg(
+        long,
+        env = "HIGHWAY_LISTEN",
+        default_value = "127.0.0.1:8080",
+        help_heading = "HTTP"
+    )]
     pub listen: SocketAddr,
+
+    /// Serve HTTPS with this PEM certificate chain (with `--tls-key`). Both files are
+    /// re-read on SIGHUP: new connections get the new pair; a pair that fails to load
+    /// is logged and the current one kept.
+    #[arg(
+        long,
+        env = "HIGHWAY_TLS_CERT",
+        requires = "tls_key",
+        help_heading = "HTTP"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of `--tls-cert`.
+    #[arg(
+        long,
+        env = "HIGHWAY_TLS_KEY",
+        requires = "tls_cert",
+        help_heading = "HTTP"
+    )]
+    pub tls_key: Option<PathBuf>,
 
     #[command(flatten)]
     pub api: api::ApiConfig,
+}
+
+impl HttpConfig {
+    /// The HTTPS certificate pair, when given.
+    pub fn tls_files(&self) -> Option<crate::api::tls::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::api::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// Logging.
@@ -225,4 +280,21 @@ pub struct LogConfig {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_args_debug_hides_the_password() {
+        let a = DatabaseArgs {
+            database_url: Some("postgres://u:hunter2@h/db?sslmode=verify-full".into()),
+            state_dir: ".highway".into(),
+            db_max_connections: 20,
+        };
+        let d = format!("{a:?}");
+        assert!(!d.contains("hunter2"), "{d}");
+        assert!(d.contains("u:***@h/db?sslmode=verify-full"), "{d}");
+    }
 }

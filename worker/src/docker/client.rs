@@ -126,7 +126,16 @@ impl Error {
             | B::HyperResponseError { .. }
             | B::HyperLegacyError { .. }) => Error::Unavailable {
                 op,
-                message: e.to_string(),
+                message: transport_message(&e),
+            },
+            // The TLS files of DOCKER_CERT_PATH could not be used.
+            e @ (B::CertPathError { .. }
+            | B::CertMultipleKeys { .. }
+            | B::CertParseError { .. }
+            | B::NoNativeCertsError { .. }
+            | B::LoadNativeCertsErrors { .. }) => Error::Unavailable {
+                op,
+                message: format!("TLS setup failed: {e}"),
             },
             other => Error::Api {
                 op,
@@ -139,6 +148,37 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A transport failure with its causes: hyper's own text ("client error (Connect)")
+/// names none, and a TLS failure (a certificate the CA did not sign, a client
+/// certificate the daemon refused) is only in the chain.
+fn transport_message(e: &bollard::errors::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut tls = None;
+    let mut cur = std::error::Error::source(e);
+    while let Some(err) = cur {
+        let found = err.downcast_ref::<rustls::Error>().or_else(|| {
+            err.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(t) = found {
+            tls = Some(t.to_string());
+        }
+        let text = err.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = err.source();
+    }
+    match tls {
+        Some(t) => format!(
+            "TLS handshake with the daemon failed: {t} ({})",
+            parts.join(": ")
+        ),
+        None => parts.join(": "),
+    }
+}
+
 /// Hook for the Docker status monitor and circuit breaker (issue: soft dependencies).
 /// `admit` may refuse a call before it is sent; `record` sees every outcome.
 pub trait CallObserver: Send + Sync + 'static {
@@ -146,11 +186,35 @@ pub trait CallObserver: Send + Sync + 'static {
     fn record(&self, op: &'static str, outcome: std::result::Result<(), &Error>);
 }
 
+/// The client side of Docker's TLS (`DOCKER_TLS_VERIFY`): the CA that signed the
+/// daemon's certificate and this client's certificate and key. A missing certificate or
+/// key file means no client certificate is offered (as the docker CLI does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    /// `ca.pem`, `cert.pem` and `key.pem` in a `DOCKER_CERT_PATH` directory.
+    pub fn in_dir(dir: &std::path::Path) -> Self {
+        Self {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        }
+    }
+}
+
 /// Timeouts of the client. Defaults follow DOCKER-NOTES "Per-call clients".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientSettings {
     /// `unix:///var/run/docker.sock`, a plain socket path, or `tcp://host:port`.
     pub host: String,
+    /// TLS for a `tcp://` (or `https://`) host, verifying the daemon against `ca`; none:
+    /// plain HTTP. Ignored for unix sockets.
+    pub tls: Option<TlsFiles>,
     /// Deadline of short calls: ping, inspect, list, create, start, kill, remove.
     pub call_timeout: Duration,
     /// Added to the stop grace for the stop call's deadline (F9: the daemon answers
@@ -168,6 +232,7 @@ impl Default for ClientSettings {
     fn default() -> Self {
         Self {
             host: "unix:///var/run/docker.sock".to_string(),
+            tls: None,
             call_timeout: Duration::from_secs(5),
             stop_margin: Duration::from_secs(15),
             stream_idle_timeout: Duration::from_secs(60),
@@ -283,7 +348,20 @@ impl DockerClient {
             return Ok(d.clone());
         }
         let host = self.inner.settings.host.as_str();
-        let built = if host.starts_with("tcp://") || host.starts_with("http://") {
+        let tcp = host.starts_with("tcp://") || host.starts_with("https://");
+        let built = if let (true, Some(tls)) = (tcp, &self.inner.settings.tls) {
+            // bollard loads the client key through the process's rustls provider: make
+            // sure one (ring, the only one built in) is installed; a second install is a no-op.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            Docker::connect_with_ssl(
+                host,
+                &tls.key,
+                &tls.cert,
+                &tls.ca,
+                BOLLARD_BACKSTOP_SECS,
+                bollard::API_DEFAULT_VERSION,
+            )
+        } else if tcp || host.starts_with("http://") {
             Docker::connect_with_http(host, BOLLARD_BACKSTOP_SECS, bollard::API_DEFAULT_VERSION)
         } else {
             let path = host.strip_prefix("unix://").unwrap_or(host);

@@ -134,6 +134,8 @@ pub fn error_code(e: &client::Error) -> &'static str {
         client::Error::Unavailable { message, .. } if message.contains("Socket not found") => {
             "socket_not_found"
         }
+        // A certificate problem (the daemon's, or ours refused): no retry will fix it.
+        client::Error::Unavailable { message, .. } if message.starts_with("TLS ") => "tls",
         client::Error::Unavailable { .. } => "unreachable",
         client::Error::Timeout { .. } => "timeout",
         client::Error::Rejected { .. } => "circuit_open",

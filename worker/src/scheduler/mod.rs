@@ -287,7 +287,8 @@ pub async fn run_standalone(
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     crate::supervisor::stop_on_signal(stop.clone(), &tracker, "scheduler");
-    if db::migrate_when_available(&pool, &stop).await {
+    let migrated = db::migrate_when_available(&pool, &stop).await;
+    if let Ok(true) = migrated {
         info!("scheduler running");
         Scheduler::with_database_clock(pool.clone(), SchedulerOptions::from_config(config))
             .run(stop.clone())
@@ -297,5 +298,6 @@ pub async fn run_standalone(
     tracker.close();
     tracker.wait().await;
     pool.close().await;
+    anyhow::Context::context(migrated, "database unusable at start")?;
     Ok(ExitCode::SUCCESS)
 }
