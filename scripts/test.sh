@@ -20,6 +20,8 @@ dpkg -s docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v socat >/dev/null 2>&1 || need+=(socat)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
+# `ip` brings up loopback inside the second daemon's network namespace (its TLS listener).
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   # The Debian package would create and start a system cluster on port 5432: we only
@@ -61,8 +63,10 @@ export HIGHWAY_TEST_CERTS_DIR="$state/certs"
 # "Host B" of the many-hosts tests: a second Docker daemon of our own, stopped by
 # `cleanup` (on failure too). The machine's daemon is never touched.
 if [ "${HIGHWAY_TEST_NO_DOCKER:-}" != "1" ]; then
-  HIGHWAY_TEST_DOCKER_B_HOST=$(scripts/second-docker.sh start "$state/docker-b")
+  # With the certificates it also serves TLS (--tlsverify), bridged to a unix socket.
+  HIGHWAY_TEST_DOCKER_B_HOST=$(scripts/second-docker.sh start "$state/docker-b" "$state/certs")
   export HIGHWAY_TEST_DOCKER_B_HOST
+  export HIGHWAY_TEST_DOCKER_B_TLS_SOCK="$state/docker-b/docker-tls.sock"
 fi
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
 cargo test --workspace "$@"

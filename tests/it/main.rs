@@ -18,6 +18,9 @@
 //!   symlink chains refused in outputs and inputs.
 //! - `security_api`: what the door refuses (cross-tenant run ids, NUL, lone surrogates,
 //!   duplicate keys), escaped CLI log lines, the OpenAPI document against the server.
+//! - `tls`: Postgres over TLS (verify-full, wrong CA, wrong host, hostssl only), Docker
+//!   over TCP with `--tlsverify`, the API over HTTPS with the CLI and SIGHUP rotation,
+//!   the secrets key rotation.
 //! - `artifacts_db`: artifacts stored in Postgres across hosts, corruption, the fs store;
 //!   the snapshot cache per Docker daemon.
 
@@ -36,4 +39,5 @@ mod scheduler;
 mod security_api;
 mod security_docker;
 mod soft_deps;
+mod tls;
 mod workflow;
