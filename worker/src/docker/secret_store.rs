@@ -197,6 +197,9 @@ pub struct SecretStore {
     old: Vec<SecretsKey>,
 }
 
+/// A stored row as [`SecretStore::rotate`] reads it: tenant, name, nonce, ciphertext, key id.
+type SealedRow = (String, String, Vec<u8>, Vec<u8>, String);
+
 /// What [`SecretStore::rotate`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Rotated {
@@ -251,7 +254,7 @@ impl SecretStore {
     /// while workers run (they read with the old keys until the commit, then with the new).
     pub async fn rotate(&self) -> Result<Rotated, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(String, String, Vec<u8>, Vec<u8>, String)> = sqlx::query_as(
+        let rows: Vec<SealedRow> = sqlx::query_as(
             "SELECT tenant_id, name, nonce, ciphertext, key_id FROM highway.secrets
               ORDER BY tenant_id, name FOR UPDATE",
         )
