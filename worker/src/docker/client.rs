@@ -148,6 +148,19 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Texts rustls gives its certificate and handshake failures.
+fn looks_like_tls(text: &str) -> bool {
+    [
+        "invalid peer certificate",
+        "received fatal alert",
+        "peer sent no certificates",
+        "peer is incompatible",
+        "peer misbehaved",
+    ]
+    .iter()
+    .any(|m| text.contains(m))
+}
+
 /// A transport failure with its causes: hyper's own text ("client error (Connect)")
 /// names none, and a TLS failure (a certificate the CA did not sign, a client
 /// certificate the daemon refused) is only in the chain.
@@ -161,10 +174,14 @@ fn transport_message(e: &bollard::errors::Error) -> String {
                 .and_then(|io| io.get_ref())
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         });
+        let text = err.to_string();
         if let Some(t) = found {
             tls = Some(t.to_string());
+        } else if tls.is_none() && looks_like_tls(&text) {
+            // Some layers box the rustls error where no downcast reaches it; its text
+            // still says what failed.
+            tls = Some(text.clone());
         }
-        let text = err.to_string();
         if !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
