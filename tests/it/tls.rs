@@ -432,15 +432,20 @@ async fn api_over_https_with_the_cli_trusting_the_ca_and_a_certificate_rotated_b
             "unix:///nonexistent/highway-tls-test.sock",
         )],
     );
-    let url = eventually("api.url written", Duration::from_secs(60), || {
-        let f = state.join("api.url");
-        async move {
-            std::fs::read_to_string(f)
-                .ok()
-                .map(|u| u.trim().to_string())
-                .filter(|u| !u.is_empty())
-        }
-    })
+    // `highway up` writes api.url, then the admin token.
+    let url = eventually(
+        "api.url and admin.token written",
+        Duration::from_secs(60),
+        || {
+            let (f, token) = (state.join("api.url"), state.join("admin.token"));
+            async move {
+                std::fs::read_to_string(f)
+                    .ok()
+                    .map(|u| u.trim().to_string())
+                    .filter(|u| !u.is_empty() && token.exists())
+            }
+        },
+    )
     .await;
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
 
