@@ -237,7 +237,10 @@ pub async fn run(
                     }),
                 opts: opts.gc.clone().unwrap_or_default(),
             });
+        let secrets_key = crate::docker::secret_store::SecretsKey::from_env()
+            .map_err(|e| anyhow::anyhow!("secrets store: {e}"))?;
         let state = AppState::new(health.clone(), pool.clone(), opts.api.clone())
+            .with_secrets(secrets_key)
             .with_gc(planner)
             .with_digests(digests.clone());
         let stop = stop.clone();

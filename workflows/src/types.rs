@@ -442,6 +442,17 @@ pub struct ActivityFilter {
     pub limit: Option<i64>,
 }
 
+/// What a retry request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOutcome {
+    /// It was failed, cancelled or timed out: it is `scheduled` again.
+    Requeued,
+    /// Its state changed between the read and the update (a concurrent retry, or it
+    /// was not in a retryable state): nothing changed.
+    Conflict,
+}
+
 /// What a cancellation request did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

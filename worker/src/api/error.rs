@@ -127,6 +127,7 @@ impl From<highway_workflows::Error> for ApiError {
             E::IdempotencyConflict { key } => Self::IdempotencyConflict(key),
             E::NotFound(_) => Self::NotFound("activity"),
             E::RunNotFound(_) => Self::NotFound("workflow run"),
+            E::NotRetryable(m) => Self::Conflict(m),
             E::WaitTimeout(_) => Self::Unavailable("activity result"),
             E::Database(db) => Self::db(db),
         }

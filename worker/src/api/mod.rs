@@ -7,7 +7,8 @@
 //! - [`auth`]: the `Caller` extractor (hashed bearer tokens, tenant or admin).
 //! - [`body`]: body size guard (413 before reading), JSON and query extractors (415,
 //!   422 naming unknown fields, 400 naming bad fields).
-//! - [`activities`], [`containers`], [`runs`], [`audit`], [`gc`]: the `/v1` resources.
+//! - [`activities`], [`containers`], [`runs`], [`audit`], [`gc`], [`schedules`],
+//!   [`workers`] (workers and queues), [`tokens`], [`secrets`]: the `/v1` resources.
 //! - [`docker_ready`]: `DockerReady` / `PostgresReady` guards (503 while a dependency is
 //!   down).
 //! - [`metrics`]: Prometheus text. [`openapi`]: the OpenAPI document.
@@ -28,7 +29,10 @@ pub mod metrics;
 pub mod openapi;
 pub mod runs;
 pub mod schedules;
+pub mod secrets;
 pub mod store;
+pub mod tokens;
+pub mod workers;
 
 use crate::config::api::ApiConfig;
 use crate::health::{Health, Status};
@@ -61,6 +65,8 @@ pub struct AppState {
     pub gc: Option<gc::GcPlanner>,
     /// Image digests of workflow cache keys, for runs started here.
     pub digests: crate::workflow::Digests,
+    /// The secrets store's key (`/v1/secrets` answers 503 without it).
+    pub secrets: Option<crate::docker::secret_store::SecretsKey>,
 }
 
 impl AppState {
@@ -73,7 +79,14 @@ impl AppState {
             log_listeners: Arc::new(Semaphore::new(MAX_LOG_LISTENERS)),
             gc: None,
             digests: Default::default(),
+            secrets: None,
         }
+    }
+
+    /// With the secrets store's key (`/v1/secrets`).
+    pub fn with_secrets(mut self, key: Option<crate::docker::secret_store::SecretsKey>) -> Self {
+        self.secrets = key;
+        self
     }
 
     /// With the garbage-collector planner (`GET /v1/gc/plan`).
@@ -98,6 +111,9 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::routes())
         .merge(schedules::routes())
         .merge(gc::routes())
+        .merge(workers::routes())
+        .merge(tokens::routes())
+        .merge(secrets::routes())
         // While Postgres is known to be down, answer 503 at once instead of waiting
         // for the pool's acquire timeout (R8).
         .route_layer(axum::middleware::from_fn_with_state(
