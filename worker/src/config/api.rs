@@ -9,21 +9,36 @@ pub struct ApiConfig {
     /// Largest accepted request body in bytes. Larger bodies are refused with 413 from
     /// their Content-Length, before any of it is read; bodies without a length are cut
     /// off at the limit while streaming.
-    #[arg(long, env = "HIGHWAY_API_BODY_LIMIT", default_value_t = 2 * 1024 * 1024)]
+    #[arg(help_heading = "HTTP", long, env = "HIGHWAY_API_BODY_LIMIT", default_value_t = 2 * 1024 * 1024)]
     pub api_body_limit: usize,
 
     /// Most activities a tenant may have waiting (`scheduled`) at once; 0 = no limit.
     /// An enqueue past it answers 429.
-    #[arg(long, env = "HIGHWAY_API_QUOTA_QUEUED", default_value_t = 10_000)]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "HIGHWAY_API_QUOTA_QUEUED",
+        default_value_t = 10_000
+    )]
     pub api_quota_queued: i64,
 
     /// Most containers (created or running) a tenant may have at once; 0 = no limit. A
     /// `tools.docker.*` enqueue past it answers 429.
-    #[arg(long, env = "HIGHWAY_API_QUOTA_CONTAINERS", default_value_t = 100)]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "HIGHWAY_API_QUOTA_CONTAINERS",
+        default_value_t = 100
+    )]
     pub api_quota_containers: i64,
 
     /// Most schedules a tenant may own; 0 = no limit. Creating one past it answers 429.
-    #[arg(long, env = "HIGHWAY_API_QUOTA_SCHEDULES", default_value_t = 1_000)]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "HIGHWAY_API_QUOTA_SCHEDULES",
+        default_value_t = 1_000
+    )]
     pub api_quota_schedules: i64,
 }
 
