@@ -13,6 +13,8 @@
 //! - `api_schedules`: `/v1/schedules` (tenancy, quota, 422s) and `highway schedules` over it.
 //! - `cron_cli`: `highway schedule preview EXPR --tz TZ -n N`, offline.
 //! - `cli_remote`: the CLI over the API (activities, audit, gc plan), zero-config token.
+//! - `cli_api`: every client command with only HIGHWAY_API_URL + HIGHWAY_TOKEN: exit
+//!   codes, older aliases, table against JSON, tokens, secrets, completions.
 //! - `workflow`: multi-step runs with files passed between steps.
 //! - `security_docker`: secrets never baked into commits, image listings per tenant,
 //!   symlink chains refused in outputs and inputs.
@@ -24,6 +26,7 @@
 mod api;
 mod api_schedules;
 mod artifacts_db;
+mod cli_api;
 mod cli_remote;
 mod cron_cli;
 mod docker_run;
