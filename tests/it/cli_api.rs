@@ -69,6 +69,15 @@ impl Operator {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
     }
 
+    /// Runs it and parses stdout as JSON lines (streams and `audit ls`).
+    fn json_lines(&self, token: &str, args: &[&str]) -> Vec<Value> {
+        let (code, out, err) = self.run(token, args);
+        assert_eq!(code, 0, "highway {args:?}\nstderr: {err}");
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{args:?}: {e}: {l}")))
+            .collect()
+    }
+
     fn with_stdin(&self, token: &str, args: &[&str], input: &str) -> (i32, String, String) {
         let mut child = self
             .command(token, args)
@@ -104,7 +113,9 @@ fn id_of(v: &Value) -> String {
 
 /// Activities end to end with exit codes 0/3/4/5, retry, the older aliases, and table
 /// against JSON output.
-#[tokio::test]
+// Multi-threaded: the CLI runs as a blocking child process while the in-process worker
+// must keep claiming on another thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn activity_commands_and_exit_codes_over_the_api_only() {
     let db = TestDb::new().await;
     let w = TestWorker::start(&db.pool, TestWorker::fast_options(2), |_| {});
@@ -369,7 +380,7 @@ async fn activity_commands_and_exit_codes_over_the_api_only() {
 }
 
 /// Runs: start (--wait, --follow, the older `runs start`), ls, show, logs, cancel.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_commands_over_the_api_only() {
     ensure_test_image();
     let db = TestDb::new().await;
@@ -627,8 +638,8 @@ async fn token_secret_and_completion_commands_over_the_api_only() {
         &["secret", "rm", "--tenant", "tenant-a", "db_password"],
     );
     assert!(rc == 1 && err.contains("404"), "{err}");
-    let audit = op.json(admin, &["audit", "ls", "--output", "json"], 0);
-    let text = audit.to_string();
+    let audit = op.json_lines(admin, &["audit", "ls", "--output", "json"]);
+    let text = Value::Array(audit).to_string();
     assert!(
         text.contains("secret.set") && text.contains("token.create"),
         "{text}"
