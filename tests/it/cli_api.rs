@@ -361,13 +361,8 @@ async fn activity_commands_and_exit_codes_over_the_api_only() {
     assert_eq!(rc, 0, "{err}");
 
     // audit ls sees the retry and the cancels.
-    let audit = op.json(admin, &["audit", "ls", "--output", "json"], 0);
-    let actions: Vec<&str> = audit
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|r| r["action"].as_str())
-        .collect();
+    let audit = op.json_lines(admin, &["audit", "ls", "--output", "json"]);
+    let actions: Vec<&str> = audit.iter().filter_map(|r| r["action"].as_str()).collect();
     assert!(
         actions.contains(&"activity.retry") && actions.contains(&"activity.cancel"),
         "{actions:?}"
@@ -501,6 +496,28 @@ async fn run_commands_over_the_api_only() {
     assert!(
         out.contains("[first] stdout | one") && out.contains("[second] stdout | two"),
         "{out}"
+    );
+
+    // container ls|show|logs: the steps' containers, tracked after their removal.
+    let containers = op.json(admin, &["container", "ls", "--output", "json"], 0);
+    let first = containers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["activity_id"] == show["steps"][0]["activity_id"])
+        .unwrap_or_else(|| panic!("{containers}"))
+        .clone();
+    let short = first["short_id"].as_str().unwrap();
+    let one = op.json(admin, &["container", "show", short, "--output", "json"], 0);
+    assert_eq!(one["container_id"], first["container_id"]);
+    let (rc, out, err) = op.run(admin, &["container", "logs", short]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.contains("stdout | one"), "{out}");
+    let (rc, table, _) = op.run(admin, &["container", "ls"]);
+    assert_eq!(rc, 0);
+    assert!(
+        table.starts_with("CONTAINER") && table.contains(short),
+        "{table}"
     );
 
     let (rc, out, err) = op.run(admin, &["run", "cancel", &parked_run]);
