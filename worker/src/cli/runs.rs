@@ -49,27 +49,7 @@ pub enum RunsCommand {
         json: bool,
     },
     /// List runs, newest first.
-    Ls {
-        #[command(flatten)]
-        remote: RemoteArgs,
-        /// running | succeeded | failed | cancelling | cancelled
-        #[arg(long)]
-        status: Option<String>,
-        /// Runs whose name starts with this.
-        #[arg(long)]
-        name: Option<String>,
-        /// Admin tokens only (a tenant token sees its own tenant).
-        #[arg(long)]
-        tenant: Option<String>,
-        /// Runs older than this run id (the `next` of the previous page).
-        #[arg(long)]
-        before: Option<uuid::Uuid>,
-        /// 1 to 1000.
-        #[arg(long, default_value_t = 50)]
-        limit: i64,
-        #[arg(long, hide = true)]
-        json: bool,
-    },
+    Ls(ListArgs),
     /// Print the log lines of a run's activities; `-f` follows until the run ends.
     Logs {
         #[command(flatten)]
@@ -96,6 +76,30 @@ pub enum RunsCommand {
         #[arg(long, hide = true)]
         json: bool,
     },
+}
+
+/// `run ls`.
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// running | succeeded | failed | cancelling | cancelled
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Runs whose name starts with this.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Admin tokens only (a tenant token sees its own tenant).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Runs older than this run id (the `next` of the previous page).
+    #[arg(long)]
+    pub before: Option<uuid::Uuid>,
+    /// 1 to 1000.
+    #[arg(long, default_value_t = 50)]
+    pub limit: i64,
+    #[arg(long, hide = true)]
+    pub json: bool,
 }
 
 pub async fn run(cmd: RunsCommand) -> anyhow::Result<ExitCode> {
@@ -139,92 +143,13 @@ pub async fn run(cmd: RunsCommand) -> anyhow::Result<ExitCode> {
             let deadline = timeout.map(|t| tokio::time::Instant::now() + t.0);
             follow_run(&api, &id, json, follow, deadline).await
         }
-        RunsCommand::Ls {
-            remote,
-            status,
-            name,
-            tenant,
-            before,
-            limit,
-            json,
-        } => {
-            if !(1..=1000).contains(&limit) {
-                bail!("--limit must be between 1 and 1000");
-            }
-            let api = Remote::new(&remote)?;
-            let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
-            for (k, v) in [
-                ("status", status),
-                ("name", name),
-                ("tenant", tenant),
-                ("before", before.map(|b| b.to_string())),
-            ] {
-                if let Some(v) = v {
-                    q.push((k, v));
-                }
-            }
-            let v = api.get_json("/v1/runs", &q).await?;
-            if output::json(json) {
-                println!("{}", text::json_for_terminal(&v, false));
-            } else {
-                let mut t =
-                    Table::new(&["ID", "NAME", "STATUS", "TENANT", "ACTIVITIES", "CREATED"]);
-                for r in v["items"].as_array().cloned().unwrap_or_default() {
-                    let acts = r["activities"]
-                        .as_object()
-                        .map(|m| {
-                            m.iter()
-                                .map(|(k, n)| format!("{}={n}", text::for_terminal(k)))
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        })
-                        .unwrap_or_default();
-                    t.row(vec![
-                        cell(&r["id"]),
-                        cell(&r["name"]),
-                        cell(&r["status"]),
-                        cell(&r["tenant_id"]),
-                        acts,
-                        cell_time(&r["created_at"]),
-                    ]);
-                }
-                t.print();
-                if let Some(n) = v["next"].as_str() {
-                    eprintln!("# more: --before {n}");
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        RunsCommand::Ls(a) => list(a).await,
         RunsCommand::Logs {
             remote,
             id,
             follow,
             json,
-        } => {
-            let api = Remote::new(&remote)?;
-            let json = output::json(json);
-            let mut seq: HashMap<String, i64> = HashMap::new();
-            let mut interval = Duration::from_millis(100);
-            loop {
-                let run = api.get_json(&format!("/v1/runs/{id}"), &[]).await?;
-                for (label, activity) in run_activities(&api, &id, &run).await? {
-                    print_new_logs(&api, &label, &activity, &mut seq, json).await?;
-                }
-                let status = run["status"].as_str().unwrap_or_default().to_string();
-                if !follow || matches!(status.as_str(), "succeeded" | "failed" | "cancelled") {
-                    // One more pass after the end catches lines written while it ended.
-                    if follow {
-                        for (label, activity) in run_activities(&api, &id, &run).await? {
-                            print_new_logs(&api, &label, &activity, &mut seq, json).await?;
-                        }
-                        return Ok(output::for_status(&status));
-                    }
-                    return Ok(ExitCode::SUCCESS);
-                }
-                tokio::time::sleep(interval).await;
-                interval = (interval * 2).min(Duration::from_secs(1));
-            }
-        }
+        } => logs(remote, &id, follow, json).await,
         RunsCommand::Show { remote, id, json } => {
             let json = output::json(json);
             let api = Remote::new(&remote)?;
@@ -249,6 +174,92 @@ pub async fn run(cmd: RunsCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `run ls`: one page of runs, newest first.
+async fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
+    let ListArgs {
+        remote,
+        status,
+        name,
+        tenant,
+        before,
+        limit,
+        json,
+    } = a;
+    if !(1..=1000).contains(&limit) {
+        bail!("--limit must be between 1 and 1000");
+    }
+    let api = Remote::new(&remote)?;
+    let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+    for (k, v) in [
+        ("status", status),
+        ("name", name),
+        ("tenant", tenant),
+        ("before", before.map(|b| b.to_string())),
+    ] {
+        if let Some(v) = v {
+            q.push((k, v));
+        }
+    }
+    let v = api.get_json("/v1/runs", &q).await?;
+    if output::json(json) {
+        println!("{}", text::json_for_terminal(&v, false));
+    } else {
+        let mut t = Table::new(&["ID", "NAME", "STATUS", "TENANT", "ACTIVITIES", "CREATED"]);
+        for r in v["items"].as_array().cloned().unwrap_or_default() {
+            let acts = r["activities"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, n)| format!("{}={n}", text::for_terminal(k)))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            t.row(vec![
+                cell(&r["id"]),
+                cell(&r["name"]),
+                cell(&r["status"]),
+                cell(&r["tenant_id"]),
+                acts,
+                cell_time(&r["created_at"]),
+            ]);
+        }
+        t.print();
+        if let Some(n) = v["next"].as_str() {
+            eprintln!("# more: --before {n}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `run logs`: the stored log lines of every activity of the run; with `follow`, new
+/// ones until the run ends (exit code: its outcome).
+async fn logs(remote: RemoteArgs, id: &str, follow: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let api = Remote::new(&remote)?;
+    let json = output::json(json);
+    let mut seq: HashMap<String, i64> = HashMap::new();
+    let mut interval = Duration::from_millis(100);
+    loop {
+        let run = api.get_json(&format!("/v1/runs/{id}"), &[]).await?;
+        for (label, activity) in run_activities(&api, id, &run).await? {
+            print_new_logs(&api, &label, &activity, &mut seq, json).await?;
+        }
+        let status = run["status"].as_str().unwrap_or_default().to_string();
+        if !follow || matches!(status.as_str(), "succeeded" | "failed" | "cancelled") {
+            // One more pass after the end catches lines written while it ended.
+            if follow {
+                for (label, activity) in run_activities(&api, id, &run).await? {
+                    print_new_logs(&api, &label, &activity, &mut seq, json).await?;
+                }
+                return Ok(output::for_status(&status));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(interval).await;
+        interval = (interval * 2).min(Duration::from_secs(1));
     }
 }
 
