@@ -8,6 +8,8 @@
 //! - `gc`: the garbage collector and the crash / pause / cut-off / cancel scenarios.
 //! - `many_hosts`: deployment identity and daemon-scoped ownership across two daemons.
 //! - `soft_deps`: Docker and Postgres outages through fault proxies.
+//! - `health_ready`: `/health/live` and `/health/ready` of a worker process while its
+//!   own Postgres cluster stops and its Docker socket refuses.
 //! - `scheduler`: durable cron: exactly-once fires, catch-up, overlap, DST.
 //! - `api`: the HTTP API: auth, tenancy, limits, log streams, CLI against `highway up`.
 //! - `api_schedules`: `/v1/schedules` (tenancy, quota, 422s) and `highway schedules` over it.
@@ -29,6 +31,7 @@ mod cron_cli;
 mod docker_run;
 mod docker_tools;
 mod gc;
+mod health_ready;
 mod many_hosts;
 mod process;
 mod queue;

@@ -144,7 +144,7 @@ pub async fn run(
     tracker.spawn(health::postgres_monitor(
         maint_pool.clone(),
         health.postgres.clone(),
-        Duration::from_secs(5),
+        health::POSTGRES_PROBE_INTERVAL,
         stop.clone(),
     ));
     // Durable cron: every worker runs a scheduler (no leader needed) on its own small
@@ -239,7 +239,14 @@ pub async fn run(
             });
         let state = AppState::new(health.clone(), pool.clone(), opts.api.clone())
             .with_gc(planner)
-            .with_digests(digests.clone());
+            .with_digests(digests.clone())
+            .with_docker_required(
+                docker_runtime.is_some()
+                    && opts
+                        .docker
+                        .as_ref()
+                        .is_some_and(|(cfg, _)| !cfg.availability.optional),
+            );
         let stop = stop.clone();
         tracker.spawn(async move {
             if let Err(e) = api::serve(listener, state, async move { stop.cancelled().await }).await

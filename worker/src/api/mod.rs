@@ -1,4 +1,5 @@
-//! The HTTP server (axum): `/health` and `/metrics` without auth, and the `/v1` API
+//! The HTTP server (axum): `/health`, `/health/live`, `/health/ready` and `/metrics`
+//! without auth, and the `/v1` API
 //! behind bearer tokens. One `IntoResponse` ([`error::ApiError`]) maps every failure to
 //! a status and a `{"error": {...}}` body, and leaks nothing internal.
 //!
@@ -61,6 +62,9 @@ pub struct AppState {
     pub gc: Option<gc::GcPlanner>,
     /// Image digests of workflow cache keys, for runs started here.
     pub digests: crate::workflow::Digests,
+    /// `/health/ready` needs Docker `up`: this process runs docker activities and was
+    /// started with `HIGHWAY_DOCKER_OPTIONAL=false`.
+    pub docker_required: bool,
 }
 
 impl AppState {
@@ -73,7 +77,14 @@ impl AppState {
             log_listeners: Arc::new(Semaphore::new(MAX_LOG_LISTENERS)),
             gc: None,
             digests: Default::default(),
+            docker_required: false,
         }
+    }
+
+    /// Whether `/health/ready` waits for Docker as well as Postgres.
+    pub fn with_docker_required(mut self, required: bool) -> Self {
+        self.docker_required = required;
+        self
     }
 
     /// With the garbage-collector planner (`GET /v1/gc/plan`).
@@ -108,6 +119,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { error::ApiError::NotFound("route") });
     Router::new()
         .route("/health", get(health))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
         .merge(metrics::routes())
         .merge(v1)
         // Layers run bottom-up: the declared length is checked first (413 before a
@@ -141,6 +154,25 @@ async fn health(State(st): State<AppState>) -> Response {
         })),
     )
         .into_response()
+}
+
+/// `/health/live`: 200 whenever the process answers at all (an orchestrator restarts
+/// it otherwise); dependencies do not matter here.
+async fn live() -> Response {
+    (StatusCode::OK, Json(json!({ "status": "live" }))).into_response()
+}
+
+/// `/health/ready`: 200 `{"status":"ready","failing":[]}` while Postgres is up (and
+/// Docker, when this process needs it); else 503 naming the failing dependencies, or
+/// `draining` once shutdown began. No versions, hostnames or connection strings.
+async fn ready(State(st): State<AppState>) -> Response {
+    let readiness = st.health.readiness(st.docker_required);
+    let code = if readiness.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(readiness)).into_response()
 }
 
 /// Serves until `shutdown` completes.

@@ -41,6 +41,8 @@ pub struct Op {
 /// Every operation the router serves.
 pub const OPS: &[Op] = &[
     Op { method: "get", path: "/health", summary: "Process and dependency status (no auth; no versions, hosts or URLs)", query: &[], body: None, answer: None, auth: false },
+    Op { method: "get", path: "/health/live", summary: "Liveness: 200 while the process serves (no auth)", query: &[], body: None, answer: Some("Liveness"), auth: false },
+    Op { method: "get", path: "/health/ready", summary: "Readiness: 200 while Postgres (and Docker, when this worker requires it) is up; 503 naming the failing dependencies, or while draining (no auth)", query: &[], body: None, answer: Some("Readiness"), auth: false },
     Op { method: "get", path: "/metrics", summary: "Prometheus metrics (text exposition)", query: &[], body: None, answer: None, auth: false },
     Op { method: "get", path: "/v1/openapi.json", summary: "This document", query: &[], body: None, answer: None, auth: false },
     Op { method: "post", path: "/v1/activities", summary: "Enqueue an activity (Idempotency-Key header: same key + same body = same activity, 200; different body = 409)", query: &[], body: Some("EnqueueRequest"), answer: Some("Activity"), auth: true },
@@ -134,6 +136,24 @@ pub struct Activity {
     pub created: Option<bool>,
 }
 
+/// The answer of `/health/live`.
+#[allow(dead_code)] // Only its schema is used.
+#[derive(JsonSchema)]
+pub struct Liveness {
+    /// Always `live`.
+    pub status: String,
+}
+
+/// Mirror of `health::Readiness`, the answer of `/health/ready` (200 and 503).
+#[allow(dead_code)] // Only its schema is used.
+#[derive(JsonSchema)]
+pub struct Readiness {
+    /// `ready`, `not_ready` or `draining`.
+    pub status: String,
+    /// The dependencies that are not up: `postgres`, `docker`.
+    pub failing: Vec<String>,
+}
+
 /// The error body of every failure.
 #[allow(dead_code)] // Only its schema is used.
 #[derive(JsonSchema)]
@@ -162,6 +182,8 @@ fn components() -> Map<String, Value> {
         ),
         ("Activity", g.subschema_for::<Activity>().to_value()),
         ("ErrorBody", g.subschema_for::<ErrorBody>().to_value()),
+        ("Liveness", g.subschema_for::<Liveness>().to_value()),
+        ("Readiness", g.subschema_for::<Readiness>().to_value()),
         (
             "Container",
             g.subschema_for::<store::Container>().to_value(),
@@ -278,6 +300,9 @@ fn build() -> Value {
                 responses[code] = err.clone();
             }
         }
+        if op.path == "/health/ready" {
+            responses["503"] = json!({"description": "not ready", "content": ok_content});
+        }
         if ADMIN_ONLY.contains(&op.path) {
             responses["403"] = err.clone();
         }
@@ -376,6 +401,9 @@ mod tests {
         .keys()
         .cloned()
         .collect();
+        let ready = serde_json::to_value(crate::health::Health::default().readiness(true)).unwrap();
+        let ready: BTreeSet<String> = ready.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(schema_props("Readiness"), ready);
         let mut mirror = schema_props("Activity");
         mirror.remove("created");
         assert_eq!(mirror, act.into_iter().collect());

@@ -8,6 +8,7 @@ pub mod bench_docker;
 pub mod bench_reap;
 pub mod containers;
 pub mod gc;
+pub mod health;
 pub mod logs;
 pub mod progress;
 pub mod remote;
@@ -136,6 +137,9 @@ pub enum Command {
     /// backfill, preview, fires.
     #[command(subcommand, visible_alias = "schedule")]
     Schedules(schedules::SchedulesCommand),
+    /// Ask a running server's /health/live (or /health/ready with --ready); exit 0 on a
+    /// 200, 1 otherwise (the image's HEALTHCHECK).
+    Health(health::HealthArgs),
     /// Run only the cron scheduler (any number may run at once; no leader).
     Scheduler {
         #[command(flatten)]
@@ -416,6 +420,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Scheduler { scheduler } => {
             crate::scheduler::run_standalone(&cli.db, &scheduler).await
         }
+        Command::Health(args) => health::run(args).await,
     }
 }
 
