@@ -221,9 +221,10 @@ async fn optional_docker_down_keeps_the_worker_ready() {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    eventually("docker down in /health", START, || async {
+    eventually("docker down and postgres up in /health", START, || async {
         let (_, h) = get(&http, port, "/health").await?;
-        (h["dependencies"]["docker"]["status"] == "down").then_some(())
+        let deps = &h["dependencies"];
+        (deps["docker"]["status"] == "down" && deps["postgres"]["status"] == "up").then_some(())
     })
     .await;
     let (status, body) = get(&http, port, "/health/ready").await.expect("answers");
