@@ -233,3 +233,28 @@ pub async fn postgres_monitor(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_needs_postgres_up_and_docker_only_where_required() {
+        let h = Health::default();
+        // Nothing probed yet: not ready.
+        assert_eq!(h.readiness(false).failing, vec![POSTGRES]);
+        h.postgres.success();
+        h.docker.failure("connection refused".into(), None);
+        assert!(h.readiness(false).is_ready(), "optional docker down");
+        let r = h.readiness(true);
+        assert_eq!((r.status, r.failing), ("not_ready", vec![DOCKER]));
+        h.docker.success();
+        h.postgres.failure("io: connection refused".into(), None);
+        assert_eq!(h.readiness(true).failing, vec![POSTGRES]);
+        h.postgres.success();
+        assert!(h.readiness(true).is_ready());
+        h.draining.cancel();
+        let r = h.readiness(true);
+        assert_eq!((r.status, r.failing.len()), ("draining", 0));
+    }
+}
