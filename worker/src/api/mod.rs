@@ -1,7 +1,7 @@
 //! The HTTP server (axum): `/health`, `/health/live`, `/health/ready` and `/metrics`
-//! without auth, and the `/v1` API
-//! behind bearer tokens. One `IntoResponse` ([`error::ApiError`]) maps every failure to
-//! a status and a `{"error": {...}}` body, and leaks nothing internal.
+//! without auth, and the `/v1` API behind bearer tokens. One `IntoResponse`
+//! ([`error::ApiError`]) maps every failure to a status and a `{"error": {...}}` body,
+//! and leaks nothing internal.
 //!
 //! # Layout
 //! - [`error`]: `ApiError` and its response mapping.
