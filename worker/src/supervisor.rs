@@ -237,7 +237,13 @@ pub async fn run(
                     }),
                 opts: opts.gc.clone().unwrap_or_default(),
             });
+        let policy = opts
+            .docker
+            .as_ref()
+            .map(|(cfg, _)| cfg.policy.clone())
+            .unwrap_or_default();
         let state = AppState::new(health.clone(), pool.clone(), opts.api.clone())
+            .with_docker_policy(policy)
             .with_gc(planner)
             .with_digests(digests.clone());
         let stop = stop.clone();

@@ -12,11 +12,13 @@
 //!   down).
 //! - [`metrics`]: Prometheus text. [`openapi`]: the OpenAPI document.
 //! - [`store`]: the API's own SQL (tokens, quotas, reads).
+//! - [`admission`]: `tools.docker.*` params judged at the door (422 naming the path).
 //!
 //! Architecture Invariant: handlers never format a database error into a response;
 //! they return `ApiError`, whose `Internal` variant is only logged.
 
 pub mod activities;
+pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod body;
@@ -31,6 +33,7 @@ pub mod schedules;
 pub mod store;
 
 use crate::config::api::ApiConfig;
+use crate::config::docker::SecurityPolicy;
 use crate::health::{Health, Status};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -61,6 +64,10 @@ pub struct AppState {
     pub gc: Option<gc::GcPlanner>,
     /// Image digests of workflow cache keys, for runs started here.
     pub digests: crate::workflow::Digests,
+    /// The Docker policy `tools.docker.*` params are admitted against before they are
+    /// stored: this process's `--docker-*` / `HIGHWAY_DOCKER_*` settings, the same ones
+    /// its worker uses (secure defaults in a process without Docker settings).
+    pub docker_policy: Arc<SecurityPolicy>,
 }
 
 impl AppState {
@@ -73,7 +80,14 @@ impl AppState {
             log_listeners: Arc::new(Semaphore::new(MAX_LOG_LISTENERS)),
             gc: None,
             digests: Default::default(),
+            docker_policy: Arc::default(),
         }
+    }
+
+    /// With the Docker policy the door admits params against.
+    pub fn with_docker_policy(mut self, policy: SecurityPolicy) -> Self {
+        self.docker_policy = Arc::new(policy);
+        self
     }
 
     /// With the garbage-collector planner (`GET /v1/gc/plan`).
