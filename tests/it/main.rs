@@ -20,6 +20,8 @@
 //!   duplicate keys), escaped CLI log lines, the OpenAPI document against the server.
 //! - `door`: `tools.docker.*` params judged at the API's door (syntax and policy, 422
 //!   naming the JSON path, nothing stored) for activities, run steps and schedules.
+//! - `metrics`: `/metrics` of a real `highway up` after a docker run and a noop, parsed
+//!   as Prometheus text (types, names, histograms, label allow-list).
 //! - `artifacts_db`: artifacts stored in Postgres across hosts, corruption, the fs store;
 //!   the snapshot cache per Docker daemon.
 
@@ -33,6 +35,7 @@ mod docker_tools;
 mod door;
 mod gc;
 mod many_hosts;
+mod metrics;
 mod process;
 mod queue;
 mod scheduler;

@@ -65,7 +65,7 @@ pub struct AppState {
     /// Image digests of workflow cache keys, for runs started here.
     pub digests: crate::workflow::Digests,
     /// The Docker policy `tools.docker.*` params are admitted against before they are
-    /// stored: this process's `--docker-*` / `HIGHWAY_DOCKER_*` settings, the same ones
+    /// stored: this process's Docker policy settings (`HIGHWAY_DOCKER_*`), the same ones
     /// its worker uses (secure defaults in a process without Docker settings).
     pub docker_policy: Arc<SecurityPolicy>,
 }
@@ -124,6 +124,8 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .merge(metrics::routes())
         .merge(v1)
+        // Every matched route is timed under its template, never its raw path.
+        .route_layer(axum::middleware::from_fn(crate::metrics::track_http))
         // Layers run bottom-up: the declared length is checked first (413 before a
         // byte is read), then bodies without a length are capped while streaming.
         .layer(DefaultBodyLimit::max(limit))

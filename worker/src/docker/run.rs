@@ -494,6 +494,7 @@ impl Attempt<'_> {
             .await
             .map_err(|e| docker_error("StartFailed", e, &self.redactor()))?;
         let started = Instant::now();
+        let _running = crate::metrics::container_started();
         self.tracked(tracking::mark_running(&rt.pool, &id)).await?;
         sys.system("highway: container started");
         if rt.settings.failpoint == Some(Failpoint::PanicAfterStart) {
