@@ -20,6 +20,10 @@
 //!   symlink chains refused in outputs and inputs.
 //! - `security_api`: what the door refuses (cross-tenant run ids, NUL, lone surrogates,
 //!   duplicate keys), escaped CLI log lines, the OpenAPI document against the server.
+//! - `door`: `tools.docker.*` params judged at the API's door (syntax and policy, 422
+//!   naming the JSON path, nothing stored) for activities, run steps and schedules.
+//! - `metrics`: `/metrics` of a real `highway up` after a docker run and a noop, parsed
+//!   as Prometheus text (types, names, histograms, label allow-list).
 //! - `artifacts_db`: artifacts stored in Postgres across hosts, corruption, the fs store;
 //!   the snapshot cache per Docker daemon.
 
@@ -30,9 +34,11 @@ mod cli_remote;
 mod cron_cli;
 mod docker_run;
 mod docker_tools;
+mod door;
 mod gc;
 mod health_ready;
 mod many_hosts;
+mod metrics;
 mod process;
 mod queue;
 mod scheduler;

@@ -115,6 +115,12 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> anyhow::Result<WorkerSummary> {
     opts.api.validate()?;
+    // One recorder per process; queue names become labels only when allow-listed.
+    crate::metrics::install();
+    crate::metrics::allow_labels(opts.api.metrics_label_allowlist.iter().cloned());
+    if let Some(w) = &opts.worker {
+        crate::metrics::allow_labels(w.queues.iter().cloned());
+    }
     let pool = db::lazy_pool(&opts.database_url, &opts.pool)?;
     let maint_pool = db::lazy_pool(
         &opts.database_url,
@@ -237,7 +243,13 @@ pub async fn run(
                     }),
                 opts: opts.gc.clone().unwrap_or_default(),
             });
+        let policy = opts
+            .docker
+            .as_ref()
+            .map(|(cfg, _)| cfg.policy.clone())
+            .unwrap_or_default();
         let state = AppState::new(health.clone(), pool.clone(), opts.api.clone())
+            .with_docker_policy(policy)
             .with_gc(planner)
             .with_digests(digests.clone())
             .with_docker_required(
@@ -247,6 +259,11 @@ pub async fn run(
                         .as_ref()
                         .is_some_and(|(cfg, _)| !cfg.availability.optional),
             );
+        // Queue depth and the oldest wait: one reader per serving process, not per scrape.
+        tracker.spawn(
+            crate::queue::stats::QueueStats::new(maint_pool.clone(), opts.api.metrics_interval.0)
+                .run(stop.clone()),
+        );
         let stop = stop.clone();
         tracker.spawn(async move {
             if let Err(e) = api::serve(listener, state, async move { stop.cancelled().await }).await

@@ -13,11 +13,13 @@
 //!   down).
 //! - [`metrics`]: Prometheus text. [`openapi`]: the OpenAPI document.
 //! - [`store`]: the API's own SQL (tokens, quotas, reads).
+//! - [`admission`]: `tools.docker.*` params judged at the door (422 naming the path).
 //!
 //! Architecture Invariant: handlers never format a database error into a response;
 //! they return `ApiError`, whose `Internal` variant is only logged.
 
 pub mod activities;
+pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod body;
@@ -32,6 +34,7 @@ pub mod schedules;
 pub mod store;
 
 use crate::config::api::ApiConfig;
+use crate::config::docker::SecurityPolicy;
 use crate::health::{Health, Status};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -65,6 +68,10 @@ pub struct AppState {
     /// `/health/ready` needs Docker `up`: this process runs docker activities and was
     /// started with `HIGHWAY_DOCKER_OPTIONAL=false`.
     pub docker_required: bool,
+    /// The Docker policy `tools.docker.*` params are admitted against before they are
+    /// stored: this process's Docker policy settings (`HIGHWAY_DOCKER_*`), the same ones
+    /// its worker uses (secure defaults in a process without Docker settings).
+    pub docker_policy: Arc<SecurityPolicy>,
 }
 
 impl AppState {
@@ -78,7 +85,14 @@ impl AppState {
             gc: None,
             digests: Default::default(),
             docker_required: false,
+            docker_policy: Arc::default(),
         }
+    }
+
+    /// With the Docker policy the door admits params against.
+    pub fn with_docker_policy(mut self, policy: SecurityPolicy) -> Self {
+        self.docker_policy = Arc::new(policy);
+        self
     }
 
     /// Whether `/health/ready` waits for Docker as well as Postgres.
@@ -123,6 +137,8 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(ready))
         .merge(metrics::routes())
         .merge(v1)
+        // Every matched route is timed under its template, never its raw path.
+        .route_layer(axum::middleware::from_fn(crate::metrics::track_http))
         // Layers run bottom-up: the declared length is checked first (413 before a
         // byte is read), then bodies without a length are capped while streaming.
         .layer(DefaultBodyLimit::max(limit))

@@ -320,6 +320,7 @@ impl DockerClient {
         Fut: Future<Output = std::result::Result<T, bollard::errors::Error>>,
     {
         let obs = self.admit(op)?;
+        let started = Instant::now();
         let res = match self.connect(op) {
             Err(e) => Err(e),
             Ok(docker) => match tokio::time::timeout(timeout, f(docker)).await {
@@ -332,6 +333,7 @@ impl DockerClient {
             },
         };
         Self::record(&obs, op, &res);
+        crate::metrics::docker_call(op, started.elapsed(), res.is_ok());
         res
     }
 
@@ -454,14 +456,17 @@ impl DockerClient {
         let obs = self.admit("pull_image")?;
         let docker = self.connect_observed("pull_image", &obs)?;
         let mut stream = docker.create_image(Some(opts), None, None).boxed();
-        let deadline = Instant::now() + self.inner.settings.pull_timeout;
+        let started = Instant::now();
+        let deadline = started + self.inner.settings.pull_timeout;
         let idle = self.inner.settings.stream_idle_timeout;
         while let Some(info) = self
             .stream_next("pull_image", &mut stream, idle, deadline)
-            .await?
+            .await
+            .inspect_err(|_| crate::metrics::docker_pull(started.elapsed(), false))?
         {
             progress(&info);
         }
+        crate::metrics::docker_pull(started.elapsed(), true);
         Self::record(&obs, "pull_image", &Ok(()));
         Ok(())
     }

@@ -7,7 +7,8 @@
 //! - [`monitor`]: the daemon status monitor (probes with backoff, `/health`, readiness)
 //!   and [`breaker`], the circuit breaker it shares with every call.
 //! - [`deployment`]: whose container is this (deployment name + database identity).
-//! - [`policy`]: the operator's security policy (what tenants may ask for).
+//! - [`policy`]: the operator's security policy (what tenants may ask for); [`door`]:
+//!   the admission of params (syntax, then policy) that the API and the worker share.
 //! - [`spec`]: validated params → the Engine API create body, labels, container name.
 //! - [`run`]: the `tools.docker.run` handler (the whole lifecycle, cleanup on every path).
 //! - [`runtime`]: [`DockerRuntime`], what the handlers share.
@@ -31,6 +32,7 @@ pub mod artifacts;
 pub mod breaker;
 pub mod client;
 pub mod deployment;
+pub mod door;
 pub mod gc;
 pub mod gc_store;
 pub mod logs;

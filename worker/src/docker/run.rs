@@ -26,9 +26,9 @@
 use crate::docker::artifacts::{self, Producer};
 use crate::docker::client::{self, Removed, WaitExit};
 use crate::docker::deployment::Ownership;
+use crate::docker::door::{self, Refused};
 use crate::docker::gc;
 use crate::docker::logs::{self, LogSender, Reader};
-use crate::docker::policy;
 use crate::docker::runtime::{DockerRuntime, Failpoint};
 use crate::docker::secrets::{Redactor, SecretError, SecretValue};
 use crate::docker::spec::{self, labels, RunIdentity};
@@ -39,7 +39,7 @@ use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use highway_workflows::docker::{
     error_code, ArtifactRef, DockerRunParams, DockerRunResult, EnvValue, InputSource, PullPolicy,
-    RunStatus,
+    RunStatus, KIND,
 };
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -265,17 +265,23 @@ impl Attempt<'_> {
 
     /// Validation, policy and secret resolution: pure refusals before any side effect.
     async fn prepare(&self, raw: &Value) -> Result<Prepared, HandlerError> {
-        let params = DockerRunParams::from_json(raw).map_err(|e| {
-            HandlerError::invalid_params(format!("`{}`: {}", e.field, e.reason))
-                .with_details(json!({"code": error_code(&e), "field": e.field}))
+        // The same admission as the API's door, against this worker's policy.
+        let admitted = door::admit(KIND, raw, &self.rt.config.policy).map_err(|r| match r {
+            Refused::Invalid(e) => {
+                HandlerError::invalid_params(format!("`{}`: {}", e.field, e.reason))
+                    .with_details(json!({"code": error_code(&e), "field": e.field}))
+            }
+            Refused::Policy(e) => HandlerError::non_retryable("PolicyViolation", e.to_string())
+                .with_details(json!({
+                    "code": e.code(),
+                    "refusal": e.refusal.as_str(),
+                    "field": e.field,
+                })),
         })?;
-        let warnings = policy::check(&params, &self.rt.config.policy).map_err(|e| {
-            HandlerError::non_retryable("PolicyViolation", e.to_string()).with_details(json!({
-                "code": e.code(),
-                "refusal": e.refusal.as_str(),
-                "field": e.field,
-            }))
-        })?;
+        let warnings = admitted.warnings;
+        let params = admitted
+            .run
+            .ok_or_else(|| HandlerError::invalid_params("params of another kind"))?;
         let image = params
             .image_ref()
             .map(|r| r.to_string())
@@ -488,6 +494,7 @@ impl Attempt<'_> {
             .await
             .map_err(|e| docker_error("StartFailed", e, &self.redactor()))?;
         let started = Instant::now();
+        let _running = crate::metrics::container_started();
         self.tracked(tracking::mark_running(&rt.pool, &id)).await?;
         sys.system("highway: container started");
         if rt.settings.failpoint == Some(Failpoint::PanicAfterStart) {
