@@ -12,6 +12,8 @@
 //! response head (F2, trap 4) and defaults to 120 s (R13). So bollard's own timeout is
 //! set high as a backstop, and each operation gets a `tokio::time::timeout` sized to it.
 
+use crate::docker::registry_auth::RegistryCredentials;
+use bollard::auth::DockerCredentials;
 use bollard::container::{AttachContainerResults, LogOutput};
 use bollard::models::{
     ContainerCreateBody, ContainerCreateResponse, ContainerInspectResponse, ContainerSummary,
@@ -64,6 +66,10 @@ pub enum Error {
     /// The circuit breaker refused the call without trying it.
     #[error("docker {op} not attempted: {reason}")]
     Rejected { op: &'static str, reason: String },
+    /// A registry refused a pull for want of (valid) credentials. The daemon answered,
+    /// so this is not a daemon failure, and retrying cannot help.
+    #[error("docker {op}: the registry refused access (unauthorized): {message}")]
+    Unauthorized { op: &'static str, message: String },
 }
 
 impl Error {
@@ -91,7 +97,8 @@ impl Error {
             | Error::NotFound { message, .. }
             | Error::Conflict { message, .. }
             | Error::Api { message, .. }
-            | Error::Stream { message, .. } => message,
+            | Error::Stream { message, .. }
+            | Error::Unauthorized { message, .. } => message,
             Error::Rejected { reason, .. } => reason,
             Error::Timeout { .. } => "timed out",
         }
@@ -440,29 +447,52 @@ impl DockerClient {
     }
 
     /// Pulls `reference` (always with a tag or digest, trap 23), consuming the whole
-    /// progress stream; `progress` sees each item (for heartbeat details).
+    /// progress stream; `progress` sees each item (for heartbeat details). `auth` goes
+    /// to the daemon as `X-Registry-Auth` (bollard never logs that header). A refusal
+    /// for want of credentials is [`Error::Unauthorized`], never a daemon failure.
     pub async fn pull_image(
         &self,
         reference: &str,
+        auth: Option<&RegistryCredentials>,
         mut progress: impl FnMut(&CreateImageInfo) + Send,
     ) -> Result<()> {
+        let op = "pull_image";
         let (name, tag) = split_reference(reference);
         let opts = CreateImageOptionsBuilder::default()
             .from_image(&name)
             .tag(&tag)
             .build();
-        let obs = self.admit("pull_image")?;
-        let docker = self.connect_observed("pull_image", &obs)?;
-        let mut stream = docker.create_image(Some(opts), None, None).boxed();
+        let obs = self.admit(op)?;
+        let docker = self.connect_observed(op, &obs)?;
+        let credentials = auth.map(|a| DockerCredentials {
+            username: a.username.clone(),
+            password: a.password.as_ref().map(|p| p.expose().to_string()),
+            identitytoken: a.identity_token.as_ref().map(|t| t.expose().to_string()),
+            serveraddress: Some(a.server.clone()),
+            ..Default::default()
+        });
+        let mut stream = docker.create_image(Some(opts), None, credentials).boxed();
         let deadline = Instant::now() + self.inner.settings.pull_timeout;
         let idle = self.inner.settings.stream_idle_timeout;
-        while let Some(info) = self
-            .stream_next("pull_image", &mut stream, idle, deadline)
-            .await?
-        {
-            progress(&info);
+        let now = Instant::now();
+        let mut budget = idle.min(deadline.saturating_duration_since(now));
+        loop {
+            let item = match tokio::time::timeout(budget, stream.next()).await {
+                Err(_) => Err(Error::Timeout { op, after: budget }),
+                Ok(None) => break,
+                Ok(Some(Ok(v))) => Ok(v),
+                Ok(Some(Err(e))) => Err(pull_refusal(Error::from_bollard(op, e))),
+            };
+            match item {
+                Ok(info) => progress(&info),
+                Err(e) => {
+                    Self::record(&obs, op, &Err::<(), _>(e.clone()));
+                    return Err(e);
+                }
+            }
+            budget = idle.min(deadline.saturating_duration_since(Instant::now()));
         }
-        Self::record(&obs, "pull_image", &Ok(()));
+        Self::record(&obs, op, &Ok(()));
         Ok(())
     }
 
@@ -752,6 +782,38 @@ impl DockerClient {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A pull error that says the registry refused access becomes [`Error::Unauthorized`].
+/// The daemon reports these as a 500 with the registry's words: `unauthorized`,
+/// `authentication required`, `no basic auth credentials`, `denied`. A registry on a
+/// loopback or otherwise insecure address adds a twist: after HTTPS answered 401 the
+/// daemon retries over plain HTTP, and reports that attempt instead ("Client sent an
+/// HTTP request to an HTTPS server"), which a registry serving HTTPS only answers
+/// whatever the credentials; the HTTPS attempt's refusal is what stands.
+fn pull_refusal(e: Error) -> Error {
+    let (op, message) = match &e {
+        Error::Api { op, message, .. } | Error::Stream { op, message } => (*op, message),
+        _ => return e,
+    };
+    let lower = message.to_ascii_lowercase();
+    let refused = [
+        "unauthorized",
+        "authentication required",
+        "no basic auth credentials",
+        "denied",
+        "client sent an http request to an https server",
+    ]
+    .iter()
+    .any(|p| lower.contains(p));
+    if refused {
+        Error::Unauthorized {
+            op,
+            message: message.clone(),
+        }
+    } else {
+        e
+    }
 }
 
 /// Splits `name[:tag][@digest]` into the `fromImage` and `tag` parameters of a pull.

@@ -29,6 +29,8 @@ use crate::docker::deployment::Ownership;
 use crate::docker::gc;
 use crate::docker::logs::{self, LogSender, Reader};
 use crate::docker::policy;
+use crate::docker::registry_auth::{refusal_text, RegistryCredentials};
+use crate::docker::registry_store::LookupError;
 use crate::docker::runtime::{DockerRuntime, Failpoint};
 use crate::docker::secrets::{Redactor, SecretError, SecretValue};
 use crate::docker::spec::{self, labels, RunIdentity};
@@ -725,6 +727,12 @@ impl Attempt<'_> {
             (PullPolicy::Never, true) | (PullPolicy::IfNotPresent, true) => return Ok(()),
             _ => {}
         }
+        let creds = self
+            .rt
+            .registries
+            .for_image(&self.ctx.tenant_id, image)
+            .await
+            .map_err(registry_lookup_error)?;
         sys.system(format!("highway: pulling image {image}"));
         self.ctx
             .record_heartbeat(json!({"phase": "pulling", "image": image}));
@@ -732,7 +740,7 @@ impl Attempt<'_> {
         let mut last_beat = std::time::Instant::now();
         let mut items: u64 = 0;
         let image_owned = image.to_string();
-        let pull = client.pull_image(image, |info| {
+        let pull = client.pull_image(image, creds.as_ref(), |info| {
             items += 1;
             // Heartbeat details carry the latest progress, at most once a second.
             if last_beat.elapsed() >= Duration::from_secs(1) {
@@ -758,7 +766,7 @@ impl Attempt<'_> {
                 let msg = self.redactor().redact(&e.to_string());
                 self.audit("image.pull", Some(image), "failed", json!({"error": msg}))
                     .await;
-                return Err(pull_error(image, e, &msg));
+                return Err(pull_error(image, e, &msg, creds.as_ref()));
             }
         }
         match client.inspect_image(image).await {
@@ -1648,7 +1656,17 @@ fn docker_error(step_type: &str, e: client::Error, redactor: &Redactor) -> Handl
 
 /// A pull that the registry refused for good (unknown image, no access) is not retried;
 /// an unreachable registry or a stalled stream is.
-fn pull_error(image: &str, e: client::Error, msg: &str) -> HandlerError {
+/// A registry's refusal (unauthorized) is not retried either: it fails once, saying
+/// whether credentials were sent, so a missing login never becomes a retry storm.
+fn pull_error(
+    image: &str,
+    e: client::Error,
+    msg: &str,
+    creds: Option<&RegistryCredentials>,
+) -> HandlerError {
+    if let client::Error::Unauthorized { .. } = e {
+        return HandlerError::non_retryable("ImagePullFailed", refusal_text(image, creds, msg));
+    }
     let lower = msg.to_lowercase();
     let permanent = matches!(e, client::Error::NotFound { .. })
         || [
@@ -1667,6 +1685,21 @@ fn pull_error(image: &str, e: client::Error, msg: &str) -> HandlerError {
         }
         _ if permanent => HandlerError::non_retryable("ImagePullFailed", text),
         _ => HandlerError::retryable("ImagePullFailed", text),
+    }
+}
+
+/// The registry credentials of a pull could not be looked up: Postgres down is an
+/// infrastructure failure (retried, uncounted); a row this key cannot open is the
+/// operator's to fix (not retried).
+pub(crate) fn registry_lookup_error(e: LookupError) -> HandlerError {
+    match e {
+        LookupError::Db(e) => HandlerError::infrastructure(
+            "DatabaseUnavailable",
+            format!("registry credentials: {e}"),
+        ),
+        e @ LookupError::Undecryptable(_) => {
+            HandlerError::non_retryable("ImagePullFailed", e.to_string())
+        }
     }
 }
 
