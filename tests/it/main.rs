@@ -18,6 +18,8 @@
 //!   symlink chains refused in outputs and inputs.
 //! - `security_api`: what the door refuses (cross-tenant run ids, NUL, lone surrogates,
 //!   duplicate keys), escaped CLI log lines, the OpenAPI document against the server.
+//! - `registry`: private registries (htpasswd + TLS): stored and `config.json`
+//!   credentials, one unauthorized failure without them, the credentials canary.
 //! - `artifacts_db`: artifacts stored in Postgres across hosts, corruption, the fs store;
 //!   the snapshot cache per Docker daemon.
 
@@ -32,6 +34,7 @@ mod gc;
 mod many_hosts;
 mod process;
 mod queue;
+mod registry;
 mod scheduler;
 mod security_api;
 mod security_docker;
