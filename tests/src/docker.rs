@@ -462,8 +462,9 @@ impl LocalRegistry {
         cfg.join("config.json")
     }
 
-    /// Pulls that reached the registry: each begins with one `GET /v2/` (the version
-    /// check that brings the auth challenge); 0 for a registry started without a log.
+    /// Sessions of the daemon with the registry: each pull (or manifest inspect) begins
+    /// with one `GET /v2/` (the version check that brings the auth challenge); 0 for a
+    /// registry started without a log.
     pub fn pulls(&self) -> usize {
         self.log()
             .lines()

@@ -464,13 +464,7 @@ impl DockerClient {
             .build();
         let obs = self.admit(op)?;
         let docker = self.connect_observed(op, &obs)?;
-        let credentials = auth.map(|a| DockerCredentials {
-            username: a.username.clone(),
-            password: a.password.as_ref().map(|p| p.expose().to_string()),
-            identitytoken: a.identity_token.as_ref().map(|t| t.expose().to_string()),
-            serveraddress: Some(a.server.clone()),
-            ..Default::default()
-        });
+        let credentials = auth.map(docker_credentials);
         let mut stream = docker.create_image(Some(opts), None, credentials).boxed();
         let deadline = Instant::now() + self.inner.settings.pull_timeout;
         let idle = self.inner.settings.stream_idle_timeout;
@@ -486,6 +480,12 @@ impl DockerClient {
             match item {
                 Ok(info) => progress(&info),
                 Err(e) => {
+                    let e = match e {
+                        Error::Api { .. } | Error::Stream { .. } => {
+                            self.diagnose_pull(reference, auth, e).await
+                        }
+                        other => other,
+                    };
                     Self::record(&obs, op, &Err::<(), _>(e.clone()));
                     return Err(e);
                 }
@@ -494,6 +494,39 @@ impl DockerClient {
         }
         Self::record(&obs, op, &Ok(()));
         Ok(())
+    }
+
+    /// A pull the daemon failed for an unclear reason: when a registry refuses a pull
+    /// for want of credentials over HTTPS, a daemon that may also use plain HTTP for it
+    /// (loopback and other insecure registries) tries that next and reports only that
+    /// attempt's failure (a reset, "HTTP request to an HTTPS server"), and the retry
+    /// would do the same. One manifest inspect with the same credentials, which does not
+    /// fall back, tells a refusal apart: then the pull fails as
+    /// [`Error::Unauthorized`] with the inspect's words; otherwise the pull's error stands.
+    async fn diagnose_pull(
+        &self,
+        reference: &str,
+        auth: Option<&RegistryCredentials>,
+        pull_error: Error,
+    ) -> Error {
+        let t = self.inner.settings.call_timeout;
+        let r = reference.to_string();
+        let credentials = auth.map(docker_credentials);
+        match self
+            .call("inspect_distribution", t, |d| async move {
+                d.inspect_registry_image(&r, credentials).await
+            })
+            .await
+        {
+            Err(e) => match pull_refusal(e) {
+                Error::Unauthorized { message, .. } => Error::Unauthorized {
+                    op: "pull_image",
+                    message,
+                },
+                _ => pull_error,
+            },
+            Ok(_) => pull_error,
+        }
     }
 
     // ---------------------------------------------------------------- containers
@@ -784,13 +817,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The Engine API's form of our credentials (sent as `X-Registry-Auth`).
+fn docker_credentials(a: &RegistryCredentials) -> DockerCredentials {
+    DockerCredentials {
+        username: a.username.clone(),
+        password: a.password.as_ref().map(|p| p.expose().to_string()),
+        identitytoken: a.identity_token.as_ref().map(|t| t.expose().to_string()),
+        serveraddress: Some(a.server.clone()),
+        ..Default::default()
+    }
+}
+
 /// A pull error that says the registry refused access becomes [`Error::Unauthorized`].
 /// The daemon reports these as a 500 with the registry's words: `unauthorized`,
-/// `authentication required`, `no basic auth credentials`, `denied`. A registry on a
-/// loopback or otherwise insecure address adds a twist: after HTTPS answered 401 the
-/// daemon retries over plain HTTP, and reports that attempt instead ("Client sent an
-/// HTTP request to an HTTPS server"), which a registry serving HTTPS only answers
-/// whatever the credentials; the HTTPS attempt's refusal is what stands.
+/// `authentication required`, `no basic auth credentials`, `denied`.
 fn pull_refusal(e: Error) -> Error {
     let (op, message) = match &e {
         Error::Api { op, message, .. } | Error::Stream { op, message } => (*op, message),
@@ -802,7 +842,6 @@ fn pull_refusal(e: Error) -> Error {
         "authentication required",
         "no basic auth credentials",
         "denied",
-        "client sent an http request to an https server",
     ]
     .iter()
     .any(|p| lower.contains(p));
