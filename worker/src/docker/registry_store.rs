@@ -5,8 +5,9 @@
 //! [`RegistryAuth`], the lookup every pull makes: the tenant's entry, then the global
 //! one, then the `--docker-config` file.
 //!
-//! Owns: all SQL on `highway.registry_credentials`, and the audit rows of its changes
-//! (`registry.add`, `registry.rm`, written in the same transaction as the change).
+//! Owns: all SQL on `highway.registry_credentials`, the audit rows of its changes
+//! (`registry.add`, `registry.rm`, written in the same transaction as the change), and
+//! how a failed lookup fails a pull.
 //! Must not: log, return or format a password: it enters as a [`SecretValue`] and leaves
 //! only inside [`RegistryCredentials`] for the Docker client. Listings carry host,
 //! username, scope and times.
@@ -16,6 +17,7 @@ use crate::docker::registry_auth::{
 };
 use crate::docker::secret_store::{SecretsKey, KEY_ENV};
 use crate::docker::secrets::SecretValue;
+use crate::executor::HandlerError;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::PgPool;
@@ -371,6 +373,23 @@ pub enum LookupError {
     /// Postgres could not be read: retried.
     #[error("registry credentials table: {0}")]
     Db(sqlx::Error),
+}
+
+/// How a pull handler reports a failed lookup: Postgres down is an infrastructure
+/// failure (retried, uncounted); a row this key cannot open is the operator's to fix
+/// (not retried).
+impl From<LookupError> for HandlerError {
+    fn from(e: LookupError) -> Self {
+        match e {
+            LookupError::Db(e) => HandlerError::infrastructure(
+                "DatabaseUnavailable",
+                format!("registry credentials: {e}"),
+            ),
+            e @ LookupError::Undecryptable(_) => {
+                HandlerError::non_retryable("ImagePullFailed", e.to_string())
+            }
+        }
+    }
 }
 
 /// The lookup of every pull: the tenant's stored entry for the image's registry, then

@@ -30,7 +30,6 @@ use crate::docker::gc;
 use crate::docker::logs::{self, LogSender, Reader};
 use crate::docker::policy;
 use crate::docker::registry_auth::{refusal_text, RegistryCredentials};
-use crate::docker::registry_store::LookupError;
 use crate::docker::runtime::{DockerRuntime, Failpoint};
 use crate::docker::secrets::{Redactor, SecretError, SecretValue};
 use crate::docker::spec::{self, labels, RunIdentity};
@@ -731,8 +730,7 @@ impl Attempt<'_> {
             .rt
             .registries
             .for_image(&self.ctx.tenant_id, image)
-            .await
-            .map_err(registry_lookup_error)?;
+            .await?;
         sys.system(format!("highway: pulling image {image}"));
         self.ctx
             .record_heartbeat(json!({"phase": "pulling", "image": image}));
@@ -1656,6 +1654,7 @@ fn docker_error(step_type: &str, e: client::Error, redactor: &Redactor) -> Handl
 
 /// A pull that the registry refused for good (unknown image, no access) is not retried;
 /// an unreachable registry or a stalled stream is.
+///
 /// A registry's refusal (unauthorized) is not retried either: it fails once, saying
 /// whether credentials were sent, so a missing login never becomes a retry storm.
 fn pull_error(
@@ -1685,21 +1684,6 @@ fn pull_error(
         }
         _ if permanent => HandlerError::non_retryable("ImagePullFailed", text),
         _ => HandlerError::retryable("ImagePullFailed", text),
-    }
-}
-
-/// The registry credentials of a pull could not be looked up: Postgres down is an
-/// infrastructure failure (retried, uncounted); a row this key cannot open is the
-/// operator's to fix (not retried).
-pub(crate) fn registry_lookup_error(e: LookupError) -> HandlerError {
-    match e {
-        LookupError::Db(e) => HandlerError::infrastructure(
-            "DatabaseUnavailable",
-            format!("registry credentials: {e}"),
-        ),
-        e @ LookupError::Undecryptable(_) => {
-            HandlerError::non_retryable("ImagePullFailed", e.to_string())
-        }
     }
 }
 

@@ -953,8 +953,7 @@ impl Call<'_> {
             .rt
             .registries
             .for_image(&self.ctx.tenant_id, &image)
-            .await
-            .map_err(crate::docker::run::registry_lookup_error)?;
+            .await?;
         let ctx = self.ctx;
         let mut layers: BTreeMap<String, String> = BTreeMap::new();
         let mut last = Instant::now() - Duration::from_secs(1);
