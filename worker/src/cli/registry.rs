@@ -23,12 +23,15 @@ pub enum RegistryCommand {
     Add {
         #[command(flatten)]
         remote: RemoteArgs,
+        /// Registry host: `docker.io` (Docker Hub), `host` or `host:port`.
         host: String,
+        /// Registry user name (listed by `ls`).
         #[arg(long)]
         username: String,
         /// Read the password (or token) from stdin; one trailing newline is dropped.
         #[arg(long, required = true)]
         password_stdin: bool,
+        /// Admin tokens: store for this tenant only (a tenant token's own tenant).
         #[arg(long)]
         tenant: Option<String>,
     },
@@ -46,7 +49,9 @@ pub enum RegistryCommand {
     Rm {
         #[command(flatten)]
         remote: RemoteArgs,
+        /// Registry host, as given to `add` or listed by `ls`.
         host: String,
+        /// Admin tokens: remove that tenant's entry instead of the global one.
         #[arg(long)]
         tenant: Option<String>,
     },
