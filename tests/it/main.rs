@@ -24,6 +24,8 @@
 //!   naming the JSON path, nothing stored) for activities, run steps and schedules.
 //! - `metrics`: `/metrics` of a real `highway up` after a docker run and a noop, parsed
 //!   as Prometheus text (types, names, histograms, label allow-list).
+//! - `registry`: private registries (htpasswd + TLS): stored and `config.json`
+//!   credentials, one unauthorized failure without them, the credentials canary.
 //! - `artifacts_db`: artifacts stored in Postgres across hosts, corruption, the fs store;
 //!   the snapshot cache per Docker daemon.
 
@@ -41,6 +43,7 @@ mod many_hosts;
 mod metrics;
 mod process;
 mod queue;
+mod registry;
 mod scheduler;
 mod security_api;
 mod security_docker;

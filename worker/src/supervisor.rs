@@ -192,9 +192,11 @@ pub async fn run(
             // HIGHWAY_SECRET_* variables; a malformed key is a configuration error.
             let secrets = crate::docker::secret_store::TableSecretResolver::from_env(pool.clone())
                 .map_err(|e| anyhow::anyhow!("secrets store: {e}"))?;
+            let registries = registry_auth(cfg, &pool)?;
             let rt = Arc::new(
                 DockerRuntime::new(cfg.clone(), pool.clone(), w.id, artifacts.clone())
-                    .with_secrets(Arc::new(secrets)),
+                    .with_secrets(Arc::new(secrets))
+                    .with_registries(registries),
             );
             docker::register(&mut registry, rt.clone());
             Some(rt)
@@ -371,4 +373,33 @@ pub async fn run(
         std::fs::remove_file(dir.join(crate::cli::remote::API_URL_FILE)).ok();
     }
     Ok(summary)
+}
+
+/// Registry credentials of the pulls: the table (with HIGHWAY_SECRETS_KEY) and the
+/// `--docker-config` file, read now so that a bad file stops the start, naming it.
+fn registry_auth(
+    cfg: &crate::config::docker::DockerConfig,
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<crate::docker::registry_store::RegistryAuth> {
+    use crate::docker::registry_auth::DockerConfigFile;
+    use crate::docker::registry_store::{RegistryAuth, RegistryStore};
+    let store = RegistryStore::from_env(pool.clone())
+        .map_err(|e| anyhow::anyhow!("registry credentials: {e}"))?;
+    let file = match &cfg.docker_config {
+        None => None,
+        Some(path) => {
+            let f = DockerConfigFile::load(path)?;
+            let hosts: Vec<&str> = f.hosts().collect();
+            info!(path = %path.display(), registries = ?hosts, "docker config read");
+            if f.uses_helpers {
+                warn!(
+                    path = %path.display(),
+                    "docker config names a credential helper (credsStore/credHelpers): \
+                     not run; only its auths entries are used"
+                );
+            }
+            Some(f)
+        }
+    };
+    Ok(RegistryAuth::new(Some(store), file))
 }

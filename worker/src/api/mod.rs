@@ -8,7 +8,8 @@
 //! - [`auth`]: the `Caller` extractor (hashed bearer tokens, tenant or admin).
 //! - [`body`]: body size guard (413 before reading), JSON and query extractors (415,
 //!   422 naming unknown fields, 400 naming bad fields).
-//! - [`activities`], [`containers`], [`runs`], [`audit`], [`gc`]: the `/v1` resources.
+//! - [`activities`], [`containers`], [`runs`], [`audit`], [`gc`], [`registries`]: the `/v1`
+//!   resources.
 //! - [`docker_ready`]: `DockerReady` / `PostgresReady` guards (503 while a dependency is
 //!   down).
 //! - [`metrics`]: Prometheus text. [`openapi`]: the OpenAPI document.
@@ -29,6 +30,7 @@ pub mod error;
 pub mod gc;
 pub mod metrics;
 pub mod openapi;
+pub mod registries;
 pub mod runs;
 pub mod schedules;
 pub mod store;
@@ -123,6 +125,7 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::routes())
         .merge(schedules::routes())
         .merge(gc::routes())
+        .merge(registries::routes())
         // While Postgres is known to be down, answer 503 at once instead of waiting
         // for the pool's acquire timeout (R8).
         .route_layer(axum::middleware::from_fn_with_state(

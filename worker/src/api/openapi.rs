@@ -5,7 +5,7 @@
 //! `Activity`), documented mirrors are kept here, and a test fails when a mirror's
 //! fields drift from what the real type serializes.
 
-use super::{runs, schedules, store, AppState};
+use super::{registries, runs, schedules, store, AppState};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -68,6 +68,9 @@ pub const OPS: &[Op] = &[
     Op { method: "get", path: "/v1/schedules/{id}/preview", summary: "The next fire times in the schedule's timezone (count 1..1000, default 10)", query: &["count"], body: None, answer: None, auth: true },
     Op { method: "get", path: "/v1/schedules/{id}/fires", summary: "The newest slot records: fired, skipped, missed, deduplicated, buffered", query: &["limit"], body: None, answer: None, auth: true },
     Op { method: "get", path: "/v1/audit", summary: "Query the audit log, newest first", query: &["tenant", "action", "activity", "run", "container", "since", "until", "before", "limit"], body: None, answer: None, auth: true },
+    Op { method: "put", path: "/v1/registries/{host}", summary: "Store (or replace) a private registry's username and password, global (admin, no tenant_id) or for a tenant; the password is write-only. 201 new, 200 replaced; 409 without HIGHWAY_SECRETS_KEY on the server", query: &[], body: Some("RegistryPut"), answer: Some("RegistryInfo"), auth: true },
+    Op { method: "get", path: "/v1/registries", summary: "List stored registry credentials (host, username, scope, times; never the password)", query: &["tenant"], body: None, answer: None, auth: true },
+    Op { method: "delete", path: "/v1/registries/{host}", summary: "Remove stored registry credentials (admin: the global entry, or a tenant's with ?tenant=)", query: &["tenant"], body: None, answer: None, auth: true },
     Op { method: "get", path: "/v1/gc/plan", summary: "Admin: what a garbage-collector pass would remove now and why (containers and expired images); removes nothing", query: &[], body: None, answer: None, auth: true },
 ];
 
@@ -227,6 +230,15 @@ fn components() -> Map<String, Value> {
             g.subschema_for::<schedules::BackfillRequest>().to_value(),
         ),
         (
+            "RegistryPut",
+            g.subschema_for::<registries::RegistryPut>().to_value(),
+        ),
+        (
+            "RegistryInfo",
+            g.subschema_for::<crate::docker::registry_store::RegistryInfo>()
+                .to_value(),
+        ),
+        (
             "DockerRunParams",
             g.subschema_for::<highway_workflows::docker::DockerRunParams>()
                 .to_value(),
@@ -256,6 +268,10 @@ fn build() -> Value {
     let mut paths = Map::new();
     for op in OPS {
         let mut params: Vec<Value> = Vec::new();
+        if op.path.contains("{host}") {
+            // `docker.io`, `host:port`, or docker's Docker Hub key percent-encoded.
+            params.push(json!({"name": "host", "in": "path", "required": true, "schema": {"type": "string"}}));
+        }
         if op.path.contains("{id}") {
             // Every id is a UUID (anything else is a 400), except a container's, which may
             // also be a short id or a name.
@@ -290,8 +306,11 @@ fn build() -> Value {
         };
         let err = json!({"description": "error", "content": {"application/json": {"schema": schema_ref("ErrorBody")}}});
         let mut responses = json!({ "200": {"description": "success", "content": ok_content} });
-        // Creating posts answer 201; actions on an existing resource (`{id}/...`) 200.
-        if op.method == "post" && op.body.is_some() && !op.path.contains("{id}") {
+        // Creating posts answer 201; actions on an existing resource (`{id}/...`) 200. A
+        // PUT of registry credentials answers 201 when it created the entry.
+        if (op.method == "post" && op.body.is_some() && !op.path.contains("{id}"))
+            || (op.method == "put" && op.path == "/v1/registries/{host}")
+        {
             responses["201"] =
                 json!({"description": "created", "content": responses["200"]["content"].clone()});
         }

@@ -11,6 +11,7 @@ pub mod gc;
 pub mod health;
 pub mod logs;
 pub mod progress;
+pub mod registry;
 pub mod remote;
 pub mod run;
 pub mod runs;
@@ -123,6 +124,9 @@ pub enum Command {
     /// The tenant secrets store (HIGHWAY_SECRETS_KEY): set (value from stdin), rm, ls.
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
+    /// Private registry credentials through the API: add (password from stdin), ls, rm.
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
     /// The append-only audit log through the API: ls with filters.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -414,6 +418,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tokens(cmd) => tokens::run(&cli.db, pool_opts, cmd).await,
         Command::Secrets(cmd) => secrets::run(&cli.db, pool_opts, cmd).await,
         Command::Audit(cmd) => audit::run(cmd).await,
+        Command::Registry(cmd) => registry::run(cmd).await,
         Command::Containers(cmd) => containers::run(cmd).await,
         Command::Gc(args) => gc::run(args, &cli.db, pool_opts).await,
         Command::Schedules(cmd) => schedules::run(cmd).await,

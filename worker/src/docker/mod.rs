@@ -24,6 +24,10 @@
 //!   pull, images, commit) and the expiry of committed images.
 //! - [`secrets`]: resolving `{"secret": name}` references and redacting their values.
 //! - [`secret_store`]: `highway.secrets`, encrypted at rest, and its resolver.
+//! - [`registry_auth`]: which registry an image names, the credentials of one pull, the
+//!   Docker `config.json` of `--docker-config`.
+//! - [`registry_store`]: `highway.registry_credentials` (encrypted like secrets, per
+//!   tenant or global, audited) and the lookup of every pull.
 //!
 //! Architecture Invariant: only this module imports bollard, and inside it only
 //! `client.rs` issues requests.
@@ -38,6 +42,8 @@ pub mod gc_store;
 pub mod logs;
 pub mod monitor;
 pub mod policy;
+pub mod registry_auth;
+pub mod registry_store;
 pub mod run;
 pub mod runtime;
 pub mod secret_store;

@@ -29,6 +29,7 @@ use crate::docker::deployment::Ownership;
 use crate::docker::door::{self, Refused};
 use crate::docker::gc;
 use crate::docker::logs::{self, LogSender, Reader};
+use crate::docker::registry_auth::{refusal_text, RegistryCredentials};
 use crate::docker::runtime::{DockerRuntime, Failpoint};
 use crate::docker::secrets::{Redactor, SecretError, SecretValue};
 use crate::docker::spec::{self, labels, RunIdentity};
@@ -732,6 +733,11 @@ impl Attempt<'_> {
             (PullPolicy::Never, true) | (PullPolicy::IfNotPresent, true) => return Ok(()),
             _ => {}
         }
+        let creds = self
+            .rt
+            .registries
+            .for_image(&self.ctx.tenant_id, image)
+            .await?;
         sys.system(format!("highway: pulling image {image}"));
         self.ctx
             .record_heartbeat(json!({"phase": "pulling", "image": image}));
@@ -739,7 +745,7 @@ impl Attempt<'_> {
         let mut last_beat = std::time::Instant::now();
         let mut items: u64 = 0;
         let image_owned = image.to_string();
-        let pull = client.pull_image(image, |info| {
+        let pull = client.pull_image(image, creds.as_ref(), |info| {
             items += 1;
             // Heartbeat details carry the latest progress, at most once a second.
             if last_beat.elapsed() >= Duration::from_secs(1) {
@@ -765,7 +771,7 @@ impl Attempt<'_> {
                 let msg = self.redactor().redact(&e.to_string());
                 self.audit("image.pull", Some(image), "failed", json!({"error": msg}))
                     .await;
-                return Err(pull_error(image, e, &msg));
+                return Err(pull_error(image, e, &msg, creds.as_ref()));
             }
         }
         match client.inspect_image(image).await {
@@ -1655,7 +1661,18 @@ fn docker_error(step_type: &str, e: client::Error, redactor: &Redactor) -> Handl
 
 /// A pull that the registry refused for good (unknown image, no access) is not retried;
 /// an unreachable registry or a stalled stream is.
-fn pull_error(image: &str, e: client::Error, msg: &str) -> HandlerError {
+///
+/// A registry's refusal (unauthorized) is not retried either: it fails once, saying
+/// whether credentials were sent, so a missing login never becomes a retry storm.
+fn pull_error(
+    image: &str,
+    e: client::Error,
+    msg: &str,
+    creds: Option<&RegistryCredentials>,
+) -> HandlerError {
+    if let client::Error::Unauthorized { .. } = e {
+        return HandlerError::non_retryable("ImagePullFailed", refusal_text(image, creds, msg));
+    }
     let lower = msg.to_lowercase();
     let permanent = matches!(e, client::Error::NotFound { .. })
         || [
