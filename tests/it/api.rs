@@ -568,7 +568,7 @@ async fn s25_health_without_token_has_status_only() {
         .send(Request::get("/metrics").body(Body::empty()).unwrap())
         .await;
     assert_eq!(s, StatusCode::OK);
-    assert!(text.contains("highway_queue_depth"), "{text}");
+    assert!(text.contains("highway_up 1"), "{text}");
     let (s, v, _) = api
         .send(
             Request::get("/v1/openapi.json")

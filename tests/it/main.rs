@@ -8,6 +8,8 @@
 //! - `gc`: the garbage collector and the crash / pause / cut-off / cancel scenarios.
 //! - `many_hosts`: deployment identity and daemon-scoped ownership across two daemons.
 //! - `soft_deps`: Docker and Postgres outages through fault proxies.
+//! - `health_ready`: `/health/live` and `/health/ready` of a worker process while its
+//!   own Postgres cluster stops and its Docker socket refuses.
 //! - `scheduler`: durable cron: exactly-once fires, catch-up, overlap, DST.
 //! - `api`: the HTTP API: auth, tenancy, limits, log streams, CLI against `highway up`.
 //! - `api_schedules`: `/v1/schedules` (tenancy, quota, 422s) and `highway schedules` over it.
@@ -20,6 +22,12 @@
 //!   symlink chains refused in outputs and inputs.
 //! - `security_api`: what the door refuses (cross-tenant run ids, NUL, lone surrogates,
 //!   duplicate keys), escaped CLI log lines, the OpenAPI document against the server.
+//! - `door`: `tools.docker.*` params judged at the API's door (syntax and policy, 422
+//!   naming the JSON path, nothing stored) for activities, run steps and schedules.
+//! - `metrics`: `/metrics` of a real `highway up` after a docker run and a noop, parsed
+//!   as Prometheus text (types, names, histograms, label allow-list).
+//! - `registry`: private registries (htpasswd + TLS): stored and `config.json`
+//!   credentials, one unauthorized failure without them, the credentials canary.
 //! - `artifacts_db`: artifacts stored in Postgres across hosts, corruption, the fs store;
 //!   the snapshot cache per Docker daemon.
 
@@ -31,10 +39,14 @@ mod cli_remote;
 mod cron_cli;
 mod docker_run;
 mod docker_tools;
+mod door;
 mod gc;
+mod health_ready;
 mod many_hosts;
+mod metrics;
 mod process;
 mod queue;
+mod registry;
 mod scheduler;
 mod security_api;
 mod security_docker;

@@ -208,6 +208,9 @@ impl EnqueueRequest {
             return Err(FieldError::new("params", "must be a JSON object"));
         }
         check_storable("params", &self.params)?;
+        // The worker's own parser: params it would refuse are refused here, unstored.
+        crate::docker_params::check(&self.kind, &self.params)
+            .map_err(|e| FieldError::new(crate::docker_params::request_path(&e), e.reason))?;
         for (i, t) in self
             .retry_policy
             .non_retryable_error_types

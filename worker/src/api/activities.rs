@@ -9,7 +9,7 @@
 use super::auth::Caller;
 use super::body::{decode, ApiQuery, JsonBytes};
 use super::error::{parse_uuid, ApiError};
-use super::{store, AppState};
+use super::{admission, store, AppState};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -70,6 +70,9 @@ async fn enqueue(
         }
         req.idempotency_key = Some(key);
     }
+    // Docker params first: a 422 from the worker's own judgement, before anything else
+    // could store them.
+    admission::admit(&st, "", &req.kind, &req.params)?;
     req.validate()
         .map_err(|e| ApiError::field(e.field, e.reason))?;
 

@@ -5,7 +5,7 @@
 //! `Activity`), documented mirrors are kept here, and a test fails when a mirror's
 //! fields drift from what the real type serializes.
 
-use super::{runs, schedules, secrets, store, tokens, AppState};
+use super::{registries, runs, schedules, secrets, store, tokens, AppState};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -41,6 +41,8 @@ pub struct Op {
 /// Every operation the router serves.
 pub const OPS: &[Op] = &[
     Op { method: "get", path: "/health", summary: "Process and dependency status (no auth; no versions, hosts or URLs)", query: &[], body: None, answer: None, auth: false },
+    Op { method: "get", path: "/health/live", summary: "Liveness: 200 while the process serves (no auth)", query: &[], body: None, answer: Some("Liveness"), auth: false },
+    Op { method: "get", path: "/health/ready", summary: "Readiness: 200 while Postgres (and Docker, when this worker requires it) is up; 503 naming the failing dependencies, or while draining (no auth)", query: &[], body: None, answer: Some("Readiness"), auth: false },
     Op { method: "get", path: "/metrics", summary: "Prometheus metrics (text exposition)", query: &[], body: None, answer: None, auth: false },
     Op { method: "get", path: "/v1/openapi.json", summary: "This document", query: &[], body: None, answer: None, auth: false },
     Op { method: "post", path: "/v1/activities", summary: "Enqueue an activity (Idempotency-Key header: same key + same body = same activity, 200; different body = 409)", query: &[], body: Some("EnqueueRequest"), answer: Some("Activity"), auth: true },
@@ -76,6 +78,9 @@ pub const OPS: &[Op] = &[
     Op { method: "get", path: "/v1/secrets", summary: "List secret names and metadata (never values)", query: &["tenant"], body: None, answer: None, auth: true },
     Op { method: "put", path: "/v1/secrets/{tenant}/{name}", summary: "Create or replace a secret (body {value}); a tenant token only for its own tenant", query: &[], body: Some("SetSecret"), answer: None, auth: true },
     Op { method: "delete", path: "/v1/secrets/{tenant}/{name}", summary: "Delete a secret", query: &[], body: None, answer: None, auth: true },
+    Op { method: "put", path: "/v1/registries/{host}", summary: "Store (or replace) a private registry's username and password, global (admin, no tenant_id) or for a tenant; the password is write-only. 201 new, 200 replaced; 409 without HIGHWAY_SECRETS_KEY on the server", query: &[], body: Some("RegistryPut"), answer: Some("RegistryInfo"), auth: true },
+    Op { method: "get", path: "/v1/registries", summary: "List stored registry credentials (host, username, scope, times; never the password)", query: &["tenant"], body: None, answer: None, auth: true },
+    Op { method: "delete", path: "/v1/registries/{host}", summary: "Remove stored registry credentials (admin: the global entry, or a tenant's with ?tenant=)", query: &["tenant"], body: None, answer: None, auth: true },
     Op { method: "get", path: "/v1/gc/plan", summary: "Admin: what a garbage-collector pass would remove now and why (containers and expired images); removes nothing", query: &[], body: None, answer: None, auth: true },
 ];
 
@@ -155,6 +160,24 @@ pub struct Activity {
     pub created: Option<bool>,
 }
 
+/// The answer of `/health/live`.
+#[allow(dead_code)] // Only its schema is used.
+#[derive(JsonSchema)]
+pub struct Liveness {
+    /// Always `live`.
+    pub status: String,
+}
+
+/// Mirror of `health::Readiness`, the answer of `/health/ready` (200 and 503).
+#[allow(dead_code)] // Only its schema is used.
+#[derive(JsonSchema)]
+pub struct Readiness {
+    /// `ready`, `not_ready` or `draining`.
+    pub status: String,
+    /// The dependencies that are not up: `postgres`, `docker`.
+    pub failing: Vec<String>,
+}
+
 /// The error body of every failure.
 #[allow(dead_code)] // Only its schema is used.
 #[derive(JsonSchema)]
@@ -183,6 +206,8 @@ fn components() -> Map<String, Value> {
         ),
         ("Activity", g.subschema_for::<Activity>().to_value()),
         ("ErrorBody", g.subschema_for::<ErrorBody>().to_value()),
+        ("Liveness", g.subschema_for::<Liveness>().to_value()),
+        ("Readiness", g.subschema_for::<Readiness>().to_value()),
         (
             "Container",
             g.subschema_for::<store::Container>().to_value(),
@@ -242,6 +267,15 @@ fn components() -> Map<String, Value> {
         (
             "BackfillRequest",
             g.subschema_for::<schedules::BackfillRequest>().to_value(),
+        ),
+        (
+            "RegistryPut",
+            g.subschema_for::<registries::RegistryPut>().to_value(),
+        ),
+        (
+            "RegistryInfo",
+            g.subschema_for::<crate::docker::registry_store::RegistryInfo>()
+                .to_value(),
         ),
         (
             "DockerRunParams",
@@ -312,8 +346,11 @@ fn build() -> Value {
         };
         let err = json!({"description": "error", "content": {"application/json": {"schema": schema_ref("ErrorBody")}}});
         let mut responses = json!({ "200": {"description": "success", "content": ok_content} });
-        // Creating posts answer 201; actions on an existing resource (`{id}/...`) 200.
-        if op.method == "post" && op.body.is_some() && !op.path.contains("{id}") {
+        // Creating posts answer 201; actions on an existing resource (`{id}/...`) 200. A
+        // PUT of registry credentials answers 201 when it created the entry.
+        if (op.method == "post" && op.body.is_some() && !op.path.contains("{id}"))
+            || (op.method == "put" && op.path == "/v1/registries/{host}")
+        {
             responses["201"] =
                 json!({"description": "created", "content": responses["200"]["content"].clone()});
         }
@@ -321,6 +358,9 @@ fn build() -> Value {
             for code in ["400", "401", "404", "503"] {
                 responses[code] = err.clone();
             }
+        }
+        if op.path == "/health/ready" {
+            responses["503"] = json!({"description": "not ready", "content": ok_content});
         }
         if ADMIN_ONLY.contains(&op.path) || TENANT_FORBIDDEN.contains(&op.path) {
             responses["403"] = err.clone();
@@ -423,6 +463,9 @@ mod tests {
         .keys()
         .cloned()
         .collect();
+        let ready = serde_json::to_value(crate::health::Health::default().readiness(true)).unwrap();
+        let ready: BTreeSet<String> = ready.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(schema_props("Readiness"), ready);
         let mut mirror = schema_props("Activity");
         mirror.remove("created");
         assert_eq!(mirror, act.into_iter().collect());

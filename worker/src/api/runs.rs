@@ -12,13 +12,13 @@ use super::activities::parse_limit;
 use super::auth::Caller;
 use super::body::{decode, ApiQuery, JsonBytes};
 use super::error::{parse_uuid, ApiError};
-use super::{store, AppState};
+use super::{admission, store, AppState};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use highway_workflows::definition::WorkflowDefinition;
+use highway_workflows::definition::{substitute, WorkflowDefinition};
 use highway_workflows::runs::{self, RunError, StepStatus};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -165,6 +165,22 @@ async fn start(
             }
         })?;
         let tenant = tenant_of(&caller, body.tenant_id)?;
+        // Every step's params as they will be enqueued (inputs substituted), judged
+        // now: a step that could never run fails the start, not the run halfway.
+        let inputs = def
+            .resolve_inputs(&body.inputs)
+            .map_err(|e| StartError::Invalid {
+                field: e.field,
+                reason: e.reason,
+            })?;
+        for (i, s) in def.steps.iter().enumerate() {
+            admission::admit(
+                &st,
+                &format!("definition.steps[{i}]."),
+                &s.kind,
+                &substitute(&s.params, &inputs),
+            )?;
+        }
         let id = runs::start_run(
             &st.client,
             &tenant,

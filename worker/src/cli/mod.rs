@@ -17,9 +17,11 @@ pub mod bench_docker;
 pub mod bench_reap;
 pub mod containers;
 pub mod gc;
+pub mod health;
 pub mod logs;
 pub mod output;
 pub mod progress;
+pub mod registry;
 pub mod remote;
 pub mod run;
 pub mod runs;
@@ -97,6 +99,7 @@ pub const SERVER_COMMANDS: &[&str] = &[
     "gc",
     "bench",
     "bootstrap-token",
+    "health",
 ];
 
 #[derive(Subcommand, Debug)]
@@ -127,6 +130,9 @@ pub enum Command {
     /// The append-only audit log: ls with filters.
     #[command(subcommand, display_order = 9)]
     Audit(audit::AuditCommand),
+    /// Private registry credentials: add (password from stdin), ls, rm.
+    #[command(subcommand, display_order = 10)]
+    Registry(registry::RegistryCommand),
     /// Shell completions: `highway completions bash > /etc/bash_completion.d/highway`.
     #[command(display_order = 11)]
     Completions { shell: clap_complete::Shell },
@@ -188,6 +194,10 @@ pub enum Command {
     /// once: the first token of a deployment without a local `highway up`.
     #[command(display_order = 107)]
     BootstrapToken(tokens::BootstrapArgs),
+    /// Ask a running server's /health/live (or /health/ready with --ready); exit 0 on a
+    /// 200, 1 otherwise (the image's HEALTHCHECK).
+    #[command(display_order = 108)]
+    Health(health::HealthArgs),
 
     // ---- hidden aliases of the older names, for one release --------------------
     /// `activity enqueue`.
@@ -403,6 +413,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Secret(cmd) => secrets::run(cmd).await,
         Command::Audit(cmd) => audit::run(cmd).await,
+        Command::Registry(cmd) => registry::run(cmd).await,
         Command::Container(cmd) => containers::run(cmd).await,
         Command::Queue(cmd) => workers::queues(cmd).await,
         Command::Gc(mut args) => {
@@ -420,6 +431,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_complete::generate(shell, &mut cmd, "highway", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Health(args) => health::run(args).await,
     }
 }
 

@@ -64,6 +64,17 @@ pub struct DockerConfig {
     )]
     pub pull_timeout: HumanDuration,
 
+    /// A Docker `config.json` whose `auths` (base64 `auth`, `username`/`password`,
+    /// `identitytoken`) are sent with pulls from those registries. Read once at start;
+    /// credentials stored with `highway registry add` win over it. Credential helpers
+    /// (`credsStore`, `credHelpers`) are not run.
+    #[arg(
+        long = "docker-config",
+        env = "HIGHWAY_DOCKER_CONFIG",
+        help_heading = "Docker connection"
+    )]
+    pub docker_config: Option<std::path::PathBuf>,
+
     /// Default stop grace (SIGTERM → SIGKILL) when a run does not set `stop_grace`.
     #[arg(
         help_heading = "Shutdown",
@@ -552,6 +563,7 @@ impl Default for DockerConfig {
             adopt_unlabelled: false,
             host_lost_after: HumanDuration::from_secs(300),
             pull_timeout: HumanDuration::from_secs(600),
+            docker_config: None,
             stop_grace: HumanDuration::from_secs(10),
             log_max_size: ByteSize::mib(10),
             log_max_file: 2,
