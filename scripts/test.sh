@@ -22,6 +22,9 @@ command -v socat >/dev/null 2>&1 || need+=(socat)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 # `ip` brings up loopback inside the second daemon's network namespace (its TLS listener).
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# The compose test builds its base image with debootstrap and talks to the API with curl.
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   # The Debian package would create and start a system cluster on port 5432: we only
@@ -77,4 +80,11 @@ cargo test --workspace "$@"
 # skips it too (CI never sets it).
 if [ "$#" -eq 0 ] && [ "${HIGHWAY_TEST_NO_SCHEMATHESIS:-}" != "1" ]; then
   scripts/schemathesis.sh
+fi
+
+# docker-compose.yml run for real (scripts/compose-test.sh: local base and Postgres images,
+# the stack under its own project name, a tools.docker.run through it, nothing left),
+# after a full run like schemathesis. HIGHWAY_TEST_NO_COMPOSE=1 skips it (CI never sets it).
+if [ "$#" -eq 0 ] && [ "${HIGHWAY_TEST_NO_COMPOSE:-}" != "1" ] && [ "${HIGHWAY_TEST_NO_DOCKER:-}" != "1" ]; then
+  scripts/compose-test.sh
 fi

@@ -568,7 +568,7 @@ async fn s25_health_without_token_has_status_only() {
         .send(Request::get("/metrics").body(Body::empty()).unwrap())
         .await;
     assert_eq!(s, StatusCode::OK);
-    assert!(text.contains("highway_queue_depth"), "{text}");
+    assert!(text.contains("highway_up 1"), "{text}");
     let (s, v, _) = api
         .send(
             Request::get("/v1/openapi.json")
@@ -820,16 +820,27 @@ async fn s26_cli_against_highway_up_token_from_env_or_file_never_argv() {
     .await;
     let http = reqwest::Client::new();
 
+    // Through the API now (the admin token `highway up` wrote to its state dir).
+    let state_s = state.to_str().unwrap();
     let (rc, token, err) = cli(
         &db.url,
-        &["tokens", "create", "--tenant", "tenant-a", "--name", "cli"],
+        &[
+            "--state-dir",
+            state_s,
+            "tokens",
+            "create",
+            "--tenant",
+            "tenant-a",
+            "--name",
+            "cli",
+        ],
         &[],
     );
     assert_eq!(rc, 0, "{err}");
     let token = token.trim().to_string();
     assert!(token.starts_with("hw_"), "{token}");
     assert!(!err.contains(&token));
-    let (rc, ls, _) = cli(&db.url, &["tokens", "ls"], &[]);
+    let (rc, ls, _) = cli(&db.url, &["--state-dir", state_s, "tokens", "ls"], &[]);
     assert_eq!(rc, 0);
     assert!(ls.contains("tenant-a") && !ls.contains(&token[3..]), "{ls}");
 

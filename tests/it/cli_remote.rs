@@ -33,6 +33,14 @@ pub(crate) struct ApiServer {
 
 impl ApiServer {
     pub(crate) fn start(db_url: &str) -> Self {
+        Self::start_with_secrets(db_url, None)
+    }
+
+    /// With the secrets store's key (`/v1/secrets`), as `HIGHWAY_SECRETS_KEY` text.
+    pub(crate) fn start_with_secrets(db_url: &str, secrets_key: Option<&str>) -> Self {
+        let key = secrets_key.map(|k| {
+            highway_worker::docker::secret_store::SecretsKey::parse(k).expect("a valid key")
+        });
         let url = db_url.to_string();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -49,7 +57,8 @@ impl ApiServer {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let base = format!("http://{}", listener.local_addr().unwrap());
                 ready_tx.send((base, admin)).unwrap();
-                let state = AppState::new(Health::default(), pool.clone(), ApiConfig::default());
+                let state = AppState::new(Health::default(), pool.clone(), ApiConfig::default())
+                    .with_secrets(key);
                 api::serve(listener, state, async move {
                     let _ = stopped.await;
                 })

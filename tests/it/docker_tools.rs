@@ -741,13 +741,16 @@ async fn secrets_store_encrypts_resolves_per_tenant_and_the_cli_never_prints_val
     let canary = format!("canary-{}", Uuid::new_v4().simple());
     store.set(TENANT_A, "db-pass", &canary).await.unwrap();
 
-    // The CLI: the value comes from stdin and is never printed.
+    // The CLI, through the API (whose server holds the key): the value comes from
+    // stdin and is never printed.
+    let api = crate::cli_remote::ApiServer::start_with_secrets(&h.db.url, Some(&key_hex));
     let cli_canary = format!("canary-{}", Uuid::new_v4().simple());
     let bin = highway_tests::highway_bin();
     let mut child = Command::new(&bin)
         .args(["secrets", "set", "--tenant", TENANT_A, "cli-secret"])
-        .env("DATABASE_URL", &h.db.url)
-        .env("HIGHWAY_SECRETS_KEY", &key_hex)
+        .env_remove("DATABASE_URL")
+        .env("HIGHWAY_API_URL", &api.base)
+        .env("HIGHWAY_TOKEN", &api.admin)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -768,8 +771,9 @@ async fn secrets_store_encrypts_resolves_per_tenant_and_the_cli_never_prints_val
     assert!(!printed.contains(&cli_canary), "{printed}");
     let ls = Command::new(&bin)
         .args(["secrets", "ls", "--tenant", TENANT_A, "--json"])
-        .env("DATABASE_URL", &h.db.url)
-        .env("HIGHWAY_SECRETS_KEY", &key_hex)
+        .env_remove("DATABASE_URL")
+        .env("HIGHWAY_API_URL", &api.base)
+        .env("HIGHWAY_TOKEN", &api.admin)
         .output()
         .unwrap();
     assert!(

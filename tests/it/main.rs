@@ -8,11 +8,15 @@
 //! - `gc`: the garbage collector and the crash / pause / cut-off / cancel scenarios.
 //! - `many_hosts`: deployment identity and daemon-scoped ownership across two daemons.
 //! - `soft_deps`: Docker and Postgres outages through fault proxies.
+//! - `health_ready`: `/health/live` and `/health/ready` of a worker process while its
+//!   own Postgres cluster stops and its Docker socket refuses.
 //! - `scheduler`: durable cron: exactly-once fires, catch-up, overlap, DST.
 //! - `api`: the HTTP API: auth, tenancy, limits, log streams, CLI against `highway up`.
 //! - `api_schedules`: `/v1/schedules` (tenancy, quota, 422s) and `highway schedules` over it.
 //! - `cron_cli`: `highway schedule preview EXPR --tz TZ -n N`, offline.
 //! - `cli_remote`: the CLI over the API (activities, audit, gc plan), zero-config token.
+//! - `cli_api`: every client command with only HIGHWAY_API_URL + HIGHWAY_TOKEN: exit
+//!   codes, older aliases, table against JSON, tokens, secrets, completions.
 //! - `workflow`: multi-step runs with files passed between steps.
 //! - `security_docker`: secrets never baked into commits, image listings per tenant,
 //!   symlink chains refused in outputs and inputs.
@@ -21,20 +25,31 @@
 //! - `tls`: Postgres over TLS (verify-full, wrong CA, wrong host, hostssl only), Docker
 //!   over TCP with `--tlsverify`, the API over HTTPS with the CLI and SIGHUP rotation,
 //!   the secrets key rotation.
+//! - `door`: `tools.docker.*` params judged at the API's door (syntax and policy, 422
+//!   naming the JSON path, nothing stored) for activities, run steps and schedules.
+//! - `metrics`: `/metrics` of a real `highway up` after a docker run and a noop, parsed
+//!   as Prometheus text (types, names, histograms, label allow-list).
+//! - `registry`: private registries (htpasswd + TLS): stored and `config.json`
+//!   credentials, one unauthorized failure without them, the credentials canary.
 //! - `artifacts_db`: artifacts stored in Postgres across hosts, corruption, the fs store;
 //!   the snapshot cache per Docker daemon.
 
 mod api;
 mod api_schedules;
 mod artifacts_db;
+mod cli_api;
 mod cli_remote;
 mod cron_cli;
 mod docker_run;
 mod docker_tools;
+mod door;
 mod gc;
+mod health_ready;
 mod many_hosts;
+mod metrics;
 mod process;
 mod queue;
+mod registry;
 mod scheduler;
 mod security_api;
 mod security_docker;

@@ -205,11 +205,12 @@ async fn a_paused_worker_records_nothing_after_resume() {
 }
 
 /// The CLI contract: `enqueue --wait --json` prints one object and exits non-zero unless
-/// the activity succeeded.
+/// the activity succeeded (3: failed). Through the API: the CLI needs no DATABASE_URL.
 #[tokio::test]
 async fn cli_enqueue_wait_json() {
     let db = TestDb::new().await;
     let w = TestWorker::start(&db.pool, TestWorker::fast_options(2), |_| {});
+    let api = crate::cli_remote::ApiServer::start(&db.url);
     let bin = highway_tests::highway_bin();
     let out = tokio::process::Command::new(&bin)
         .args([
@@ -220,7 +221,9 @@ async fn cli_enqueue_wait_json() {
             "--wait",
             "--json",
         ])
-        .env("DATABASE_URL", &db.url)
+        .env_remove("DATABASE_URL")
+        .env("HIGHWAY_API_URL", &api.base)
+        .env("HIGHWAY_TOKEN", &api.admin)
         .output()
         .await
         .unwrap();
@@ -243,11 +246,13 @@ async fn cli_enqueue_wait_json() {
             "--wait",
             "--json",
         ])
-        .env("DATABASE_URL", &db.url)
+        .env_remove("DATABASE_URL")
+        .env("HIGHWAY_API_URL", &api.base)
+        .env("HIGHWAY_TOKEN", &api.admin)
         .output()
         .await
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(3));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         (v["status"].as_str(), v["error"]["type"].as_str()),
@@ -256,7 +261,9 @@ async fn cli_enqueue_wait_json() {
     // Bad params JSON: a clear error naming the flag.
     let out = tokio::process::Command::new(&bin)
         .args(["enqueue", "highway.noop", "--params", "{nope"])
-        .env("DATABASE_URL", &db.url)
+        .env_remove("DATABASE_URL")
+        .env("HIGHWAY_API_URL", &api.base)
+        .env("HIGHWAY_TOKEN", &api.admin)
         .output()
         .await
         .unwrap();

@@ -4,7 +4,7 @@
 //! daemon with `--tlsverify` (the second test daemon, its TLS listener bridged out of
 //! its network namespace to a unix socket, and a TCP proxy on loopback in front), and
 //! the API over HTTPS with the CLI and a certificate rotated by SIGHUP. Also the
-//! secrets key rotation (`HIGHWAY_SECRETS_KEY_OLD`, `highway secrets rotate-key`).
+//! secrets key rotation (`HIGHWAY_SECRETS_KEY_OLD`, `highway rotate-secrets-key`).
 
 use highway_tests::docker::{DockerHarness, TEST_IMAGE};
 use highway_tests::fault_proxy::{FaultProxy, Target};
@@ -13,7 +13,9 @@ use highway_worker::db::embedded::Cluster;
 use highway_worker::db::{self, PoolOptions};
 use highway_worker::docker::client::{ClientSettings, DockerClient, TlsFiles};
 use highway_worker::docker::monitor::{DockerMonitor, MonitorSettings, Probe};
+use highway_worker::docker::registry_store::RegistryStore;
 use highway_worker::docker::secret_store::{SecretStore, SecretsKey, StoreError};
+use highway_worker::docker::secrets::SecretValue;
 use highway_worker::health::Dependency;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -571,9 +573,26 @@ async fn secrets_key_rotation_reencrypts_every_row_while_the_old_key_still_reads
         "hunter3"
     );
 
-    // The command: `highway secrets rotate-key` with the old key in HIGHWAY_SECRETS_KEY_OLD.
+    // Registry passwords are sealed with the same key and rotate with the secrets.
+    let registries_old = RegistryStore::new(db.pool.clone(), Some(old.clone()));
+    registries_old
+        .add(
+            None,
+            "registry.example:5000",
+            "ci",
+            &SecretValue::new("reg-pass"),
+            "test",
+        )
+        .await
+        .unwrap();
+    assert!(RegistryStore::new(db.pool.clone(), Some(new.clone()))
+        .lookup("t1", "registry.example:5000")
+        .await
+        .is_err());
+
+    // The command: `highway rotate-secrets-key` with the old key in HIGHWAY_SECRETS_KEY_OLD.
     let out = Command::new(highway_bin())
-        .args(["secrets", "rotate-key", "--json"])
+        .args(["rotate-secrets-key", "--output", "json"])
         .env("DATABASE_URL", &db.url)
         .env("HIGHWAY_SECRETS_KEY", "22".repeat(32))
         .env("HIGHWAY_SECRETS_KEY_OLD", "11".repeat(32))
@@ -585,10 +604,17 @@ async fn secrets_key_rotation_reencrypts_every_row_while_the_old_key_still_reads
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["reencrypted"], 1, "{v}");
-    assert_eq!(v["current"], 2, "{v}");
+    assert_eq!(v["secrets"]["reencrypted"], 1, "{v}");
+    assert_eq!(v["secrets"]["current"], 2, "{v}");
+    assert_eq!(v["registry_credentials"]["reencrypted"], 1, "{v}");
     assert_eq!(
         new_only.get("t3", "x").await.unwrap().unwrap().expose(),
         "v"
     );
+    let creds = RegistryStore::new(db.pool.clone(), Some(new.clone()))
+        .lookup("t1", "registry.example:5000")
+        .await
+        .unwrap()
+        .expect("the global entry");
+    assert_eq!(creds.password.unwrap().expose(), "reg-pass");
 }

@@ -283,15 +283,45 @@ impl Drop for DockerHarness {
 }
 
 /// A private `docker-registry` (Debian package) on 127.0.0.1 with its own config and
-/// storage; stopped (by its pid) and deleted on drop.
+/// storage; stopped (by its pid) and deleted on drop. [`LocalRegistry::start`] serves
+/// plain HTTP without auth; [`LocalRegistry::start_private`] serves HTTPS (the run's
+/// test server certificate) with htpasswd basic auth and logs every request.
 pub struct LocalRegistry {
     child: Child,
     dir: PathBuf,
     pub addr: String,
+    /// Images this registry's tests pushed or pulled on the machine's daemon: removed
+    /// (only these) on drop.
+    made: std::sync::Mutex<Vec<String>>,
 }
 
 impl LocalRegistry {
     pub async fn start() -> Self {
+        Self::spawn("log:\n  level: error\n", "", None).await
+    }
+
+    /// HTTPS with `$HIGHWAY_TEST_CERTS_DIR/server.pem` and basic auth for one user
+    /// (`htpasswd -Bbn`); requests are logged to `registry.log` in its directory.
+    pub async fn start_private(username: &str, password: &str) -> Self {
+        let certs = PathBuf::from(std::env::var("HIGHWAY_TEST_CERTS_DIR").expect(
+            "HIGHWAY_TEST_CERTS_DIR is not set: run the tests with scripts/test.sh, which \
+             makes the test certificates",
+        ));
+        let out = Command::new("htpasswd")
+            .args(["-Bbn", username, password])
+            .output()
+            .expect("run htpasswd (apache2-utils; scripts/test.sh installs it)");
+        assert!(out.status.success(), "htpasswd failed");
+        let extra = format!(
+            "  tls:\n    certificate: {}\n    key: {}\nauth:\n  htpasswd:\n    realm: highway-test\n    path: HTPASSWD\n",
+            certs.join("server.pem").display(),
+            certs.join("server-key.pem").display(),
+        );
+        Self::spawn("log:\n  level: info\n", &extra, Some(&out.stdout)).await
+    }
+
+    /// `htpasswd`: the password file of a private registry (which also gets a log).
+    async fn spawn(log: &str, http_extra: &str, htpasswd: Option<&[u8]>) -> Self {
         let bin = "/usr/bin/docker-registry";
         assert!(
             Path::new(bin).exists(),
@@ -304,19 +334,35 @@ impl LocalRegistry {
         let dir = std::env::temp_dir().join(format!("highway-registry-{}", Uuid::new_v4()));
         std::fs::create_dir_all(dir.join("data")).expect("registry dir");
         let addr = format!("127.0.0.1:{port}");
+        let http_extra =
+            http_extra.replace("HTPASSWD", &dir.join("htpasswd").display().to_string());
         let config = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            "version: 0.1\n{log}storage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{http_extra}",
             dir.join("data").display()
         );
         std::fs::write(dir.join("config.yml"), config).expect("registry config");
+        if let Some(h) = htpasswd {
+            std::fs::write(dir.join("htpasswd"), h).expect("write htpasswd");
+        }
+        let (stdout, stderr) = if htpasswd.is_some() {
+            let f = std::fs::File::create(dir.join("registry.log")).expect("registry log");
+            (Stdio::from(f.try_clone().unwrap()), Stdio::from(f))
+        } else {
+            (Stdio::null(), Stdio::null())
+        };
         let child = Command::new(bin)
             .arg("serve")
             .arg(dir.join("config.yml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .expect("start docker-registry");
-        let reg = Self { child, dir, addr };
+        let reg = Self {
+            child,
+            dir,
+            addr,
+            made: Default::default(),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if tokio::net::TcpStream::connect(&reg.addr).await.is_ok() {
@@ -331,10 +377,117 @@ impl LocalRegistry {
         }
         reg
     }
+
+    /// Pushes the test image as `ADDR/REPO:TAG`, logging in with a temporary
+    /// DOCKER_CONFIG (the machine's `~/.docker` is never touched), then removes the local
+    /// tag so the image must be pulled. Returns the reference; it is removed on drop.
+    pub fn push_test_image(&self, repo: &str, tag: &str, login: Option<(&str, &str)>) -> String {
+        let remote = format!("{}/{repo}:{tag}", self.addr);
+        let cfg = self
+            .dir
+            .join(format!("docker-cli-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&cfg).unwrap();
+        let cli = |args: &[&str], stdin: Option<&str>| {
+            let mut cmd = Command::new("docker");
+            cmd.env("DOCKER_CONFIG", &cfg).args(args);
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = cmd.spawn().expect("run the docker CLI");
+            if let Some(input) = stdin {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(input.as_bytes())
+                    .unwrap();
+            }
+            drop(child.stdin.take());
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "docker {:?} failed: {}",
+                args.first(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        if let Some((user, password)) = login {
+            cli(
+                &["login", "--username", user, "--password-stdin", &self.addr],
+                Some(password),
+            );
+        }
+        self.made.lock().unwrap().push(remote.clone());
+        cli(&["tag", TEST_IMAGE, &remote], None);
+        cli(&["push", &remote], None);
+        cli(&["rmi", &remote], None);
+        let _ = std::fs::remove_dir_all(&cfg);
+        remote
+    }
+
+    /// A Docker `config.json` made by `docker login` (base64 `auth` entry) in a fresh
+    /// DOCKER_CONFIG directory under this registry's (the machine's `~/.docker` is never
+    /// touched); deleted with the registry.
+    pub fn login_config(&self, username: &str, password: &str) -> PathBuf {
+        let cfg = self
+            .dir
+            .join(format!("docker-config-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&cfg).unwrap();
+        let mut child = Command::new("docker")
+            .env("DOCKER_CONFIG", &cfg)
+            .args([
+                "login",
+                "--username",
+                username,
+                "--password-stdin",
+                &self.addr,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run docker login");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(password.as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "docker login failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cfg.join("config.json")
+    }
+
+    /// Sessions of the daemon with the registry: each pull (or manifest inspect) begins
+    /// with one `GET /v2/` (the version check that brings the auth challenge); 0 for a
+    /// registry started without a log.
+    pub fn pulls(&self) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("\"GET /v2/ HTTP"))
+            .count()
+    }
+
+    /// The registry's own log (requests, auth failures).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default()
+    }
 }
 
 impl Drop for LocalRegistry {
     fn drop(&mut self) {
+        for image in self.made.lock().unwrap().iter() {
+            // Present only when a test pulled it; absent is fine.
+            let _ = Command::new("docker")
+                .args(["rmi", image])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);

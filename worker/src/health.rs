@@ -1,6 +1,7 @@
-//! Dependency status shared by the monitors, `/health` and `/metrics`: for Postgres and
-//! Docker, `unknown | up | down` with the last error, times and counters. Holds no
-//! connection strings, hostnames or versions.
+//! Dependency status shared by the monitors, `/health`, `/health/ready` and `/metrics`:
+//! for Postgres and Docker, `unknown | up | down` with the last error, times and
+//! counters, and the readiness verdict orchestrators probe. Holds no connection strings,
+//! hostnames or versions.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -118,6 +119,56 @@ pub struct Health {
     pub draining: CancellationToken,
 }
 
+/// Names of the dependencies, as `/health` and `/health/ready` spell them.
+pub const POSTGRES: &str = "postgres";
+pub const DOCKER: &str = "docker";
+
+/// Whether the process should get traffic (`/health/ready`): the dependencies that are
+/// not `up`, or draining.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Readiness {
+    /// `ready`, `not_ready` or `draining`.
+    pub status: &'static str,
+    /// The dependencies that keep it from being ready ([`POSTGRES`], [`DOCKER`]).
+    pub failing: Vec<&'static str>,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.status == "ready"
+    }
+}
+
+impl Health {
+    /// Ready while Postgres is `up` and, when `docker_required`, Docker is `up` too;
+    /// `unknown` (no probe answered yet) is not ready. A draining process is never
+    /// ready, so an orchestrator stops routing to it while running work finishes.
+    pub fn readiness(&self, docker_required: bool) -> Readiness {
+        let mut failing = Vec::new();
+        if self.postgres.snapshot().status != Status::Up {
+            failing.push(POSTGRES);
+        }
+        if docker_required && self.docker.snapshot().status != Status::Up {
+            failing.push(DOCKER);
+        }
+        let status = if self.draining.is_cancelled() {
+            "draining"
+        } else if failing.is_empty() {
+            "ready"
+        } else {
+            "not_ready"
+        };
+        Readiness { status, failing }
+    }
+}
+
+/// How often the Postgres monitor probes while Postgres is up.
+pub const POSTGRES_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// How often it probes while Postgres is down.
+pub const POSTGRES_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// How long one probe may take before it counts as a failure.
+pub const POSTGRES_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A short description of a database error without connection details.
 pub fn classify_db_error(e: &sqlx::Error) -> String {
     match e {
@@ -130,7 +181,8 @@ pub fn classify_db_error(e: &sqlx::Error) -> String {
     }
 }
 
-/// Probes Postgres every `interval` while up and every second while down.
+/// Probes Postgres every `interval` while up and every [`POSTGRES_RETRY_INTERVAL`] while
+/// down, each probe bounded by [`POSTGRES_PROBE_TIMEOUT`].
 pub async fn postgres_monitor(
     pool: PgPool,
     dep: Dependency,
@@ -139,7 +191,7 @@ pub async fn postgres_monitor(
 ) {
     loop {
         let res = tokio::time::timeout(
-            Duration::from_secs(3),
+            POSTGRES_PROBE_TIMEOUT,
             sqlx::query("SELECT 1").execute(&pool),
         )
         .await;
@@ -153,7 +205,7 @@ pub async fn postgres_monitor(
                 interval
             }
             Ok(Err(e)) => {
-                let retry = Duration::from_secs(1);
+                let retry = POSTGRES_RETRY_INTERVAL;
                 let n = dep.failure(
                     classify_db_error(&e),
                     Some(Utc::now() + chrono::Duration::from_std(retry).unwrap_or_default()),
@@ -163,7 +215,7 @@ pub async fn postgres_monitor(
                 retry
             }
             Err(_) => {
-                let retry = Duration::from_secs(1);
+                let retry = POSTGRES_RETRY_INTERVAL;
                 let n = dep.failure("probe timed out".into(), None);
                 warn!(
                     dependency = "postgres",
@@ -179,5 +231,30 @@ pub async fn postgres_monitor(
             _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_needs_postgres_up_and_docker_only_where_required() {
+        let h = Health::default();
+        // Nothing probed yet: not ready.
+        assert_eq!(h.readiness(false).failing, vec![POSTGRES]);
+        h.postgres.success();
+        h.docker.failure("connection refused".into(), None);
+        assert!(h.readiness(false).is_ready(), "optional docker down");
+        let r = h.readiness(true);
+        assert_eq!((r.status, r.failing), ("not_ready", vec![DOCKER]));
+        h.docker.success();
+        h.postgres.failure("io: connection refused".into(), None);
+        assert_eq!(h.readiness(true).failing, vec![POSTGRES]);
+        h.postgres.success();
+        assert!(h.readiness(true).is_ready());
+        h.draining.cancel();
+        let r = h.readiness(true);
+        assert_eq!((r.status, r.failing.len()), ("draining", 0));
     }
 }

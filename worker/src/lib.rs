@@ -8,6 +8,7 @@
 //! - [`executor`]: the registry of activity kinds and the worker loop.
 //! - [`docker`]: `tools.docker.*`: bollard client, run spec, container lifecycle, tracking.
 //! - [`api`]: the HTTP server.
+//! - [`metrics`]: the process's Prometheus recorder and its record calls (a leaf).
 //! - [`supervisor`]: signals, the two shutdown phases, and wiring of the services.
 //! - [`cli`]: the `highway` commands (thin; they call the library).
 //!
@@ -20,6 +21,7 @@ pub mod db;
 pub mod docker;
 pub mod executor;
 pub mod health;
+pub mod metrics;
 pub mod queue;
 pub mod scheduler;
 pub mod supervisor;

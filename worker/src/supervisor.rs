@@ -135,6 +135,12 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> anyhow::Result<WorkerSummary> {
     opts.api.validate()?;
+    // One recorder per process; queue names become labels only when allow-listed.
+    crate::metrics::install();
+    crate::metrics::allow_labels(opts.api.metrics_label_allowlist.iter().cloned());
+    if let Some(w) = &opts.worker {
+        crate::metrics::allow_labels(w.queues.iter().cloned());
+    }
     let pool = db::lazy_pool(&opts.database_url, &opts.pool)?;
     let maint_pool = db::lazy_pool(
         &opts.database_url,
@@ -174,7 +180,7 @@ pub async fn run(
     tracker.spawn(health::postgres_monitor(
         maint_pool.clone(),
         health.postgres.clone(),
-        Duration::from_secs(5),
+        health::POSTGRES_PROBE_INTERVAL,
         stop.clone(),
     ));
     // Durable cron: every worker runs a scheduler (no leader needed) on its own small
@@ -216,9 +222,11 @@ pub async fn run(
             // HIGHWAY_SECRET_* variables; a malformed key is a configuration error.
             let secrets = crate::docker::secret_store::TableSecretResolver::from_env(pool.clone())
                 .map_err(|e| anyhow::anyhow!("secrets store: {e}"))?;
+            let registries = registry_auth(cfg, &pool)?;
             let rt = Arc::new(
                 DockerRuntime::new(cfg.clone(), pool.clone(), w.id, artifacts.clone())
-                    .with_secrets(Arc::new(secrets)),
+                    .with_secrets(Arc::new(secrets))
+                    .with_registries(registries),
             );
             docker::register(&mut registry, rt.clone());
             Some(rt)
@@ -292,9 +300,30 @@ pub async fn run(
                     }),
                 opts: opts.gc.clone().unwrap_or_default(),
             });
+        let secrets_key = crate::docker::secret_store::SecretsKey::from_env()
+            .map_err(|e| anyhow::anyhow!("secrets store: {e}"))?;
+        let policy = opts
+            .docker
+            .as_ref()
+            .map(|(cfg, _)| cfg.policy.clone())
+            .unwrap_or_default();
         let state = AppState::new(health.clone(), pool.clone(), opts.api.clone())
+            .with_docker_policy(policy)
+            .with_secrets(secrets_key)
             .with_gc(planner)
-            .with_digests(digests.clone());
+            .with_digests(digests.clone())
+            .with_docker_required(
+                docker_runtime.is_some()
+                    && opts
+                        .docker
+                        .as_ref()
+                        .is_some_and(|(cfg, _)| !cfg.availability.optional),
+            );
+        // Queue depth and the oldest wait: one reader per serving process, not per scrape.
+        tracker.spawn(
+            crate::queue::stats::QueueStats::new(maint_pool.clone(), opts.api.metrics_interval.0)
+                .run(stop.clone()),
+        );
         let stop = stop.clone();
         tracker.spawn(async move {
             let shutdown = async move { stop.cancelled().await };
@@ -406,4 +435,33 @@ pub async fn run(
         std::fs::remove_file(dir.join(crate::cli::remote::API_URL_FILE)).ok();
     }
     Ok(summary)
+}
+
+/// Registry credentials of the pulls: the table (with HIGHWAY_SECRETS_KEY) and the
+/// `--docker-config` file, read now so that a bad file stops the start, naming it.
+fn registry_auth(
+    cfg: &crate::config::docker::DockerConfig,
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<crate::docker::registry_store::RegistryAuth> {
+    use crate::docker::registry_auth::DockerConfigFile;
+    use crate::docker::registry_store::{RegistryAuth, RegistryStore};
+    let store = RegistryStore::from_env(pool.clone())
+        .map_err(|e| anyhow::anyhow!("registry credentials: {e}"))?;
+    let file = match &cfg.docker_config {
+        None => None,
+        Some(path) => {
+            let f = DockerConfigFile::load(path)?;
+            let hosts: Vec<&str> = f.hosts().collect();
+            info!(path = %path.display(), registries = ?hosts, "docker config read");
+            if f.uses_helpers {
+                warn!(
+                    path = %path.display(),
+                    "docker config names a credential helper (credsStore/credHelpers): \
+                     not run; only its auths entries are used"
+                );
+            }
+            Some(f)
+        }
+    };
+    Ok(RegistryAuth::new(Some(store), file))
 }

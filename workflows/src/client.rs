@@ -32,6 +32,10 @@ pub enum Error {
     /// tenant's (indistinguishable on purpose).
     #[error("invalid field `workflow_run_id`: workflow run {0} not found")]
     RunNotFound(Uuid),
+    /// A retry of an activity that is not failed, cancelled or timed out, or whose
+    /// workflow run has ended.
+    #[error("cannot retry: {0}")]
+    NotRetryable(String),
     #[error("timed out after {0:?} waiting for activity to finish")]
     WaitTimeout(Duration),
     #[error("database unavailable: {0}")]
@@ -563,6 +567,69 @@ impl Client {
         Ok(outcome)
     }
 
+    /// Puts a failed, cancelled or timed-out activity back in its queue. A fenced state
+    /// change: the update names the prior state the caller saw (`expected`), so a
+    /// concurrent retry or a state that moved on changes nothing ([`RetryOutcome::Conflict`]).
+    ///
+    /// Attempts are extended, not reset: the attempt counter keeps counting (container
+    /// names and tracking rows derive from it, so a reset would collide with the old
+    /// attempts'), and `max_attempts` grows by the attempts already counted, so the
+    /// activity gets its whole retry budget again. The schedule-to-close budget restarts
+    /// at the retry (it counts from creation, which would time the retry out at once).
+    /// An activity of a workflow run that is no longer running is refused
+    /// ([`Error::NotRetryable`]): the run would not take its result.
+    pub async fn retry(
+        &self,
+        id: Uuid,
+        tenant: Option<&str>,
+        expected: ActivityStatus,
+    ) -> Result<RetryOutcome> {
+        if !matches!(
+            expected,
+            ActivityStatus::Failed | ActivityStatus::Cancelled | ActivityStatus::TimedOut
+        ) {
+            return Err(Error::NotRetryable(format!(
+                "the activity is {expected}; only failed, cancelled or timed_out activities can be retried"
+            )));
+        }
+        let mut tx = self.pool.begin().await?;
+        let run: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT r.status FROM highway.activities a \
+               LEFT JOIN highway.workflow_runs r ON r.id = a.workflow_run_id \
+              WHERE a.id = $1 AND ($2::text IS NULL OR a.tenant_id = $2)",
+        )
+        .bind(id)
+        .bind(tenant)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match run {
+            None => return Err(Error::NotFound(id)),
+            Some((Some(s),)) if s != "running" => {
+                return Err(Error::NotRetryable(format!(
+                    "the activity's workflow run is {s}; it would not take the retry's result"
+                )))
+            }
+            Some(_) => {}
+        }
+        let row: Option<(String,)> = sqlx::query_as(RETRY_ONE)
+            .bind(id)
+            .bind(tenant)
+            .bind(expected.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some((queue,)) = row else {
+            tx.commit().await?;
+            return Ok(RetryOutcome::Conflict);
+        };
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(ACTIVITY_CHANNEL)
+            .bind(&queue)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(RetryOutcome::Requeued)
+    }
+
     /// Starts a workflow run record (the driver that executes definitions is separate).
     pub async fn create_run(&self, tenant: &str, name: &str, input: &Value) -> Result<Uuid> {
         check_field("tenant_id", tenant)?;
@@ -879,6 +946,25 @@ RETURNING id
 );
 
 // `status` on the right-hand side is the row's value before the update.
+const RETRY_ONE: &str = r#"
+UPDATE highway.activities
+SET status = 'scheduled',
+    run_at = now(),
+    max_attempts = max_attempts + (attempt - uncounted_attempts),
+    schedule_to_close_timeout_ms = schedule_to_close_timeout_ms
+        + (EXTRACT(EPOCH FROM now() - created_at) * 1000)::bigint,
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    heartbeat_details = NULL,
+    result = NULL,
+    error = NULL,
+    finished_at = NULL,
+    cancel_requested_at = NULL
+WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2) AND status = $3
+  AND status IN ('failed', 'cancelled', 'timed_out')
+RETURNING queue
+"#;
+
 const CANCEL_ONE: &str = r#"
 UPDATE highway.activities
 SET cancel_requested_at = COALESCE(cancel_requested_at, now()),

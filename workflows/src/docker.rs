@@ -1253,13 +1253,10 @@ impl DockerRunParams {
     /// (`inputs[0].mode`, or the unknown field), then validates them.
     pub fn from_json(v: &serde_json::Value) -> Result<Self, FieldError> {
         let params: Self = serde_path_to_error::deserialize(v).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." {
-                "params".to_string()
-            } else {
-                path
-            };
-            FieldError::new(field, e.into_inner().to_string())
+            crate::docker_params::deserialize_error(
+                &e.path().to_string(),
+                e.into_inner().to_string(),
+            )
         })?;
         params.validate()?;
         Ok(params)

@@ -52,9 +52,10 @@ pub trait ToolParams: DeserializeOwned {
 
     fn from_json(v: &serde_json::Value) -> Result<Self, FieldError> {
         let p: Self = serde_path_to_error::deserialize(v).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." { "params".into() } else { path };
-            FieldError::new(field, e.into_inner().to_string())
+            crate::docker_params::deserialize_error(
+                &e.path().to_string(),
+                e.into_inner().to_string(),
+            )
         })?;
         p.validate()?;
         Ok(p)

@@ -8,6 +8,8 @@
 //! - [`definition`]: the workflow definition format (JSON Schema, validation naming the
 //!   field); [`runs`]: the durable run driver over `highway.workflow_steps` (start, advance,
 //!   status, wait).
+//! - [`docker`], [`docker_tools`]: params of the `tools.docker.*` kinds;
+//!   [`docker_params`]: the one syntax check of them, by kind.
 //! - [`client`]: [`Client`], the producer side of the queue. Like River's `Insert`/`InsertTx`
 //!   it writes straight into Postgres, so an enqueue can join the caller's transaction.
 //!   This module owns the enqueue, read and cancel SQL; claiming and completing belong to
@@ -18,6 +20,7 @@
 pub mod client;
 pub mod definition;
 pub mod docker;
+pub mod docker_params;
 pub mod docker_tools;
 pub mod duration;
 pub mod runs;

@@ -78,6 +78,16 @@ pub async fn start_run(
     let stored_def = serde_json::to_value(def).expect("definition serializes");
     crate::types::check_storable("definition", &stored_def)?;
     let inputs = def.resolve_inputs(inputs)?;
+    // Each step's params as they will be enqueued, through the worker's parser: a step
+    // that could never run fails the start instead of the run halfway.
+    for (i, s) in def.steps.iter().enumerate() {
+        crate::docker_params::check(&s.kind, &substitute(&s.params, &inputs)).map_err(|e| {
+            FieldError::new(
+                format!("steps[{i}].{}", crate::docker_params::request_path(&e)),
+                e.reason,
+            )
+        })?;
+    }
     crate::EnqueueRequest::new("tools.docker.run", json!({}))
         .tenant(tenant)
         .validate()?;

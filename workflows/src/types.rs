@@ -208,6 +208,9 @@ impl EnqueueRequest {
             return Err(FieldError::new("params", "must be a JSON object"));
         }
         check_storable("params", &self.params)?;
+        // The worker's own parser: params it would refuse are refused here, unstored.
+        crate::docker_params::check(&self.kind, &self.params)
+            .map_err(|e| FieldError::new(crate::docker_params::request_path(&e), e.reason))?;
         for (i, t) in self
             .retry_policy
             .non_retryable_error_types
@@ -440,6 +443,17 @@ pub struct ActivityFilter {
     pub queue: Option<String>,
     pub workflow_run_id: Option<Uuid>,
     pub limit: Option<i64>,
+}
+
+/// What a retry request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOutcome {
+    /// It was failed, cancelled or timed out: it is `scheduled` again.
+    Requeued,
+    /// Its state changed between the read and the update (a concurrent retry, or it
+    /// was not in a retryable state): nothing changed.
+    Conflict,
 }
 
 /// What a cancellation request did.

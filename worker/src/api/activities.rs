@@ -1,4 +1,4 @@
-//! `/v1/activities`: enqueue (with `Idempotency-Key`), get, list, cancel, and the log
+//! `/v1/activities`: enqueue (with `Idempotency-Key`), get, list, cancel, retry, and the log
 //! stream (server-sent events, resumable from a sequence number, following live).
 //!
 //! Owns: the HTTP shape of these operations and the tenant rules: a tenant token
@@ -9,7 +9,7 @@
 use super::auth::Caller;
 use super::body::{decode, ApiQuery, JsonBytes};
 use super::error::{parse_uuid, ApiError};
-use super::{store, AppState};
+use super::{admission, store, AppState};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -38,6 +38,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/activities", post(enqueue).get(list))
         .route("/v1/activities/{id}", get(show))
         .route("/v1/activities/{id}/cancel", post(cancel))
+        .route("/v1/activities/{id}/retry", post(retry))
         .route("/v1/activities/{id}/logs", get(logs))
 }
 
@@ -69,6 +70,9 @@ async fn enqueue(
         }
         req.idempotency_key = Some(key);
     }
+    // Docker params first: a 422 from the worker's own judgement, before anything else
+    // could store them.
+    admission::admit(&st, "", &req.kind, &req.params)?;
     req.validate()
         .map_err(|e| ApiError::field(e.field, e.reason))?;
 
@@ -236,6 +240,43 @@ async fn cancel(
     )
     .await?;
     Ok(Json(json!({ "id": id, "outcome": outcome })))
+}
+
+/// `POST /v1/activities/{id}/retry`: a failed, cancelled or timed-out activity back to
+/// `scheduled` (see `highway_workflows::Client::retry`: attempts extended, fenced on the
+/// state read here). 409 when it is in another state, its run has ended, or it changed
+/// under us; 404 for another tenant's id. Audited.
+async fn retry(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_uuid("id", &id)?;
+    let before = st.client.get(id, caller.scope(None)).await?;
+    let outcome = st
+        .client
+        .retry(id, caller.scope(None), before.status())
+        .await?;
+    if outcome == highway_workflows::RetryOutcome::Conflict {
+        return Err(ApiError::Conflict(format!(
+            "activity {id} changed state during the retry; read it again"
+        )));
+    }
+    store::audit(
+        &st.pool,
+        Some(&before.tenant_id),
+        &caller.actor(),
+        "activity.retry",
+        Some(before.status.as_str()),
+        Some(id),
+        before.workflow_run_id,
+        "ok",
+    )
+    .await?;
+    let after = st.client.get(id, None).await?;
+    Ok(Json(
+        json!({ "id": id, "outcome": outcome, "previous_status": before.status, "activity": view(&after, None) }),
+    ))
 }
 
 impl From<serde_json::Error> for ApiError {

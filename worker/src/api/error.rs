@@ -48,6 +48,14 @@ pub enum ApiError {
     /// timezone or policy).
     #[error("invalid value of `{field}`: {reason}")]
     InvalidValue { field: String, reason: String },
+    /// 422: `tools.docker.*` params the worker would refuse (syntax or the operator's
+    /// policy), found before anything was stored. `field` is the JSON path in the body.
+    #[error("refused `{field}`: {reason}")]
+    Refused {
+        code: &'static str,
+        field: String,
+        reason: String,
+    },
     /// 429: a per-tenant quota is used up.
     #[error("quota exceeded: {what} (limit {limit})")]
     QuotaExceeded { what: &'static str, limit: i64 },
@@ -88,7 +96,9 @@ impl ApiError {
             Self::IdempotencyConflict(_) | Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::UnknownField(_) | Self::InvalidValue { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::UnknownField(_) | Self::InvalidValue { .. } | Self::Refused { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -109,6 +119,7 @@ impl ApiError {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::UnknownField(_) => "unknown_field",
             Self::InvalidValue { .. } => "invalid_value",
+            Self::Refused { code, .. } => code,
             Self::QuotaExceeded { .. } => "quota_exceeded",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
@@ -127,6 +138,7 @@ impl From<highway_workflows::Error> for ApiError {
             E::IdempotencyConflict { key } => Self::IdempotencyConflict(key),
             E::NotFound(_) => Self::NotFound("activity"),
             E::RunNotFound(_) => Self::NotFound("workflow run"),
+            E::NotRetryable(m) => Self::Conflict(m),
             E::WaitTimeout(_) => Self::Unavailable("activity result"),
             E::Database(db) => Self::db(db),
         }
@@ -162,6 +174,7 @@ impl IntoResponse for ApiError {
         match &self {
             Self::InvalidField { field, .. }
             | Self::InvalidValue { field, .. }
+            | Self::Refused { field, .. }
             | Self::UnknownField(field) => {
                 err["field"] = json!(field);
             }

@@ -1,23 +1,28 @@
-//! The HTTP server (axum): `/health` and `/metrics` without auth, and the `/v1` API
-//! behind bearer tokens. One `IntoResponse` ([`error::ApiError`]) maps every failure to
-//! a status and a `{"error": {...}}` body, and leaks nothing internal.
+//! The HTTP server (axum): `/health`, `/health/live`, `/health/ready` and `/metrics`
+//! without auth, and the `/v1` API behind bearer tokens. One `IntoResponse`
+//! ([`error::ApiError`]) maps every failure to a status and a `{"error": {...}}` body,
+//! and leaks nothing internal.
 //!
 //! # Layout
 //! - [`error`]: `ApiError` and its response mapping.
 //! - [`auth`]: the `Caller` extractor (hashed bearer tokens, tenant or admin).
 //! - [`body`]: body size guard (413 before reading), JSON and query extractors (415,
 //!   422 naming unknown fields, 400 naming bad fields).
-//! - [`activities`], [`containers`], [`runs`], [`audit`], [`gc`]: the `/v1` resources.
+//! - [`activities`], [`containers`], [`runs`], [`audit`], [`gc`], [`schedules`],
+//!   [`workers`] (workers and queues), [`tokens`], [`secrets`], [`registries`]: the `/v1`
+//!   resources.
 //! - [`docker_ready`]: `DockerReady` / `PostgresReady` guards (503 while a dependency is
 //!   down).
 //! - [`metrics`]: Prometheus text. [`openapi`]: the OpenAPI document.
 //! - [`store`]: the API's own SQL (tokens, quotas, reads).
 //! - [`tls`]: HTTPS (`--tls-cert`/`--tls-key`, reloaded on SIGHUP).
+//! - [`admission`]: `tools.docker.*` params judged at the door (422 naming the path).
 //!
 //! Architecture Invariant: handlers never format a database error into a response;
 //! they return `ApiError`, whose `Internal` variant is only logged.
 
 pub mod activities;
+pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod body;
@@ -27,12 +32,17 @@ pub mod error;
 pub mod gc;
 pub mod metrics;
 pub mod openapi;
+pub mod registries;
 pub mod runs;
 pub mod schedules;
+pub mod secrets;
 pub mod store;
 pub mod tls;
+pub mod tokens;
+pub mod workers;
 
 use crate::config::api::ApiConfig;
+use crate::config::docker::SecurityPolicy;
 use crate::health::{Health, Status};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -63,6 +73,15 @@ pub struct AppState {
     pub gc: Option<gc::GcPlanner>,
     /// Image digests of workflow cache keys, for runs started here.
     pub digests: crate::workflow::Digests,
+    /// The secrets store's key (`/v1/secrets` answers 503 without it).
+    pub secrets: Option<crate::docker::secret_store::SecretsKey>,
+    /// `/health/ready` needs Docker `up`: this process runs docker activities and was
+    /// started with `HIGHWAY_DOCKER_OPTIONAL=false`.
+    pub docker_required: bool,
+    /// The Docker policy `tools.docker.*` params are admitted against before they are
+    /// stored: this process's Docker policy settings (`HIGHWAY_DOCKER_*`), the same ones
+    /// its worker uses (secure defaults in a process without Docker settings).
+    pub docker_policy: Arc<SecurityPolicy>,
 }
 
 impl AppState {
@@ -75,7 +94,28 @@ impl AppState {
             log_listeners: Arc::new(Semaphore::new(MAX_LOG_LISTENERS)),
             gc: None,
             digests: Default::default(),
+            secrets: None,
+            docker_required: false,
+            docker_policy: Arc::default(),
         }
+    }
+
+    /// With the Docker policy the door admits params against.
+    pub fn with_docker_policy(mut self, policy: SecurityPolicy) -> Self {
+        self.docker_policy = Arc::new(policy);
+        self
+    }
+
+    /// Whether `/health/ready` waits for Docker as well as Postgres.
+    pub fn with_docker_required(mut self, required: bool) -> Self {
+        self.docker_required = required;
+        self
+    }
+
+    /// With the secrets store's key (`/v1/secrets`).
+    pub fn with_secrets(mut self, key: Option<crate::docker::secret_store::SecretsKey>) -> Self {
+        self.secrets = key;
+        self
     }
 
     /// With the garbage-collector planner (`GET /v1/gc/plan`).
@@ -100,6 +140,10 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::routes())
         .merge(schedules::routes())
         .merge(gc::routes())
+        .merge(workers::routes())
+        .merge(tokens::routes())
+        .merge(secrets::routes())
+        .merge(registries::routes())
         // While Postgres is known to be down, answer 503 at once instead of waiting
         // for the pool's acquire timeout (R8).
         .route_layer(axum::middleware::from_fn_with_state(
@@ -110,8 +154,12 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { error::ApiError::NotFound("route") });
     Router::new()
         .route("/health", get(health))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
         .merge(metrics::routes())
         .merge(v1)
+        // Every matched route is timed under its template, never its raw path.
+        .route_layer(axum::middleware::from_fn(crate::metrics::track_http))
         // Layers run bottom-up: the declared length is checked first (413 before a
         // byte is read), then bodies without a length are capped while streaming.
         .layer(DefaultBodyLimit::max(limit))
@@ -143,6 +191,25 @@ async fn health(State(st): State<AppState>) -> Response {
         })),
     )
         .into_response()
+}
+
+/// `/health/live`: 200 whenever the process answers at all (an orchestrator restarts
+/// it otherwise); dependencies do not matter here.
+async fn live() -> Response {
+    (StatusCode::OK, Json(json!({ "status": "live" }))).into_response()
+}
+
+/// `/health/ready`: 200 `{"status":"ready","failing":[]}` while Postgres is up (and
+/// Docker, when this process needs it); else 503 naming the failing dependencies, or
+/// `draining` once shutdown began. No versions, hostnames or connection strings.
+async fn ready(State(st): State<AppState>) -> Response {
+    let readiness = st.health.readiness(st.docker_required);
+    let code = if readiness.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(readiness)).into_response()
 }
 
 /// Serves until `shutdown` completes.

@@ -5,7 +5,7 @@
 //! `Activity`), documented mirrors are kept here, and a test fails when a mirror's
 //! fields drift from what the real type serializes.
 
-use super::{runs, schedules, store, AppState};
+use super::{registries, runs, schedules, secrets, store, tokens, AppState};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -41,16 +41,20 @@ pub struct Op {
 /// Every operation the router serves.
 pub const OPS: &[Op] = &[
     Op { method: "get", path: "/health", summary: "Process and dependency status (no auth; no versions, hosts or URLs)", query: &[], body: None, answer: None, auth: false },
+    Op { method: "get", path: "/health/live", summary: "Liveness: 200 while the process serves (no auth)", query: &[], body: None, answer: Some("Liveness"), auth: false },
+    Op { method: "get", path: "/health/ready", summary: "Readiness: 200 while Postgres (and Docker, when this worker requires it) is up; 503 naming the failing dependencies, or while draining (no auth)", query: &[], body: None, answer: Some("Readiness"), auth: false },
     Op { method: "get", path: "/metrics", summary: "Prometheus metrics (text exposition)", query: &[], body: None, answer: None, auth: false },
     Op { method: "get", path: "/v1/openapi.json", summary: "This document", query: &[], body: None, answer: None, auth: false },
     Op { method: "post", path: "/v1/activities", summary: "Enqueue an activity (Idempotency-Key header: same key + same body = same activity, 200; different body = 409)", query: &[], body: Some("EnqueueRequest"), answer: Some("Activity"), auth: true },
     Op { method: "get", path: "/v1/activities", summary: "List activities, newest first", query: &["status", "kind", "queue", "run", "tenant", "limit"], body: None, answer: None, auth: true },
     Op { method: "get", path: "/v1/activities/{id}", summary: "Get an activity", query: &["tenant"], body: None, answer: Some("Activity"), auth: true },
     Op { method: "post", path: "/v1/activities/{id}/cancel", summary: "Cancel an activity", query: &[], body: None, answer: None, auth: true },
+    Op { method: "post", path: "/v1/activities/{id}/retry", summary: "Put a failed, cancelled or timed_out activity back in its queue (attempts extended: max_attempts grows by the attempts counted; 409 in another state or when its run ended)", query: &[], body: None, answer: None, auth: true },
     Op { method: "get", path: "/v1/activities/{id}/logs", summary: "Log lines as server-sent events (event `log`, id = seq; then `end`); resume with Last-Event-ID or ?after=", query: &["after", "follow"], body: None, answer: Some("LogRow"), auth: true },
     Op { method: "get", path: "/v1/containers", summary: "List tracked containers (view=orphans for orphans)", query: &["status", "tenant", "run", "activity", "image", "older_than", "view", "limit"], body: None, answer: None, auth: true },
     Op { method: "get", path: "/v1/containers/{id}", summary: "Get a container by id, short id or name", query: &[], body: None, answer: Some("Container"), auth: true },
     Op { method: "post", path: "/v1/runs", summary: "Start a workflow run: from a definition (`definition`, `inputs`; 422 naming the field) or a bare run record (`name`, `input`)", query: &[], body: Some("StartRun"), answer: Some("RunView"), auth: true },
+    Op { method: "get", path: "/v1/runs", summary: "List workflow runs, newest first; page with before = the previous answer's next", query: &["status", "name", "tenant", "before", "limit"], body: None, answer: None, auth: true },
     Op { method: "get", path: "/v1/runs/{id}", summary: "Get a workflow run (with its steps when a definition drives it)", query: &[], body: None, answer: Some("RunView"), auth: true },
     Op { method: "post", path: "/v1/runs/{id}/cancel", summary: "Cancel a workflow run and its activities", query: &[], body: None, answer: None, auth: true },
     Op { method: "post", path: "/v1/schedules", summary: "Create a schedule (429 at the tenant's schedules quota; 422 naming a bad cron, timezone or policy)", query: &[], body: Some("ScheduleSpec"), answer: Some("Schedule"), auth: true },
@@ -66,11 +70,33 @@ pub const OPS: &[Op] = &[
     Op { method: "get", path: "/v1/schedules/{id}/preview", summary: "The next fire times in the schedule's timezone (count 1..1000, default 10)", query: &["count"], body: None, answer: None, auth: true },
     Op { method: "get", path: "/v1/schedules/{id}/fires", summary: "The newest slot records: fired, skipped, missed, deduplicated, buffered", query: &["limit"], body: None, answer: None, auth: true },
     Op { method: "get", path: "/v1/audit", summary: "Query the audit log, newest first", query: &["tenant", "action", "activity", "run", "container", "since", "until", "before", "limit"], body: None, answer: None, auth: true },
+    Op { method: "get", path: "/v1/workers", summary: "Admin: worker processes (host, daemon, heartbeat age, slots busy/total, version, queues, state); all=true adds stopped and lost ones", query: &["all", "limit"], body: None, answer: None, auth: true },
+    Op { method: "get", path: "/v1/queues", summary: "Per queue: depth (due waiting), delayed, oldest waiting age, running; a tenant token counts only its own activities", query: &["tenant"], body: None, answer: None, auth: true },
+    Op { method: "get", path: "/v1/tokens", summary: "Admin: list API tokens (never the tokens or their hashes)", query: &[], body: None, answer: None, auth: true },
+    Op { method: "post", path: "/v1/tokens", summary: "Admin: create a token; the answer holds it once", query: &[], body: Some("CreateToken"), answer: None, auth: true },
+    Op { method: "post", path: "/v1/tokens/{id}/revoke", summary: "Admin: revoke a token", query: &[], body: None, answer: None, auth: true },
+    Op { method: "get", path: "/v1/secrets", summary: "List secret names and metadata (never values)", query: &["tenant"], body: None, answer: None, auth: true },
+    Op { method: "put", path: "/v1/secrets/{tenant}/{name}", summary: "Create or replace a secret (body {value}); a tenant token only for its own tenant", query: &[], body: Some("SetSecret"), answer: None, auth: true },
+    Op { method: "delete", path: "/v1/secrets/{tenant}/{name}", summary: "Delete a secret", query: &[], body: None, answer: None, auth: true },
+    Op { method: "put", path: "/v1/registries/{host}", summary: "Store (or replace) a private registry's username and password, global (admin, no tenant_id) or for a tenant; the password is write-only. 201 new, 200 replaced; 409 without HIGHWAY_SECRETS_KEY on the server", query: &[], body: Some("RegistryPut"), answer: Some("RegistryInfo"), auth: true },
+    Op { method: "get", path: "/v1/registries", summary: "List stored registry credentials (host, username, scope, times; never the password)", query: &["tenant"], body: None, answer: None, auth: true },
+    Op { method: "delete", path: "/v1/registries/{host}", summary: "Remove stored registry credentials (admin: the global entry, or a tenant's with ?tenant=)", query: &["tenant"], body: None, answer: None, auth: true },
     Op { method: "get", path: "/v1/gc/plan", summary: "Admin: what a garbage-collector pass would remove now and why (containers and expired images); removes nothing", query: &[], body: None, answer: None, auth: true },
 ];
 
 /// Operations only an admin token may call (403 for a tenant token).
-const ADMIN_ONLY: &[&str] = &["/v1/gc/plan"];
+const ADMIN_ONLY: &[&str] = &[
+    "/v1/gc/plan",
+    "/v1/workers",
+    "/v1/tokens",
+    "/v1/tokens/{id}/revoke",
+];
+
+/// Operations a tenant token may be refused (403) for naming another tenant.
+const TENANT_FORBIDDEN: &[&str] = &["/v1/secrets/{tenant}/{name}"];
+
+/// Operations that answer 409 when the resource is in the wrong state.
+const CONFLICTS: &[&str] = &["/v1/activities/{id}/retry"];
 
 /// Operations whose body may be left out entirely.
 const OPTIONAL_BODY: &[&str] = &["/v1/schedules/{id}/pause", "/v1/schedules/{id}/trigger"];
@@ -134,6 +160,24 @@ pub struct Activity {
     pub created: Option<bool>,
 }
 
+/// The answer of `/health/live`.
+#[allow(dead_code)] // Only its schema is used.
+#[derive(JsonSchema)]
+pub struct Liveness {
+    /// Always `live`.
+    pub status: String,
+}
+
+/// Mirror of `health::Readiness`, the answer of `/health/ready` (200 and 503).
+#[allow(dead_code)] // Only its schema is used.
+#[derive(JsonSchema)]
+pub struct Readiness {
+    /// `ready`, `not_ready` or `draining`.
+    pub status: String,
+    /// The dependencies that are not up: `postgres`, `docker`.
+    pub failing: Vec<String>,
+}
+
 /// The error body of every failure.
 #[allow(dead_code)] // Only its schema is used.
 #[derive(JsonSchema)]
@@ -162,6 +206,8 @@ fn components() -> Map<String, Value> {
         ),
         ("Activity", g.subschema_for::<Activity>().to_value()),
         ("ErrorBody", g.subschema_for::<ErrorBody>().to_value()),
+        ("Liveness", g.subschema_for::<Liveness>().to_value()),
+        ("Readiness", g.subschema_for::<Readiness>().to_value()),
         (
             "Container",
             g.subschema_for::<store::Container>().to_value(),
@@ -171,6 +217,24 @@ fn components() -> Map<String, Value> {
         ("RunView", g.subschema_for::<runs::RunView>().to_value()),
         ("AuditRow", g.subschema_for::<store::AuditRow>().to_value()),
         ("LogRow", g.subschema_for::<store::LogRow>().to_value()),
+        (
+            "RunSummary",
+            g.subschema_for::<store::RunSummary>().to_value(),
+        ),
+        ("Worker", g.subschema_for::<store::WorkerRow>().to_value()),
+        ("QueueRow", g.subschema_for::<store::QueueRow>().to_value()),
+        (
+            "CreateToken",
+            g.subschema_for::<tokens::CreateToken>().to_value(),
+        ),
+        (
+            "TokenInfo",
+            g.subschema_for::<store::TokenInfo>().to_value(),
+        ),
+        (
+            "SetSecret",
+            g.subschema_for::<secrets::SetSecret>().to_value(),
+        ),
         (
             "ScheduleSpec",
             g.subschema_for::<sched::ScheduleSpec>().to_value(),
@@ -205,6 +269,15 @@ fn components() -> Map<String, Value> {
             g.subschema_for::<schedules::BackfillRequest>().to_value(),
         ),
         (
+            "RegistryPut",
+            g.subschema_for::<registries::RegistryPut>().to_value(),
+        ),
+        (
+            "RegistryInfo",
+            g.subschema_for::<crate::docker::registry_store::RegistryInfo>()
+                .to_value(),
+        ),
+        (
             "DockerRunParams",
             g.subschema_for::<highway_workflows::docker::DockerRunParams>()
                 .to_value(),
@@ -234,15 +307,20 @@ fn build() -> Value {
     let mut paths = Map::new();
     for op in OPS {
         let mut params: Vec<Value> = Vec::new();
-        if op.path.contains("{id}") {
+        for name in op
+            .path
+            .split('{')
+            .skip(1)
+            .filter_map(|p| p.split('}').next())
+        {
             // Every id is a UUID (anything else is a 400), except a container's, which may
             // also be a short id or a name.
-            let schema = if op.path.starts_with("/v1/containers/") {
-                json!({"type": "string"})
-            } else {
+            let schema = if name == "id" && !op.path.starts_with("/v1/containers/") {
                 json!({"type": "string", "format": "uuid"})
+            } else {
+                json!({"type": "string"})
             };
-            params.push(json!({"name": "id", "in": "path", "required": true, "schema": schema}));
+            params.push(json!({"name": name, "in": "path", "required": true, "schema": schema}));
         }
         for q in op.query {
             params.push(
@@ -268,8 +346,11 @@ fn build() -> Value {
         };
         let err = json!({"description": "error", "content": {"application/json": {"schema": schema_ref("ErrorBody")}}});
         let mut responses = json!({ "200": {"description": "success", "content": ok_content} });
-        // Creating posts answer 201; actions on an existing resource (`{id}/...`) 200.
-        if op.method == "post" && op.body.is_some() && !op.path.contains("{id}") {
+        // Creating posts answer 201; actions on an existing resource (`{id}/...`) 200. A
+        // PUT of registry credentials answers 201 when it created the entry.
+        if (op.method == "post" && op.body.is_some() && !op.path.contains("{id}"))
+            || (op.method == "put" && op.path == "/v1/registries/{host}")
+        {
             responses["201"] =
                 json!({"description": "created", "content": responses["200"]["content"].clone()});
         }
@@ -278,8 +359,14 @@ fn build() -> Value {
                 responses[code] = err.clone();
             }
         }
-        if ADMIN_ONLY.contains(&op.path) {
+        if op.path == "/health/ready" {
+            responses["503"] = json!({"description": "not ready", "content": ok_content});
+        }
+        if ADMIN_ONLY.contains(&op.path) || TENANT_FORBIDDEN.contains(&op.path) {
             responses["403"] = err.clone();
+        }
+        if CONFLICTS.contains(&op.path) {
+            responses["409"] = err.clone();
         }
         // An unknown query parameter is a 422 naming it.
         if op.auth && !op.query.is_empty() {
@@ -376,6 +463,9 @@ mod tests {
         .keys()
         .cloned()
         .collect();
+        let ready = serde_json::to_value(crate::health::Health::default().readiness(true)).unwrap();
+        let ready: BTreeSet<String> = ready.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(schema_props("Readiness"), ready);
         let mut mirror = schema_props("Activity");
         mirror.remove("created");
         assert_eq!(mirror, act.into_iter().collect());

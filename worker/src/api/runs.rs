@@ -1,21 +1,24 @@
-//! `/v1/runs`: start, get and cancel workflow runs. A run here is the record that groups
+//! `/v1/runs`: start, list, get and cancel workflow runs. A run here is the record that groups
 //! activities (`workflow_run_id`). `POST /v1/runs` takes either the bare form (`name`,
 //! `input`: records a run that activities are enqueued into) or a definition
 //! (`definition`, `inputs`: validated, 422 naming the field, then started through the
 //! same driver start as `highway run`, `highway_workflows::runs::start_run`). `GET`
 //! shows a definition-driven run's steps. Cancelling cancels every activity of the run
-//! through `highway_workflows::Client::cancel_run`.
+//! through `highway_workflows::Client::cancel_run`. `GET /v1/runs` lists runs newest
+//! first (filters `status`, `name` prefix, `tenant` for admins; paged with `before` =
+//! the previous answer's `next`); a tenant token sees only its own tenant's runs.
 
+use super::activities::parse_limit;
 use super::auth::Caller;
-use super::body::{decode, JsonBytes};
+use super::body::{decode, ApiQuery, JsonBytes};
 use super::error::{parse_uuid, ApiError};
-use super::{store, AppState};
+use super::{admission, store, AppState};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use highway_workflows::definition::WorkflowDefinition;
+use highway_workflows::definition::{substitute, WorkflowDefinition};
 use highway_workflows::runs::{self, RunError, StepStatus};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -25,7 +28,7 @@ use uuid::Uuid;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/runs", post(start))
+        .route("/v1/runs", post(start).get(list))
         .route("/v1/runs/{id}", get(show))
         .route("/v1/runs/{id}/cancel", post(cancel))
 }
@@ -162,6 +165,22 @@ async fn start(
             }
         })?;
         let tenant = tenant_of(&caller, body.tenant_id)?;
+        // Every step's params as they will be enqueued (inputs substituted), judged
+        // now: a step that could never run fails the start, not the run halfway.
+        let inputs = def
+            .resolve_inputs(&body.inputs)
+            .map_err(|e| StartError::Invalid {
+                field: e.field,
+                reason: e.reason,
+            })?;
+        for (i, s) in def.steps.iter().enumerate() {
+            admission::admit(
+                &st,
+                &format!("definition.steps[{i}]."),
+                &s.kind,
+                &substitute(&s.params, &inputs),
+            )?;
+        }
         let id = runs::start_run(
             &st.client,
             &tenant,
@@ -257,4 +276,54 @@ async fn cancel(
     )
     .await?;
     Ok(Json(json!({ "id": id, "outcome": outcome })))
+}
+
+/// Query of `GET /v1/runs`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub status: Option<String>,
+    /// A prefix of the run's name.
+    pub name: Option<String>,
+    /// Admin tokens only; a tenant token's own tenant otherwise.
+    pub tenant: Option<String>,
+    /// The previous answer's `next`: runs older than that one.
+    pub before: Option<String>,
+    pub limit: Option<String>,
+}
+
+/// The run states a filter may name.
+const RUN_STATES: &[&str] = &["running", "succeeded", "failed", "cancelling", "cancelled"];
+
+async fn list(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(s) = q.status.as_deref() {
+        if !RUN_STATES.contains(&s) {
+            return Err(ApiError::field(
+                "status",
+                format!("must be one of {}", RUN_STATES.join(", ")),
+            ));
+        }
+    }
+    let limit = parse_limit(q.limit.as_deref(), 50, 1000)?;
+    let f = store::RunFilter {
+        tenant: caller.scope(q.tenant.as_deref()).map(str::to_owned),
+        status: q.status,
+        name: q.name,
+        before: q
+            .before
+            .as_deref()
+            .map(|b| parse_uuid("before", b))
+            .transpose()?,
+        limit,
+    };
+    let items = store::list_runs(&st.pool, &f).await?;
+    // A full page may have more after it; a short one is the last.
+    let next = (items.len() as i64 == limit)
+        .then(|| items.last().map(|r| r.id))
+        .flatten();
+    Ok(Json(json!({ "items": items, "next": next })))
 }

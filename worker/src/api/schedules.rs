@@ -15,7 +15,7 @@ use super::activities::{parse_count, parse_limit};
 use super::auth::Caller;
 use super::body::{decode, ApiQuery, JsonBytes};
 use super::error::{parse_uuid, ApiError};
-use super::{store, AppState};
+use super::{admission, store, AppState};
 use crate::config::scheduler::SchedulerConfig;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Request, State};
@@ -171,6 +171,7 @@ async fn create(
     )? {
         spec.tenant_id = t.to_owned();
     }
+    admission::admit(&st, "activity.", &spec.activity.kind, &spec.activity.params)?;
     let quota = st.api.api_quota_schedules;
     if quota > 0 && store::schedule_count(&st.pool, &spec.tenant_id).await? >= quota {
         return Err(ApiError::QuotaExceeded {
@@ -255,6 +256,7 @@ async fn update(
     if !named_tenant {
         spec.tenant_id = old.tenant_id.clone();
     }
+    admission::admit(st, "activity.", &spec.activity.kind, &spec.activity.params)?;
     let s = client(st)
         .update(old.id, caller.scope(None), &spec, &limits())
         .await?;

@@ -3,6 +3,7 @@
 //! `/v1/audit`, `/v1/gc/plan` and `/metrics`.
 //!
 //! Owns: `highway.api_tokens`. Reads (never writes) `docker_containers`, `workflow_runs`,
+//! `workers`,
 //! `audit_log`, `activities`, `docker_images` and, when the scheduler's migration is present, `schedules`
 //! and `schedule_fires`. Every tenant-scoped read takes `tenant: Option<&str>` and adds
 //! `($n::text IS NULL OR tenant_id = $n)`, so another tenant's row is simply not found.
@@ -576,4 +577,137 @@ mod tests {
         assert_eq!(h.len(), 64);
         assert!(!h.contains(&t[3..]));
     }
+}
+
+// ---------------------------------------------------------------------------------
+// Run listing, workers, queues.
+
+/// A workflow run as `GET /v1/runs` lists it (no input or result: those are in
+/// `GET /v1/runs/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, JsonSchema)]
+pub struct RunSummary {
+    pub id: Uuid,
+    pub tenant_id: String,
+    pub name: String,
+    /// running | succeeded | failed | cancelling | cancelled
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Activities of the run by status.
+    pub activities: Value,
+}
+
+/// Filters of `GET /v1/runs`.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub tenant: Option<String>,
+    pub status: Option<String>,
+    /// Prefix of the run's name.
+    pub name: Option<String>,
+    /// Runs listed after this one (the previous page's `next`).
+    pub before: Option<Uuid>,
+    pub limit: i64,
+}
+
+/// Runs newest first, keyset-paged by `(created_at, id)`.
+pub async fn list_runs(db: impl PgExecutor<'_>, f: &RunFilter) -> sqlx::Result<Vec<RunSummary>> {
+    sqlx::query_as(
+        "SELECT r.id, r.tenant_id, r.name, r.status, r.created_at, r.finished_at,
+                COALESCE((SELECT jsonb_object_agg(s.status, s.n) FROM
+                            (SELECT status, count(*) AS n FROM highway.activities
+                              WHERE workflow_run_id = r.id GROUP BY status) s), '{}'::jsonb) AS activities
+           FROM highway.workflow_runs r
+          WHERE ($1::text IS NULL OR r.tenant_id = $1) AND ($2::text IS NULL OR r.status = $2)
+            AND ($3::text IS NULL OR starts_with(r.name, $3))
+            AND ($4::uuid IS NULL OR (r.created_at, r.id) <
+                 (SELECT b.created_at, b.id FROM highway.workflow_runs b WHERE b.id = $4))
+          ORDER BY r.created_at DESC, r.id DESC LIMIT $5",
+    )
+    .bind(&f.tenant)
+    .bind(&f.status)
+    .bind(&f.name)
+    .bind(f.before)
+    .bind(f.limit)
+    .fetch_all(db)
+    .await
+}
+
+/// A worker process as `GET /v1/workers` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, JsonSchema)]
+pub struct WorkerRow {
+    pub id: Uuid,
+    pub hostname: String,
+    /// The Docker daemon it runs containers on (`None` until it first reached one).
+    pub daemon_id: Option<String>,
+    pub version: String,
+    pub queues: Vec<String>,
+    /// Activities it is running now (leases it holds).
+    pub slots_busy: i64,
+    /// How many activities it runs at once.
+    pub slots_total: i32,
+    /// running | draining | stopped | lost
+    pub state: String,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    /// Seconds since its last heartbeat, by the database's clock.
+    pub heartbeat_age_secs: f64,
+}
+
+/// Workers, live ones first then by last heartbeat; `include_stopped` adds the stopped
+/// and lost ones.
+pub async fn list_workers(
+    db: impl PgExecutor<'_>,
+    include_stopped: bool,
+    limit: i64,
+) -> sqlx::Result<Vec<WorkerRow>> {
+    sqlx::query_as(
+        "SELECT w.id, w.hostname, w.daemon_id, w.version, w.queues,
+                (SELECT count(*) FROM highway.activities a
+                  WHERE a.lease_owner = w.id AND a.status = 'running') AS slots_busy,
+                w.concurrency AS slots_total, w.status AS state, w.started_at, w.heartbeat_at,
+                extract(epoch FROM now() - w.heartbeat_at)::float8 AS heartbeat_age_secs
+           FROM highway.workers w
+          WHERE $1 OR w.status IN ('running', 'draining')
+          ORDER BY (w.status IN ('running', 'draining')) DESC, w.heartbeat_at DESC, w.id
+          LIMIT $2",
+    )
+    .bind(include_stopped)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// One queue as `GET /v1/queues` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, JsonSchema)]
+pub struct QueueRow {
+    pub queue: String,
+    /// Scheduled activities whose start time has come.
+    pub depth: i64,
+    /// Scheduled activities whose start time is still ahead (delays, retry backoff).
+    pub delayed: i64,
+    /// Seconds the oldest due activity has waited; 0 when none waits.
+    pub oldest_waiting_secs: f64,
+    pub running: i64,
+}
+
+/// Per queue with scheduled or running activities (of `tenant`, when given).
+pub async fn list_queues(
+    db: impl PgExecutor<'_>,
+    tenant: Option<&str>,
+) -> sqlx::Result<Vec<QueueRow>> {
+    sqlx::query_as(
+        "SELECT queue,
+                count(*) FILTER (WHERE status = 'scheduled' AND run_at <= now()) AS depth,
+                count(*) FILTER (WHERE status = 'scheduled' AND run_at > now()) AS delayed,
+                COALESCE(extract(epoch FROM now() - min(run_at)
+                           FILTER (WHERE status = 'scheduled' AND run_at <= now())), 0)::float8
+                    AS oldest_waiting_secs,
+                count(*) FILTER (WHERE status = 'running') AS running
+           FROM highway.activities
+          WHERE status IN ('scheduled', 'running') AND ($1::text IS NULL OR tenant_id = $1)
+          GROUP BY queue ORDER BY queue",
+    )
+    .bind(tenant)
+    .fetch_all(db)
+    .await
 }

@@ -90,7 +90,7 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             break;
         }
     }
-    if f.json {
+    if super::output::json(f.json) {
         for r in rows {
             println!("{}", serde_json::to_string(&r)?);
         }

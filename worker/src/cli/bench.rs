@@ -41,7 +41,7 @@ pub struct QueueBench {
     pub activities: usize,
 }
 
-pub async fn run(cmd: BenchCommand, _db: &crate::config::DatabaseArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Queue(b) => queue(b).await,
         BenchCommand::Docker(b) => super::bench_docker::run(b).await,

@@ -1,5 +1,6 @@
-//! `highway containers ls|show`: the container tracking table through the API (a table
-//! by default, `--json` for machines).
+//! `highway container ls|show|logs`: the container tracking table through the API (a
+//! table by default, `--output json` for machines); `logs` prints the log lines of the
+//! container's activity attempt (the worker stores them per activity).
 
 use super::cell;
 use super::remote::{Remote, RemoteArgs};
@@ -35,7 +36,7 @@ pub enum ContainersCommand {
         orphans: bool,
         #[arg(long, default_value_t = 100)]
         limit: u32,
-        #[arg(long)]
+        #[arg(long, hide = true)]
         json: bool,
     },
     /// Show one container (id, short id or name).
@@ -43,7 +44,18 @@ pub enum ContainersCommand {
         #[command(flatten)]
         remote: RemoteArgs,
         id: String,
-        #[arg(long)]
+        #[arg(long, hide = true)]
+        json: bool,
+    },
+    /// Print the log lines of the container's activity; `-f` follows until it finishes.
+    Logs {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// Container id, short id or name.
+        id: String,
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long, hide = true)]
         json: bool,
     },
 }
@@ -94,42 +106,65 @@ pub async fn run(cmd: ContainersCommand) -> anyhow::Result<ExitCode> {
             }
             let body = api.get_json("/v1/containers", &q).await?;
             let items = body["items"].as_array().cloned().unwrap_or_default();
-            if json {
+            if super::output::json(json) {
                 println!("{}", serde_json::to_string(&items)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
-                "{:<12}  {:<8}  {:<12}  {:<28}  {:<36}  {:>3}  {:>5}  {:>4}",
-                "CONTAINER", "STATUS", "TENANT", "IMAGE", "ACTIVITY", "ATT", "EXIT", "AGE"
-            );
+            let mut t = super::output::Table::new(&[
+                "CONTAINER",
+                "STATUS",
+                "TENANT",
+                "IMAGE",
+                "ACTIVITY",
+                "ATT",
+                "EXIT",
+                "AGE",
+            ]);
             for c in items {
-                let mut image = cell(&c["image"]);
-                if image.len() > 28 {
-                    image = format!("…{}", &image[image.len() - 27..]);
-                }
-                println!(
-                    "{:<12}  {:<8}  {:<12}  {:<28}  {:<36}  {:>3}  {:>5}  {:>4}",
+                t.row(vec![
                     cell(&c["short_id"]),
                     cell(&c["status"]),
                     cell(&c["tenant_id"]),
-                    image,
+                    cell(&c["image"]),
                     cell(&c["activity_id"]),
                     cell(&c["attempt"]),
                     cell(&c["exit_code"]),
                     age(&c["created_at"]),
-                );
+                ]);
             }
+            t.print();
         }
         ContainersCommand::Show { remote, id, json } => {
             let api = Remote::new(&remote)?;
             let c = api.get_json(&format!("/v1/containers/{id}"), &[]).await?;
-            if json {
+            if super::output::json(json) {
                 println!("{}", serde_json::to_string(&c)?);
             } else if let Some(obj) = c.as_object() {
                 for (k, v) in obj {
                     println!("{k:<20} {}", cell(v));
                 }
             }
+        }
+        ContainersCommand::Logs {
+            remote,
+            id,
+            follow,
+            json,
+        } => {
+            let api = Remote::new(&remote)?;
+            let c = api.get_json(&format!("/v1/containers/{id}"), &[]).await?;
+            let Some(activity) = c["activity_id"].as_str() else {
+                anyhow::bail!("container {id} belongs to no activity: no stored log lines");
+            };
+            return super::logs::run(super::logs::LogsArgs {
+                remote,
+                id: activity.to_string(),
+                follow,
+                after: None,
+                seq: false,
+                json,
+            })
+            .await;
         }
     }
     Ok(ExitCode::SUCCESS)

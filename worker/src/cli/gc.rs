@@ -25,6 +25,8 @@ use super::remote::{Remote, RemoteArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct GcArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
     /// One pass, print its counts, exit (non-zero when the pass could not read both
     /// Postgres and Docker).
     #[arg(long)]
@@ -33,8 +35,8 @@ pub struct GcArgs {
     /// (`--gc-dry-run true` instead runs this collector judging without removing.)
     #[arg(long = "dry-run")]
     pub dry_run_flag: bool,
-    /// With `--once` or `--dry-run`: print one JSON object.
-    #[arg(long)]
+    /// With `--once` or `--dry-run`: print one JSON object (as `--output json`).
+    #[arg(long, hide = true)]
     pub json: bool,
     #[command(flatten)]
     pub remote: RemoteArgs,
@@ -44,13 +46,10 @@ pub struct GcArgs {
     pub gc: GcConfig,
 }
 
-pub async fn run(
-    args: GcArgs,
-    db_args: &DatabaseArgs,
-    pool_opts: PoolOptions,
-) -> anyhow::Result<ExitCode> {
+pub async fn run(args: GcArgs, pool_opts: PoolOptions) -> anyhow::Result<ExitCode> {
+    let db_args = &args.db;
     if args.dry_run_flag {
-        return plan(&args.remote, args.json).await;
+        return plan(&args.remote, super::output::json(args.json)).await;
     }
     let opts = args.gc.options(args.docker.stop_grace.0)?;
     // Lazy: a database that is down at start makes passes fail (and do nothing) until
@@ -70,7 +69,7 @@ pub async fn run(
         pool.close().await;
         return match res {
             Ok(c) => {
-                print_counts(&c, args.json);
+                print_counts(&c, super::output::json(args.json));
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {

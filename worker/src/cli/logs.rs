@@ -1,4 +1,4 @@
-//! `highway activities logs ID [-f]`: an activity's stored log lines through the API's
+//! `highway activity logs ID [-f]`: an activity's stored log lines through the API's
 //! server-sent-events stream; with `-f` it follows live until the activity finishes,
 //! resuming after the last line seen if the connection drops. While following and no
 //! line came yet, a spinner on stderr (terminals only) shows the activity's status.
@@ -34,13 +34,14 @@ pub struct LogsArgs {
     pub seq: bool,
     /// One JSON object a line (`seq`, `attempt`, `stream`, `line`, ...) on stdout, the
     /// line's text unaltered but JSON-escaped.
-    #[arg(long)]
+    #[arg(long, hide = true)]
     pub json: bool,
 }
 
 /// Exit code: 0 when the activity succeeded (or is still running without `-f`),
-/// 2 when it ended otherwise.
-pub async fn run(a: LogsArgs) -> anyhow::Result<ExitCode> {
+/// 3 when it failed or timed out, 5 when it was cancelled (`output::exit`).
+pub async fn run(mut a: LogsArgs) -> anyhow::Result<ExitCode> {
+    a.json = super::output::json(a.json);
     let api = Remote::new(&a.remote)?;
     let q = vec![("follow", a.follow.to_string())];
     let mut final_status: Option<String> = None;
@@ -109,7 +110,7 @@ pub async fn run(a: LogsArgs) -> anyhow::Result<ExitCode> {
         Some("succeeded") | Some("running") | Some("scheduled") | None => ExitCode::SUCCESS,
         Some(other) => {
             eprintln!("# activity {}: {other}", a.id);
-            ExitCode::from(2)
+            super::output::for_status(other)
         }
     })
 }

@@ -1,4 +1,4 @@
-//! Progress on long CLI waits (`highway enqueue --wait`, `highway activities logs -f`):
+//! Progress on long CLI waits (`highway activity enqueue --wait`, `highway activity logs -f`):
 //! a spinner with the activity's status and the time waited, and for an image pull the
 //! layers done out of all (from the heartbeat details `tools.docker.pull` records).
 //!
@@ -6,14 +6,10 @@
 //! pipe, a log file or a machine reading JSON gets exactly the same bytes as without
 //! progress. Owns the decision ([`draws`]) and the wording ([`describe`]).
 
-use highway_workflows::{Activity, Client};
+use highway_workflows::Activity;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
-use uuid::Uuid;
-
-/// How often the spinner re-reads the activity while waiting.
-const POLL: Duration = Duration::from_millis(500);
 
 /// True when progress may be drawn: a person is watching stderr and no machine is
 /// reading the output.
@@ -138,40 +134,13 @@ pub fn describe(a: &Activity, waited: Duration) -> (String, Option<(u64, u64)>) 
     (msg, None)
 }
 
-/// `client.wait` with the spinner kept up to date. Without progress this is exactly
-/// `client.wait`; with it, a second reader polls the activity for the line.
-pub async fn wait_activity(
-    client: &Client,
-    id: Uuid,
-    timeout: Duration,
-    progress: &Progress,
-) -> Result<Activity, highway_workflows::Error> {
-    if !progress.is_drawing() {
-        return client.wait(id, None, timeout).await;
-    }
-    let wait = client.wait(id, None, timeout);
-    tokio::pin!(wait);
-    let mut tick = tokio::time::interval(POLL);
-    let res = loop {
-        tokio::select! {
-            r = &mut wait => break r,
-            _ = tick.tick() => {
-                if let Ok(a) = client.get(id, None).await {
-                    progress.update(&a);
-                }
-            }
-        }
-    };
-    progress.clear();
-    res
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::Utc;
     use serde_json::json;
     use serde_json::Value;
+    use uuid::Uuid;
 
     /// Heartbeat details as `tools.docker.pull` records them while pulling.
     fn pull_details(image: &str, layers: u64, done: u64) -> Value {

@@ -1,5 +1,5 @@
-//! The HTTP client of CLI commands that talk to the API (`containers`, `activities
-//! logs`): where the API is, the bearer token, JSON calls with the API's error bodies
+//! The HTTP client of every client command (`activity`, `run`, `container`, `token`,
+//! ...): where the API is, the bearer token, JSON calls with the API's error bodies
 //! turned into readable errors, and the server-sent-events reader of the log stream.
 //!
 //! The token comes from `HIGHWAY_TOKEN` or from a file (`--token-file` /
@@ -10,7 +10,7 @@
 //! `<state-dir>/admin.token` (mode 0600) and its address to `<state-dir>/api.url`
 //! ([`write_local_access`]); without a token or an API URL, the CLI falls back to those
 //! files, under the same state dir (`--state-dir` / `HIGHWAY_STATE_DIR`, default
-//! `./.highway`) through which other commands find `highway up`'s database.
+//! `./.highway`) through which server commands find `highway up`'s database.
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
@@ -94,7 +94,8 @@ impl Token {
         }
         bail!(
             "no API token: set HIGHWAY_TOKEN, or HIGHWAY_TOKEN_FILE / --token-file to a file \
-             holding one (create one with `highway tokens create`); no local `highway up` \
+             holding one (an admin creates one with `highway token create`; the first admin \
+             token comes from `highway up` or `highway bootstrap-token`); no local `highway up` \
              token at {}",
             local.display()
         )

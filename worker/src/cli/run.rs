@@ -1,10 +1,13 @@
-//! `highway run FILE [--input k=v]... [--follow] [--json]`: starts a workflow run from a
-//! definition file, shows each step's state as it changes (and with `--follow` the live
-//! log lines of its activities from `highway.activity_logs`), and exits with the run's
-//! outcome (0 only when it succeeded). The driving itself is done by the workers.
+//! The older `highway run FILE [--input k=v]... [--follow] [--json]`, kept for one
+//! release: starts a workflow run from a definition file, shows each step's state as it
+//! changes (and with `--follow` the live log lines of its activities from
+//! `highway.activity_logs`), and exits with the run's outcome (`output::exit`). The
+//! driving itself is done by the workers.
 //!
-//! Talks to the database directly (DATABASE_URL), unlike `highway runs start`, which goes
-//! through the API. Steps with a `cache` that are ready at start have their image digest
+//! `highway run FILE` still parses as this when its first argument is not one of the
+//! `run` verbs (`start`, `ls`, ...): see `super::legacy_run_argv`. It talks to the
+//! database directly (DATABASE_URL), unlike `highway run start FILE --wait`, its
+//! replacement, which goes through the API. Steps with a `cache` that are ready at start have their image digest
 //! resolved here, with a Docker client built from the worker's settings
 //! (`HIGHWAY_DOCKER_HOST`, ...); the workers resolve the later ones.
 
@@ -26,6 +29,8 @@ use uuid::Uuid;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
     /// The workflow definition (JSON; see `workflows/examples/`).
     pub file: PathBuf,
     /// An input value, `NAME=VALUE` (repeatable).
@@ -39,7 +44,7 @@ pub struct RunArgs {
     /// Print JSON lines (step changes, log lines, the final run) instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Give up waiting after this long (the run keeps going); exit code 3.
+    /// Give up waiting after this long (the run keeps going); exit code 4.
     #[arg(long, value_parser = humantime_like)]
     pub timeout: Option<Duration>,
     /// The daemon whose images cached steps are keyed by (the workers' settings).
@@ -64,7 +69,8 @@ pub(crate) fn parse_inputs(raw: &[String]) -> anyhow::Result<BTreeMap<String, St
     Ok(out)
 }
 
-pub async fn run(args: RunArgs, db_args: &DatabaseArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let db_args = &args.db;
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
     let def = WorkflowDefinition::from_json(&text)
@@ -99,15 +105,11 @@ pub async fn run(args: RunArgs, db_args: &DatabaseArgs) -> anyhow::Result<ExitCo
         }
         if s.is_terminal() {
             print_final(&s, args.json);
-            return Ok(if s.status == "succeeded" {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
+            return Ok(super::output::for_status(&s.status));
         }
         if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
             eprintln!("run {run_id} still {} after the timeout", s.status);
-            return Ok(ExitCode::from(3));
+            return Ok(ExitCode::from(super::output::exit::WAIT_TIMED_OUT));
         }
         tokio::time::sleep(interval).await;
         interval = (interval * 2).min(Duration::from_millis(500));

@@ -2,7 +2,7 @@
 //! JSON spec, ls, show, update, delete, pause, resume, trigger, backfill, preview,
 //! fires), through the API (`/v1/schedules`, [`Remote`]: HIGHWAY_API_URL and the token
 //! from HIGHWAY_TOKEN or a token file, never argv). Thin: parses, calls the API, prints
-//! a table or `--json`. Only `preview --cron` (trying an expression) runs locally.
+//! a table or `--output json`. Only `preview --cron` (trying an expression) runs locally.
 
 use super::remote::{Remote, RemoteArgs};
 use crate::scheduler::{CronTz, OverlapPolicy, Schedule, ScheduleSpec};
@@ -351,7 +351,7 @@ fn ts(t: Option<DateTime<Utc>>) -> String {
 }
 
 fn print_schedule(s: &Schedule, as_json: bool) -> anyhow::Result<()> {
-    if as_json {
+    if super::output::json(as_json) {
         println!("{}", serde_json::to_string(s)?);
     } else {
         println!("{}", serde_json::to_string_pretty(s)?);
@@ -394,7 +394,7 @@ pub async fn run(cmd: SchedulesCommand) -> anyhow::Result<ExitCode> {
                 api.post_json("/v1/schedules", &spec_body(&spec, named)?)
                     .await?,
             )?;
-            if a.json {
+            if super::output::json(a.json) {
                 print_schedule(&s, true)?;
             } else {
                 println!("{} {} next {}", s.id, s.name, ts(s.next_run_at));
@@ -430,7 +430,7 @@ pub async fn run(cmd: SchedulesCommand) -> anyhow::Result<ExitCode> {
                     break;
                 }
             }
-            if json {
+            if super::output::json(json) {
                 println!("{}", serde_json::to_string(&rows)?);
             } else {
                 println!(
@@ -483,7 +483,7 @@ pub async fn run(cmd: SchedulesCommand) -> anyhow::Result<ExitCode> {
                 api.send_json(Method::PUT, &path(&old, ""), Some(&spec_body(&spec, true)?))
                     .await?,
             )?;
-            if a.json {
+            if super::output::json(a.json) {
                 print_schedule(&s, true)?;
             } else {
                 println!("{} {} updated; next {}", s.id, s.name, ts(s.next_run_at));
@@ -554,7 +554,7 @@ pub async fn run(cmd: SchedulesCommand) -> anyhow::Result<ExitCode> {
                 .post_json(&path(&s, "/trigger"), &json!({ "force": force }))
                 .await?;
             let t: TriggerOutcome = parse(v)?;
-            if json {
+            if super::output::json(json) {
                 println!("{}", serde_json::to_string(&t)?);
             } else {
                 println!(
@@ -582,7 +582,7 @@ pub async fn run(cmd: SchedulesCommand) -> anyhow::Result<ExitCode> {
             let s = resolve(&api, &schedule, tenant.as_deref()).await?;
             let body = json!({ "from": from, "to": to, "overlap": overlap });
             let r: BackfillReport = parse(api.post_json(&path(&s, "/backfill"), &body).await?)?;
-            if json {
+            if super::output::json(json) {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
@@ -637,7 +637,7 @@ pub async fn run(cmd: SchedulesCommand) -> anyhow::Result<ExitCode> {
             let s = resolve(&api, &schedule, tenant.as_deref()).await?;
             let q = [("limit", limit.clamp(1, 1000).to_string())];
             let rows: Vec<ScheduleFire> = items(api.get_json(&path(&s, "/fires"), &q).await?)?;
-            if json {
+            if super::output::json(json) {
                 println!("{}", serde_json::to_string(&rows)?);
             } else {
                 println!(
@@ -669,7 +669,7 @@ fn looks_like_cron(s: &str) -> bool {
 }
 
 fn print_preview(items: &[FirePreview], as_json: bool) -> anyhow::Result<()> {
-    if as_json {
+    if super::output::json(as_json) {
         let v: Vec<Value> = items
             .iter()
             .map(|p| json!({"at": p.at, "local": p.local, "dst": p.dst}))

@@ -1,68 +1,69 @@
-//! `highway secrets set|rm|ls`: the tenant secrets store (`highway.secrets`, encrypted
-//! with `HIGHWAY_SECRETS_KEY`). A value is read from stdin only — never from argv (it
-//! would sit in shell history and `ps`) — and is never printed: `ls` shows names only.
-//! `set` and `rm` are operator actions: each writes one `highway.audit_log` row (the
-//! name, never the value).
-//!
-//! `rotate-key` re-encrypts every secret under `HIGHWAY_SECRETS_KEY`, reading rows
-//! written under a previous key with `HIGHWAY_SECRETS_KEY_OLD`.
+//! `highway secret set|rm|ls`: the tenant secrets store through the API
+//! (`/v1/secrets`; the server holds `HIGHWAY_SECRETS_KEY`). A value is read from stdin
+//! only — never from argv (it would sit in shell history and `ps`) — and is never
+//! printed: `ls` shows names only. The server audits `set` and `rm` (the name, never
+//! the value).
 
-use crate::config::DatabaseArgs;
-use crate::db::{self, PoolOptions};
-use crate::docker::secret_store::{SecretStore, SecretsKey, StoreError};
-use crate::docker::tracking::{self, AuditEvent};
+use super::output::{self, Table};
+use super::remote::{Remote, RemoteArgs};
+use super::{cell, cell_time};
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use serde_json::json;
-use sqlx::PgPool;
+use serde_json::{json, Value};
 use std::io::Read;
 use std::process::ExitCode;
+
+/// Path segment escaping for a tenant or secret name (their own grammar keeps them
+/// URL-safe; this guards the path against anything else).
+fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
 
 #[derive(Subcommand, Debug)]
 pub enum SecretsCommand {
     /// Create or replace a secret; the value is read from stdin (one trailing newline
-    /// is dropped, so `echo value | highway secrets set ...` works).
+    /// is dropped, so `echo value | highway secret set ...` works).
     Set {
+        #[command(flatten)]
+        remote: RemoteArgs,
         #[arg(long)]
         tenant: String,
         name: String,
     },
     /// Delete a secret.
     Rm {
+        #[command(flatten)]
+        remote: RemoteArgs,
         #[arg(long)]
         tenant: String,
         name: String,
     },
-    /// Re-encrypt every secret under HIGHWAY_SECRETS_KEY (the new key), reading rows
-    /// of previous keys with HIGHWAY_SECRETS_KEY_OLD; all rows or none.
-    RotateKey {
-        #[arg(long)]
-        json: bool,
-    },
     /// List secret names (never values).
     Ls {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// Admin tokens only; a tenant token lists its own.
         #[arg(long)]
         tenant: Option<String>,
-        #[arg(long)]
+        #[arg(long, hide = true)]
         json: bool,
     },
 }
 
-pub async fn run(
-    db_args: &DatabaseArgs,
-    pool_opts: PoolOptions,
-    cmd: SecretsCommand,
-) -> anyhow::Result<ExitCode> {
-    let key = match SecretsKey::from_env() {
-        Ok(Some(k)) => k,
-        Ok(None) => return Err(StoreError::NoKey.into()),
-        Err(e) => return Err(e.into()),
-    };
-    let pool = db::connect(&db_args.resolve_url()?, &pool_opts).await?;
-    let store =
-        SecretStore::new(pool.clone(), key.clone()).with_old_keys(SecretsKey::old_from_env()?);
+pub async fn run(cmd: SecretsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        SecretsCommand::Set { tenant, name } => {
+        SecretsCommand::Set {
+            remote,
+            tenant,
+            name,
+        } => {
             let mut value = String::new();
             std::io::stdin()
                 .take(crate::docker::secret_store::MAX_VALUE_BYTES as u64 + 2)
@@ -74,78 +75,62 @@ pub async fn run(
             if value.is_empty() {
                 bail!("no value on stdin");
             }
-            store.set(&tenant, &name, &value).await?;
-            audit(&pool, &tenant, "secret.set", &name, key.id()).await?;
+            let api = Remote::new(&remote)?;
+            api.send_json(
+                reqwest::Method::PUT,
+                &format!("/v1/secrets/{}/{}", segment(&tenant), segment(&name)),
+                Some(&json!({ "value": value })),
+            )
+            .await?;
             eprintln!("secret {name:?} of tenant {tenant:?} stored");
         }
-        SecretsCommand::Rm { tenant, name } => {
-            if !store.remove(&tenant, &name).await? {
-                bail!("tenant {tenant:?} has no secret {name:?}");
-            }
-            audit(&pool, &tenant, "secret.rm", &name, key.id()).await?;
+        SecretsCommand::Rm {
+            remote,
+            tenant,
+            name,
+        } => {
+            let api = Remote::new(&remote)?;
+            api.send_json(
+                reqwest::Method::DELETE,
+                &format!("/v1/secrets/{}/{}", segment(&tenant), segment(&name)),
+                None,
+            )
+            .await?;
             eprintln!("secret {name:?} of tenant {tenant:?} removed");
         }
-        SecretsCommand::RotateKey { json: as_json } => {
-            let done = store.rotate().await?;
-            audit(&pool, "*", "secret.rotate_key", "*", key.id()).await?;
-            if as_json {
-                println!(
-                    "{}",
-                    json!({"key_id": key.id(), "reencrypted": done.reencrypted, "current": done.current})
-                );
+        SecretsCommand::Ls {
+            remote,
+            tenant,
+            json,
+        } => {
+            let api = Remote::new(&remote)?;
+            let q: Vec<(&str, String)> = tenant.map(|t| ("tenant", t)).into_iter().collect();
+            let v = api.get_json("/v1/secrets", &q).await?;
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            if output::json(json) {
+                println!("{}", Value::Array(items));
             } else {
-                eprintln!(
-                    "{} secret(s) re-encrypted under key {} ({} already were); HIGHWAY_SECRETS_KEY_OLD may now be dropped",
-                    done.reencrypted,
-                    key.id(),
-                    done.current
-                );
-            }
-        }
-        SecretsCommand::Ls { tenant, json } => {
-            let rows = store.list(tenant.as_deref()).await?;
-            if json {
-                println!("{}", serde_json::to_string(&rows)?);
-            } else {
-                println!("{:<24}  {:<32}  {:<8}  UPDATED", "TENANT", "NAME", "KEY");
-                for r in rows {
-                    println!(
-                        "{:<24}  {:<32}  {:<8}  {}",
-                        r.tenant_id,
-                        r.name,
-                        r.key_id,
-                        r.updated_at.format("%Y-%m-%d %H:%M:%S")
-                    );
+                let mut t = Table::new(&["TENANT", "NAME", "KEY", "UPDATED"]);
+                for r in items {
+                    t.row(vec![
+                        cell(&r["tenant_id"]),
+                        cell(&r["name"]),
+                        cell(&r["key_id"]),
+                        cell_time(&r["updated_at"]),
+                    ]);
                 }
+                t.print();
             }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The operator is whoever holds DATABASE_URL on this machine: name the OS user.
-async fn audit(
-    pool: &PgPool,
-    tenant: &str,
-    action: &str,
-    name: &str,
-    key_id: &str,
-) -> anyhow::Result<()> {
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let actor = format!("cli:{user}");
-    tracking::audit(
-        pool,
-        &AuditEvent {
-            tenant_id: tenant,
-            actor: &actor,
-            action,
-            target: Some(name),
-            activity_id: None,
-            workflow_run_id: None,
-            outcome: "ok",
-            details: json!({"key_id": key_id}),
-        },
-    )
-    .await?;
-    Ok(())
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn path_segments_are_escaped() {
+        assert_eq!(super::segment("db_password"), "db_password");
+        assert_eq!(super::segment("a/b c"), "a%2Fb%20c");
+    }
 }

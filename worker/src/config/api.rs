@@ -1,7 +1,9 @@
-//! Settings of the HTTP API (`/v1`): the request body limit and the per-tenant quotas.
+//! Settings of the HTTP API (`/v1`): the request body limit, the per-tenant quotas, and
+//! what `/metrics` may label and how often it reads the queues.
 //! Flattened into [`super::HttpConfig`]; every flag also reads a `HIGHWAY_API_*` variable.
 
 use super::{bad, ConfigError};
+use std::time::Duration;
 
 /// The API's limits.
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
@@ -9,22 +11,48 @@ pub struct ApiConfig {
     /// Largest accepted request body in bytes. Larger bodies are refused with 413 from
     /// their Content-Length, before any of it is read; bodies without a length are cut
     /// off at the limit while streaming.
-    #[arg(long, env = "HIGHWAY_API_BODY_LIMIT", default_value_t = 2 * 1024 * 1024)]
+    #[arg(help_heading = "HTTP", long, env = "HIGHWAY_API_BODY_LIMIT", default_value_t = 2 * 1024 * 1024)]
     pub api_body_limit: usize,
 
     /// Most activities a tenant may have waiting (`scheduled`) at once; 0 = no limit.
     /// An enqueue past it answers 429.
-    #[arg(long, env = "HIGHWAY_API_QUOTA_QUEUED", default_value_t = 10_000)]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "HIGHWAY_API_QUOTA_QUEUED",
+        default_value_t = 10_000
+    )]
     pub api_quota_queued: i64,
 
     /// Most containers (created or running) a tenant may have at once; 0 = no limit. A
     /// `tools.docker.*` enqueue past it answers 429.
-    #[arg(long, env = "HIGHWAY_API_QUOTA_CONTAINERS", default_value_t = 100)]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "HIGHWAY_API_QUOTA_CONTAINERS",
+        default_value_t = 100
+    )]
     pub api_quota_containers: i64,
 
     /// Most schedules a tenant may own; 0 = no limit. Creating one past it answers 429.
-    #[arg(long, env = "HIGHWAY_API_QUOTA_SCHEDULES", default_value_t = 1_000)]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "HIGHWAY_API_QUOTA_SCHEDULES",
+        default_value_t = 1_000
+    )]
     pub api_quota_schedules: i64,
+
+    /// Values that `/metrics` may show as labels as they are (comma-separated queue
+    /// names). Queue names come from whoever enqueues, so any other queue is counted
+    /// under `other`; `default` and this worker's own `--queues` are always allowed.
+    #[arg(long, env = "HIGHWAY_METRICS_LABEL_ALLOWLIST", value_delimiter = ',')]
+    pub metrics_label_allowlist: Vec<String>,
+
+    /// How often this process reads queue depth and the oldest wait for `/metrics` (one
+    /// query per interval, whatever the scrape rate).
+    #[arg(long, env = "HIGHWAY_METRICS_INTERVAL", default_value = "15s")]
+    pub metrics_interval: highway_workflows::HumanDuration,
 }
 
 impl Default for ApiConfig {
@@ -34,6 +62,8 @@ impl Default for ApiConfig {
             api_quota_queued: 10_000,
             api_quota_containers: 100,
             api_quota_schedules: 1_000,
+            metrics_label_allowlist: Vec::new(),
+            metrics_interval: highway_workflows::HumanDuration::from_secs(15),
         }
     }
 }
@@ -54,6 +84,14 @@ impl ApiConfig {
             if v < 0 {
                 return Err(bad(name, "must not be negative (0 = no limit)"));
             }
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600))
+            .contains(&self.metrics_interval.0)
+        {
+            return Err(bad(
+                "HIGHWAY_METRICS_INTERVAL",
+                "must be between 100ms and 1h",
+            ));
         }
         Ok(())
     }

@@ -17,6 +17,7 @@ pub struct DockerConfig {
     /// Docker Engine address: `unix:///path/docker.sock`, `tcp://host:port` or
     /// `http://host:port`. Falls back to `DOCKER_HOST`, then the local socket.
     #[arg(
+        help_heading = "Docker connection",
         long = "docker-host",
         env = "HIGHWAY_DOCKER_HOST",
         default_value = "unix:///var/run/docker.sock",
@@ -48,6 +49,7 @@ pub struct DockerConfig {
     /// cleanup only touch containers carrying both this name and their own database's
     /// identity.
     #[arg(
+        help_heading = "Docker connection",
         long = "deployment",
         env = "HIGHWAY_DEPLOYMENT",
         default_value = "default"
@@ -57,7 +59,7 @@ pub struct DockerConfig {
     /// Treat containers of this deployment name that carry no deployment identity (made
     /// before identities existed) as this database's: the collector may then remove
     /// them. Off by default: such a container may belong to another stack.
-    #[arg(long = "adopt-unlabelled-containers", env = "HIGHWAY_ADOPT_UNLABELLED_CONTAINERS",
+    #[arg(help_heading = "Docker connection", long = "adopt-unlabelled-containers", env = "HIGHWAY_ADOPT_UNLABELLED_CONTAINERS",
           default_value_t = false, value_parser = boolish(), action = clap::ArgAction::Set)]
     pub adopt_unlabelled: bool,
 
@@ -66,6 +68,7 @@ pub struct DockerConfig {
     /// this long, the host is taken as lost: the old container's row is marked `lost`
     /// and the retry runs (the host's own collector removes the container if it returns).
     #[arg(
+        help_heading = "Docker connection",
         long = "host-lost-after",
         env = "HIGHWAY_HOST_LOST_AFTER",
         default_value = "5m"
@@ -74,14 +77,27 @@ pub struct DockerConfig {
 
     /// Pull timeout for one image (the whole progress stream).
     #[arg(
+        help_heading = "Docker connection",
         long = "docker-pull-timeout",
         env = "HIGHWAY_DOCKER_PULL_TIMEOUT",
         default_value = "10m"
     )]
     pub pull_timeout: HumanDuration,
 
+    /// A Docker `config.json` whose `auths` (base64 `auth`, `username`/`password`,
+    /// `identitytoken`) are sent with pulls from those registries. Read once at start;
+    /// credentials stored with `highway registry add` win over it. Credential helpers
+    /// (`credsStore`, `credHelpers`) are not run.
+    #[arg(
+        long = "docker-config",
+        env = "HIGHWAY_DOCKER_CONFIG",
+        help_heading = "Docker connection"
+    )]
+    pub docker_config: Option<std::path::PathBuf>,
+
     /// Default stop grace (SIGTERM → SIGKILL) when a run does not set `stop_grace`.
     #[arg(
+        help_heading = "Shutdown",
         long = "docker-stop-grace",
         env = "HIGHWAY_DOCKER_STOP_GRACE",
         default_value = "10s"
@@ -91,6 +107,7 @@ pub struct DockerConfig {
     /// `max-size` of the daemon's json-file log per container (the daemon's own copy;
     /// results and `activity_logs` have their own caps).
     #[arg(
+        help_heading = "Limits",
         long = "docker-log-max-size",
         env = "HIGHWAY_DOCKER_LOG_MAX_SIZE",
         default_value = "10m"
@@ -99,6 +116,7 @@ pub struct DockerConfig {
 
     /// `max-file` of the daemon's json-file log per container.
     #[arg(
+        help_heading = "Limits",
         long = "docker-log-max-file",
         env = "HIGHWAY_DOCKER_LOG_MAX_FILE",
         default_value_t = 2
@@ -107,6 +125,7 @@ pub struct DockerConfig {
 
     /// Bytes of stdout and of stderr kept in the result, each split between head and tail.
     #[arg(
+        help_heading = "Limits",
         long = "docker-capture-bytes",
         env = "HIGHWAY_DOCKER_CAPTURE_BYTES",
         default_value = "1m"
@@ -115,6 +134,7 @@ pub struct DockerConfig {
 
     /// Lines stored in `activity_logs` per activity attempt before a truncation marker.
     #[arg(
+        help_heading = "Limits",
         long = "docker-activity-log-lines",
         env = "HIGHWAY_DOCKER_ACTIVITY_LOG_LINES",
         default_value_t = 10_000
@@ -123,6 +143,7 @@ pub struct DockerConfig {
 
     /// Most bytes collected from a run's `outputs` (the tar as streamed by the daemon).
     #[arg(
+        help_heading = "Limits",
         long = "docker-output-max-bytes",
         env = "HIGHWAY_DOCKER_OUTPUT_MAX_BYTES",
         default_value = "1g"
@@ -131,6 +152,7 @@ pub struct DockerConfig {
 
     /// Most bytes of a run's `inputs` (inline files plus artifacts, as one tar).
     #[arg(
+        help_heading = "Limits",
         long = "docker-input-max-bytes",
         env = "HIGHWAY_DOCKER_INPUT_MAX_BYTES",
         default_value = "1g"
@@ -144,6 +166,7 @@ pub struct DockerConfig {
     /// that directory can read them. Artifacts already stored either way stay readable
     /// (filesystem ones from the artifact directory).
     #[arg(
+        help_heading = "Limits",
         long = "artifact-store",
         env = "HIGHWAY_ARTIFACT_STORE",
         default_value = "postgres"
@@ -161,6 +184,7 @@ pub struct DockerConfig {
 /// the status monitor probes it (exponential backoff plus jitter while down, a fixed
 /// interval while up) and when the circuit breaker opens.
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
+#[command(next_help_heading = "Docker connection")]
 pub struct Availability {
     /// Start and stay up while the daemon is unreachable (docker activities wait in the
     /// queue). `false`: refuse to start unless the daemon answers a ping at start.
@@ -242,6 +266,7 @@ impl Default for Availability {
 
 /// What tenants may ask for. Everything dangerous is refused unless allowed here.
 #[derive(Args, Debug, Clone, PartialEq)]
+#[command(next_help_heading = "Docker policy")]
 pub struct SecurityPolicy {
     /// Allow `privileged: true`.
     #[arg(long, env = "HIGHWAY_DOCKER_ALLOW_PRIVILEGED", default_value_t = false, value_parser = boolish())]
@@ -331,27 +356,57 @@ pub struct SecurityPolicy {
     pub allow_oom_kill_disable: bool,
 
     /// Memory limit applied, with a warning, when a run sets none.
-    #[arg(long, env = "HIGHWAY_DOCKER_DEFAULT_MEMORY", default_value = "512m")]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "HIGHWAY_DOCKER_DEFAULT_MEMORY",
+        default_value = "512m"
+    )]
     pub default_memory: ByteSize,
 
     /// CPU limit applied, with a warning, when a run sets none.
-    #[arg(long, env = "HIGHWAY_DOCKER_DEFAULT_CPUS", default_value = "1.0")]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "HIGHWAY_DOCKER_DEFAULT_CPUS",
+        default_value = "1.0"
+    )]
     pub default_cpus: Cpus,
 
     /// Process limit applied when a run sets none (a fork-bomb guard; always on).
-    #[arg(long, env = "HIGHWAY_DOCKER_DEFAULT_PIDS", default_value_t = 512)]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "HIGHWAY_DOCKER_DEFAULT_PIDS",
+        default_value_t = 512
+    )]
     pub default_pids: i64,
 
     /// Largest memory limit a run may ask for.
-    #[arg(long, env = "HIGHWAY_DOCKER_MAX_MEMORY", default_value = "8g")]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "HIGHWAY_DOCKER_MAX_MEMORY",
+        default_value = "8g"
+    )]
     pub max_memory: ByteSize,
 
     /// Largest CPU limit a run may ask for.
-    #[arg(long, env = "HIGHWAY_DOCKER_MAX_CPUS", default_value = "4")]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "HIGHWAY_DOCKER_MAX_CPUS",
+        default_value = "4"
+    )]
     pub max_cpus: Cpus,
 
     /// Largest process limit a run may ask for.
-    #[arg(long, env = "HIGHWAY_DOCKER_MAX_PIDS", default_value_t = 4096)]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "HIGHWAY_DOCKER_MAX_PIDS",
+        default_value_t = 4096
+    )]
     pub max_pids: i64,
 }
 
@@ -586,6 +641,7 @@ impl Default for DockerConfig {
             adopt_unlabelled: false,
             host_lost_after: HumanDuration::from_secs(300),
             pull_timeout: HumanDuration::from_secs(600),
+            docker_config: None,
             stop_grace: HumanDuration::from_secs(10),
             log_max_size: ByteSize::mib(10),
             log_max_file: 2,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 /// The garbage collector of `highway.managed` containers (one per Docker daemon).
 #[derive(clap::Args, Debug, Clone, PartialEq)]
+#[command(next_help_heading = "GC")]
 pub struct GcConfig {
     /// Run the garbage collector inside this worker (`highway gc` always runs it).
     #[arg(long = "gc-enabled", env = "HIGHWAY_GC_ENABLED", default_value_t = true,

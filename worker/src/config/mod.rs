@@ -30,30 +30,23 @@ fn bad(name: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Where the database is. `Debug` shows the URL without its password.
+/// Where the database is: the flags of the server commands (`up`, `worker`,
+/// `scheduler`, `migrate`, `gc`), under the "Database" heading. Client commands have
+/// none of them: they talk to the API. `Debug` shows the URL without its password.
 #[derive(clap::Args, Clone)]
+#[command(next_help_heading = "Database")]
 pub struct DatabaseArgs {
     /// Postgres URL. When unset, the private cluster that `highway up` runs under the
     /// state directory is used.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// State directory of `highway up`: private Postgres cluster, logs, artifacts.
-    #[arg(
-        long,
-        env = "HIGHWAY_STATE_DIR",
-        default_value = ".highway",
-        global = true
-    )]
+    /// State directory of `highway up` (the global `--state-dir`, copied in at start).
+    #[arg(skip)]
     pub state_dir: PathBuf,
 
     /// Connections in the work pool (claims, heartbeats, completions, API).
-    #[arg(
-        long,
-        env = "HIGHWAY_DB_MAX_CONNECTIONS",
-        default_value_t = 20,
-        global = true
-    )]
+    #[arg(long, env = "HIGHWAY_DB_MAX_CONNECTIONS", default_value_t = 20)]
     pub db_max_connections: u32,
 }
 
@@ -97,6 +90,7 @@ impl DatabaseArgs {
 pub struct WorkerConfig {
     /// Queues to claim from (comma separated).
     #[arg(
+        help_heading = "Queue",
         long,
         env = "HIGHWAY_QUEUES",
         value_delimiter = ',',
@@ -105,58 +99,108 @@ pub struct WorkerConfig {
     pub queues: Vec<String>,
 
     /// Activities run at once by this process (slots), across all its queues.
-    #[arg(long, env = "HIGHWAY_CONCURRENCY", default_value_t = 16)]
+    #[arg(
+        help_heading = "Queue",
+        long,
+        env = "HIGHWAY_CONCURRENCY",
+        default_value_t = 16
+    )]
     pub concurrency: usize,
 
     /// Most activities claimed by one claim statement.
-    #[arg(long, env = "HIGHWAY_FETCH_BATCH", default_value_t = 100)]
+    #[arg(
+        help_heading = "Queue",
+        long,
+        env = "HIGHWAY_FETCH_BATCH",
+        default_value_t = 100
+    )]
     pub fetch_batch: usize,
 
     /// Polling fallback when no NOTIFY arrives (jittered by up to 10%).
-    #[arg(long, env = "HIGHWAY_POLL_INTERVAL", default_value = "1s")]
+    #[arg(
+        help_heading = "Queue",
+        long,
+        env = "HIGHWAY_POLL_INTERVAL",
+        default_value = "1s"
+    )]
     pub poll_interval: HumanDuration,
 
     /// Lease of a running attempt, renewed by heartbeats every third of it. An
     /// activity's `timeouts.heartbeat` overrides it. A worker that cannot renew within
     /// the lease stops its work and records nothing.
-    #[arg(long, env = "HIGHWAY_LEASE", default_value = "30s")]
+    #[arg(
+        help_heading = "Queue",
+        long,
+        env = "HIGHWAY_LEASE",
+        default_value = "30s"
+    )]
     pub lease: HumanDuration,
 
     /// After SIGTERM: how long running activities may finish before they are stopped
     /// and released (a second signal skips the wait).
-    #[arg(long, env = "HIGHWAY_SHUTDOWN_GRACE", default_value = "30s")]
+    #[arg(
+        help_heading = "Shutdown",
+        long,
+        env = "HIGHWAY_SHUTDOWN_GRACE",
+        default_value = "30s"
+    )]
     pub shutdown_grace: HumanDuration,
 
     /// How often the rescuer looks for expired leases and timed-out waiting activities.
-    #[arg(long, env = "HIGHWAY_RESCUE_INTERVAL", default_value = "5s")]
+    #[arg(
+        help_heading = "Queue",
+        long,
+        env = "HIGHWAY_RESCUE_INTERVAL",
+        default_value = "5s"
+    )]
     pub rescue_interval: HumanDuration,
 
     /// How long finished activities (and their logs) are kept before the rescuer
     /// deletes them; `0s` keeps them forever.
-    #[arg(long, env = "HIGHWAY_RETENTION", default_value = "7d")]
+    #[arg(
+        help_heading = "Queue",
+        long,
+        env = "HIGHWAY_RETENTION",
+        default_value = "7d"
+    )]
     pub retention: HumanDuration,
 
     /// Most results written by one completion statement.
-    #[arg(long, env = "HIGHWAY_COMPLETE_BATCH", default_value_t = 200)]
+    #[arg(
+        help_heading = "Queue",
+        long,
+        env = "HIGHWAY_COMPLETE_BATCH",
+        default_value_t = 200
+    )]
     pub complete_batch: usize,
 
     /// Longest a result waits to be batched with others.
-    #[arg(long, env = "HIGHWAY_COMPLETE_FLUSH", default_value = "2ms")]
+    #[arg(
+        help_heading = "Queue",
+        long,
+        env = "HIGHWAY_COMPLETE_FLUSH",
+        default_value = "2ms"
+    )]
     pub complete_flush: HumanDuration,
 
     /// Attempts lost to infrastructure (Docker vanished) or released at shutdown that
     /// may be retried without counting against `maximum_attempts`.
-    #[arg(long, env = "HIGHWAY_MAX_UNCOUNTED_ATTEMPTS", default_value_t = 20)]
+    #[arg(
+        help_heading = "Queue",
+        long,
+        env = "HIGHWAY_MAX_UNCOUNTED_ATTEMPTS",
+        default_value_t = 20
+    )]
     pub max_uncounted_attempts: i32,
 
     /// This worker's id (random when unset).
-    #[arg(long, env = "HIGHWAY_WORKER_ID")]
+    #[arg(help_heading = "Queue", long, env = "HIGHWAY_WORKER_ID")]
     pub worker_id: Option<Uuid>,
 
     /// Directory of filesystem artifacts (tars collected from containers): where
     /// `HIGHWAY_ARTIFACT_STORE=fs` stores them, and where filesystem artifacts written
     /// earlier are read from with the Postgres store. Default: `<state dir>/artifacts`.
-    #[arg(long, env = "HIGHWAY_ARTIFACT_DIR")]
+    #[arg(help_heading = "Limits", long, env = "HIGHWAY_ARTIFACT_DIR")]
     pub artifact_dir: Option<PathBuf>,
 
     #[command(flatten)]

@@ -10,6 +10,7 @@ use std::time::Duration;
 /// The scheduler service (every worker runs one unless disabled; `highway scheduler`
 /// runs one alone).
 #[derive(clap::Args, Debug, Clone, PartialEq)]
+#[command(next_help_heading = "Queue")]
 pub struct SchedulerConfig {
     /// Run the scheduler in this process. Many may run at once: no leader is needed.
     #[arg(

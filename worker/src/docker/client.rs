@@ -12,6 +12,8 @@
 //! response head (F2, trap 4) and defaults to 120 s (R13). So bollard's own timeout is
 //! set high as a backstop, and each operation gets a `tokio::time::timeout` sized to it.
 
+use crate::docker::registry_auth::RegistryCredentials;
+use bollard::auth::DockerCredentials;
 use bollard::container::{AttachContainerResults, LogOutput};
 use bollard::models::{
     ContainerCreateBody, ContainerCreateResponse, ContainerInspectResponse, ContainerSummary,
@@ -64,6 +66,10 @@ pub enum Error {
     /// The circuit breaker refused the call without trying it.
     #[error("docker {op} not attempted: {reason}")]
     Rejected { op: &'static str, reason: String },
+    /// A registry refused a pull for want of (valid) credentials. The daemon answered,
+    /// so this is not a daemon failure, and retrying cannot help.
+    #[error("docker {op}: the registry refused access (unauthorized): {message}")]
+    Unauthorized { op: &'static str, message: String },
 }
 
 impl Error {
@@ -91,7 +97,8 @@ impl Error {
             | Error::NotFound { message, .. }
             | Error::Conflict { message, .. }
             | Error::Api { message, .. }
-            | Error::Stream { message, .. } => message,
+            | Error::Stream { message, .. }
+            | Error::Unauthorized { message, .. } => message,
             Error::Rejected { reason, .. } => reason,
             Error::Timeout { .. } => "timed out",
         }
@@ -415,6 +422,7 @@ impl DockerClient {
         Fut: Future<Output = std::result::Result<T, bollard::errors::Error>>,
     {
         let obs = self.admit(op)?;
+        let started = Instant::now();
         let res = match self.connect(op) {
             Err(e) => Err(e),
             Ok(docker) => match tokio::time::timeout(timeout, f(docker)).await {
@@ -427,6 +435,7 @@ impl DockerClient {
             },
         };
         Self::record(&obs, op, &res);
+        crate::metrics::docker_call(op, started.elapsed(), res.is_ok());
         res
     }
 
@@ -535,30 +544,89 @@ impl DockerClient {
     }
 
     /// Pulls `reference` (always with a tag or digest, trap 23), consuming the whole
-    /// progress stream; `progress` sees each item (for heartbeat details).
+    /// progress stream; `progress` sees each item (for heartbeat details). `auth` goes
+    /// to the daemon as `X-Registry-Auth` (bollard never logs that header). A refusal
+    /// for want of credentials is [`Error::Unauthorized`], never a daemon failure.
     pub async fn pull_image(
         &self,
         reference: &str,
+        auth: Option<&RegistryCredentials>,
         mut progress: impl FnMut(&CreateImageInfo) + Send,
     ) -> Result<()> {
+        let op = "pull_image";
         let (name, tag) = split_reference(reference);
         let opts = CreateImageOptionsBuilder::default()
             .from_image(&name)
             .tag(&tag)
             .build();
-        let obs = self.admit("pull_image")?;
-        let docker = self.connect_observed("pull_image", &obs)?;
-        let mut stream = docker.create_image(Some(opts), None, None).boxed();
-        let deadline = Instant::now() + self.inner.settings.pull_timeout;
+        let obs = self.admit(op)?;
+        let docker = self.connect_observed(op, &obs)?;
+        let credentials = auth.map(docker_credentials);
+        let mut stream = docker.create_image(Some(opts), None, credentials).boxed();
+        let started = Instant::now();
+        let deadline = started + self.inner.settings.pull_timeout;
         let idle = self.inner.settings.stream_idle_timeout;
-        while let Some(info) = self
-            .stream_next("pull_image", &mut stream, idle, deadline)
-            .await?
-        {
-            progress(&info);
+        let now = Instant::now();
+        let mut budget = idle.min(deadline.saturating_duration_since(now));
+        loop {
+            let item = match tokio::time::timeout(budget, stream.next()).await {
+                Err(_) => Err(Error::Timeout { op, after: budget }),
+                Ok(None) => break,
+                Ok(Some(Ok(v))) => Ok(v),
+                Ok(Some(Err(e))) => Err(pull_refusal(Error::from_bollard(op, e))),
+            };
+            match item {
+                Ok(info) => progress(&info),
+                Err(e) => {
+                    let e = match e {
+                        Error::Api { .. } | Error::Stream { .. } => {
+                            self.diagnose_pull(reference, auth, e).await
+                        }
+                        other => other,
+                    };
+                    crate::metrics::docker_pull(started.elapsed(), false);
+                    Self::record(&obs, op, &Err::<(), _>(e.clone()));
+                    return Err(e);
+                }
+            }
+            budget = idle.min(deadline.saturating_duration_since(Instant::now()));
         }
-        Self::record(&obs, "pull_image", &Ok(()));
+        crate::metrics::docker_pull(started.elapsed(), true);
+        Self::record(&obs, op, &Ok(()));
         Ok(())
+    }
+
+    /// A pull the daemon failed for an unclear reason: when a registry refuses a pull
+    /// for want of credentials over HTTPS, a daemon that may also use plain HTTP for it
+    /// (loopback and other insecure registries) tries that next and reports only that
+    /// attempt's failure (a reset, "HTTP request to an HTTPS server"), and the retry
+    /// would do the same. One manifest inspect with the same credentials, which does not
+    /// fall back, tells a refusal apart: then the pull fails as
+    /// [`Error::Unauthorized`] with the inspect's words; otherwise the pull's error stands.
+    async fn diagnose_pull(
+        &self,
+        reference: &str,
+        auth: Option<&RegistryCredentials>,
+        pull_error: Error,
+    ) -> Error {
+        let t = self.inner.settings.call_timeout;
+        let r = reference.to_string();
+        let credentials = auth.map(docker_credentials);
+        match self
+            .call("inspect_distribution", t, |d| async move {
+                d.inspect_registry_image(&r, credentials).await
+            })
+            .await
+        {
+            Err(e) => match pull_refusal(e) {
+                Error::Unauthorized { message, .. } => Error::Unauthorized {
+                    op: "pull_image",
+                    message,
+                },
+                _ => pull_error,
+            },
+            Ok(_) => pull_error,
+        }
     }
 
     // ---------------------------------------------------------------- containers
@@ -847,6 +915,44 @@ impl DockerClient {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The Engine API's form of our credentials (sent as `X-Registry-Auth`).
+fn docker_credentials(a: &RegistryCredentials) -> DockerCredentials {
+    DockerCredentials {
+        username: a.username.clone(),
+        password: a.password.as_ref().map(|p| p.expose().to_string()),
+        identitytoken: a.identity_token.as_ref().map(|t| t.expose().to_string()),
+        serveraddress: Some(a.server.clone()),
+        ..Default::default()
+    }
+}
+
+/// A pull error that says the registry refused access becomes [`Error::Unauthorized`].
+/// The daemon reports these as a 500 with the registry's words: `unauthorized`,
+/// `authentication required`, `no basic auth credentials`, `denied`.
+fn pull_refusal(e: Error) -> Error {
+    let (op, message) = match &e {
+        Error::Api { op, message, .. } | Error::Stream { op, message } => (*op, message),
+        _ => return e,
+    };
+    let lower = message.to_ascii_lowercase();
+    let refused = [
+        "unauthorized",
+        "authentication required",
+        "no basic auth credentials",
+        "denied",
+    ]
+    .iter()
+    .any(|p| lower.contains(p));
+    if refused {
+        Error::Unauthorized {
+            op,
+            message: message.clone(),
+        }
+    } else {
+        e
+    }
 }
 
 /// Splits `name[:tag][@digest]` into the `fromImage` and `tag` parameters of a pull.

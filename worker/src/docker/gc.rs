@@ -712,9 +712,11 @@ impl DockerGarbageCollector {
               dry_run = self.opts.dry_run, "garbage collector started");
         loop {
             // A pass stuck on a dead connection must not hold up the shutdown.
+            let started = std::time::Instant::now();
             let Some(pass) = crate::executor::pass_or_stop(&stop, self.run_once()).await else {
                 return;
             };
+            crate::metrics::gc_pass(started, pass.as_ref().ok().map(|c| c.removed_total()));
             match pass {
                 Ok(c) if c.acted() => info!(
                     listed = c.listed,

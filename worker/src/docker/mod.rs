@@ -7,7 +7,8 @@
 //! - [`monitor`]: the daemon status monitor (probes with backoff, `/health`, readiness)
 //!   and [`breaker`], the circuit breaker it shares with every call.
 //! - [`deployment`]: whose container is this (deployment name + database identity).
-//! - [`policy`]: the operator's security policy (what tenants may ask for).
+//! - [`policy`]: the operator's security policy (what tenants may ask for); [`door`]:
+//!   the admission of params (syntax, then policy) that the API and the worker share.
 //! - [`spec`]: validated params → the Engine API create body, labels, container name.
 //! - [`run`]: the `tools.docker.run` handler (the whole lifecycle, cleanup on every path).
 //! - [`runtime`]: [`DockerRuntime`], what the handlers share.
@@ -23,6 +24,10 @@
 //!   pull, images, commit) and the expiry of committed images.
 //! - [`secrets`]: resolving `{"secret": name}` references and redacting their values.
 //! - [`secret_store`]: `highway.secrets`, encrypted at rest, and its resolver.
+//! - [`registry_auth`]: which registry an image names, the credentials of one pull, the
+//!   Docker `config.json` of `--docker-config`.
+//! - [`registry_store`]: `highway.registry_credentials` (encrypted like secrets, per
+//!   tenant or global, audited) and the lookup of every pull.
 //!
 //! Architecture Invariant: only this module imports bollard, and inside it only
 //! `client.rs` issues requests.
@@ -31,11 +36,14 @@ pub mod artifacts;
 pub mod breaker;
 pub mod client;
 pub mod deployment;
+pub mod door;
 pub mod gc;
 pub mod gc_store;
 pub mod logs;
 pub mod monitor;
 pub mod policy;
+pub mod registry_auth;
+pub mod registry_store;
 pub mod run;
 pub mod runtime;
 pub mod secret_store;

@@ -26,9 +26,10 @@
 use crate::docker::artifacts::{self, Producer};
 use crate::docker::client::{self, Removed, WaitExit};
 use crate::docker::deployment::Ownership;
+use crate::docker::door::{self, Refused};
 use crate::docker::gc;
 use crate::docker::logs::{self, LogSender, Reader};
-use crate::docker::policy;
+use crate::docker::registry_auth::{refusal_text, RegistryCredentials};
 use crate::docker::runtime::{DockerRuntime, Failpoint};
 use crate::docker::secrets::{Redactor, SecretError, SecretValue};
 use crate::docker::spec::{self, labels, RunIdentity};
@@ -39,7 +40,7 @@ use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use highway_workflows::docker::{
     error_code, ArtifactRef, DockerRunParams, DockerRunResult, EnvValue, InputSource, PullPolicy,
-    RunStatus,
+    RunStatus, KIND,
 };
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -265,17 +266,23 @@ impl Attempt<'_> {
 
     /// Validation, policy and secret resolution: pure refusals before any side effect.
     async fn prepare(&self, raw: &Value) -> Result<Prepared, HandlerError> {
-        let params = DockerRunParams::from_json(raw).map_err(|e| {
-            HandlerError::invalid_params(format!("`{}`: {}", e.field, e.reason))
-                .with_details(json!({"code": error_code(&e), "field": e.field}))
+        // The same admission as the API's door, against this worker's policy.
+        let admitted = door::admit(KIND, raw, &self.rt.config.policy).map_err(|r| match r {
+            Refused::Invalid(e) => {
+                HandlerError::invalid_params(format!("`{}`: {}", e.field, e.reason))
+                    .with_details(json!({"code": error_code(&e), "field": e.field}))
+            }
+            Refused::Policy(e) => HandlerError::non_retryable("PolicyViolation", e.to_string())
+                .with_details(json!({
+                    "code": e.code(),
+                    "refusal": e.refusal.as_str(),
+                    "field": e.field,
+                })),
         })?;
-        let warnings = policy::check(&params, &self.rt.config.policy).map_err(|e| {
-            HandlerError::non_retryable("PolicyViolation", e.to_string()).with_details(json!({
-                "code": e.code(),
-                "refusal": e.refusal.as_str(),
-                "field": e.field,
-            }))
-        })?;
+        let warnings = admitted.warnings;
+        let params = admitted
+            .run
+            .ok_or_else(|| HandlerError::invalid_params("params of another kind"))?;
         let image = params
             .image_ref()
             .map(|r| r.to_string())
@@ -488,6 +495,7 @@ impl Attempt<'_> {
             .await
             .map_err(|e| docker_error("StartFailed", e, &self.redactor()))?;
         let started = Instant::now();
+        let _running = crate::metrics::container_started();
         self.tracked(tracking::mark_running(&rt.pool, &id)).await?;
         sys.system("highway: container started");
         if rt.settings.failpoint == Some(Failpoint::PanicAfterStart) {
@@ -725,6 +733,11 @@ impl Attempt<'_> {
             (PullPolicy::Never, true) | (PullPolicy::IfNotPresent, true) => return Ok(()),
             _ => {}
         }
+        let creds = self
+            .rt
+            .registries
+            .for_image(&self.ctx.tenant_id, image)
+            .await?;
         sys.system(format!("highway: pulling image {image}"));
         self.ctx
             .record_heartbeat(json!({"phase": "pulling", "image": image}));
@@ -732,7 +745,7 @@ impl Attempt<'_> {
         let mut last_beat = std::time::Instant::now();
         let mut items: u64 = 0;
         let image_owned = image.to_string();
-        let pull = client.pull_image(image, |info| {
+        let pull = client.pull_image(image, creds.as_ref(), |info| {
             items += 1;
             // Heartbeat details carry the latest progress, at most once a second.
             if last_beat.elapsed() >= Duration::from_secs(1) {
@@ -758,7 +771,7 @@ impl Attempt<'_> {
                 let msg = self.redactor().redact(&e.to_string());
                 self.audit("image.pull", Some(image), "failed", json!({"error": msg}))
                     .await;
-                return Err(pull_error(image, e, &msg));
+                return Err(pull_error(image, e, &msg, creds.as_ref()));
             }
         }
         match client.inspect_image(image).await {
@@ -1648,7 +1661,18 @@ fn docker_error(step_type: &str, e: client::Error, redactor: &Redactor) -> Handl
 
 /// A pull that the registry refused for good (unknown image, no access) is not retried;
 /// an unreachable registry or a stalled stream is.
-fn pull_error(image: &str, e: client::Error, msg: &str) -> HandlerError {
+///
+/// A registry's refusal (unauthorized) is not retried either: it fails once, saying
+/// whether credentials were sent, so a missing login never becomes a retry storm.
+fn pull_error(
+    image: &str,
+    e: client::Error,
+    msg: &str,
+    creds: Option<&RegistryCredentials>,
+) -> HandlerError {
+    if let client::Error::Unauthorized { .. } = e {
+        return HandlerError::non_retryable("ImagePullFailed", refusal_text(image, creds, msg));
+    }
     let lower = msg.to_lowercase();
     let permanent = matches!(e, client::Error::NotFound { .. })
         || [

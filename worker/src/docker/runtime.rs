@@ -1,6 +1,6 @@
 //! [`DockerRuntime`]: what every `tools.docker.*` handler shares — the bollard client,
 //! the Postgres pool, the Docker settings, this worker's identity and deployment, the
-//! secret resolver, the artifact store, and the tracker of background cleanups.
+//! secret resolver, the registry credentials, the artifact store, and the tracker of background cleanups.
 //!
 //! Owns: turning `DockerConfig` into the concrete limits of the run handler
 //! ([`RunSettings`]), and the readiness flag the status monitor will drive.
@@ -12,6 +12,7 @@ use crate::docker::artifacts::{ArtifactStore, Backend};
 use crate::docker::client::DockerClient;
 use crate::docker::deployment::Deployment;
 use crate::docker::logs::LogSettings;
+use crate::docker::registry_store::RegistryAuth;
 use crate::docker::secrets::{EnvSecretResolver, SecretResolver};
 use crate::docker::tario::TarLimits;
 use sqlx::PgPool;
@@ -92,6 +93,8 @@ pub struct DockerRuntime {
     /// cleanup only touches containers carrying both.
     pub deployment: Deployment,
     pub secrets: Arc<dyn SecretResolver>,
+    /// Credentials of private registries, looked up at every pull.
+    pub registries: RegistryAuth,
     pub artifacts: ArtifactStore,
     pub settings: RunSettings,
     /// Cleanups that had to outlive their handler (a handler future dropped mid-run).
@@ -151,6 +154,7 @@ impl DockerRuntime {
             config,
             worker_id,
             secrets: Arc::new(EnvSecretResolver::new()),
+            registries: RegistryAuth::default(),
             artifacts,
             tracker: TaskTracker::new(),
             ready: AtomicBool::new(true),
@@ -159,6 +163,11 @@ impl DockerRuntime {
 
     pub fn with_secrets(mut self, secrets: Arc<dyn SecretResolver>) -> Self {
         self.secrets = secrets;
+        self
+    }
+
+    pub fn with_registries(mut self, registries: RegistryAuth) -> Self {
+        self.registries = registries;
         self
     }
 

@@ -949,10 +949,15 @@ impl Call<'_> {
                 None => Err(image_not_found(&image)),
             };
         }
+        let creds = self
+            .rt
+            .registries
+            .for_image(&self.ctx.tenant_id, &image)
+            .await?;
         let ctx = self.ctx;
         let mut layers: BTreeMap<String, String> = BTreeMap::new();
         let mut last = Instant::now() - Duration::from_secs(1);
-        let pull = self.rt.client.pull_image(&image, |info| {
+        let pull = self.rt.client.pull_image(&image, creds.as_ref(), |info| {
             if let (Some(id), Some(status)) = (&info.id, &info.status) {
                 layers.insert(id.clone(), status.clone());
             }
@@ -985,7 +990,12 @@ impl Call<'_> {
             let msg = e.to_string();
             self.audit(action, Some(&image), "failed", json!({"error": msg}))
                 .await;
-            return Err(if e.is_daemon_failure() {
+            return Err(if let client::Error::Unauthorized { .. } = e {
+                HandlerError::non_retryable(
+                    "ImagePullFailed",
+                    crate::docker::registry_auth::refusal_text(&image, creds.as_ref(), &msg),
+                )
+            } else if e.is_daemon_failure() {
                 HandlerError::infrastructure("DockerUnavailable", msg)
             } else if e.is_not_found() {
                 HandlerError::non_retryable("ImagePullFailed", msg)

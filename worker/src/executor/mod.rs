@@ -277,6 +277,7 @@ impl Worker {
         let running: RunningMap = Arc::default();
         let counters = Arc::new(Counters::default());
         let slots = Arc::new(Semaphore::new(opts.concurrency));
+        crate::metrics::slots(opts.concurrency);
         let wakers: Arc<HashMap<String, Arc<Notify>>> = Arc::new(
             opts.queues
                 .iter()
@@ -521,6 +522,7 @@ impl FetchLoop {
             };
             let got = match claimed {
                 Ok(rows) => {
+                    crate::metrics::claimed(&self.queue, claim_started.elapsed(), rows.len());
                     error_delay = Duration::from_millis(100);
                     if rows.len() < want {
                         hint = None;
@@ -625,6 +627,7 @@ impl FetchLoop {
             ctx.cancel(CancelReason::Shutdown);
         }
         let handler = self.registry.get(&row.kind).cloned();
+        let busy = crate::metrics::attempt_started(&row.kind, row.run_at);
         let in_run = row.workflow_run_id.is_some();
         let running = self.running.clone();
         let done = self.done.clone();
@@ -635,6 +638,7 @@ impl FetchLoop {
             async move {
                 let _permit = permit;
                 let outcome = execute(handler, ctx.clone(), row.params, deadline_type).await;
+                busy.finish(outcome.as_ref().map_or("lease_lost", Outcome::code));
                 running.lock().unwrap_or_else(|p| p.into_inner()).remove(&ctx.activity_id);
                 match outcome {
                     Some(outcome) => {

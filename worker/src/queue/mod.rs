@@ -1,11 +1,13 @@
 //! The activity queue, worker side: claim, heartbeat, complete/fail/retry, the rescuer,
 //! and worker registration. All of its SQL is in [`store`]; every state change there is
 //! guarded by the expected prior state, attempt and lease owner (fencing), and every
-//! lease and retry time is judged by the database's `now()`.
+//! lease and retry time is judged by the database's `now()`. [`stats`] reads queue depth
+//! and the oldest wait for `/metrics`, once per interval per process.
 //!
 //! The producer side (enqueue, read, cancel) is `highway_workflows::Client`. This module
 //! knows nothing of Docker.
 
+pub mod stats;
 pub mod store;
 
 use chrono::{DateTime, Utc};
@@ -55,7 +57,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn code(&self) -> &'static str {
+    /// The outcome's short name (stored results, metrics labels).
+    pub fn code(&self) -> &'static str {
         match self {
             Outcome::Succeeded(_) => "succeeded",
             Outcome::Failed { timeout: true, .. } => "timeout",
