@@ -88,9 +88,7 @@ pub async fn start_run(
             )
         })?;
     }
-    crate::EnqueueRequest::new("tools.docker.run", json!({}))
-        .tenant(tenant)
-        .validate()?;
+    crate::types::check_tenant(tenant)?;
     let id = Uuid::now_v7();
     let mut tx = client.pool().begin().await?;
     sqlx::query(

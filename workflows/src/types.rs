@@ -343,6 +343,11 @@ pub fn check_storable(field: &str, v: &Value) -> Result<(), FieldError> {
     walk(&mut field.to_string(), v)
 }
 
+/// A tenant id as every request checks it (`tenant_id`).
+pub(crate) fn check_tenant(tenant: &str) -> Result<(), FieldError> {
+    check_name("tenant_id", tenant, 64, false)
+}
+
 fn check_name(field: &'static str, v: &str, max: usize, dots: bool) -> Result<(), FieldError> {
     if v.is_empty() || v.len() > max {
         return Err(FieldError::new(
