@@ -178,10 +178,7 @@ impl WorkflowDefinition {
             }
             if let Some(q) = &s.queue {
                 // The same rule as an enqueue's `queue`, judged before anything is stored.
-                crate::EnqueueRequest::new(s.kind.clone(), Value::Object(Default::default()))
-                    .queue(q.clone())
-                    .validate()
-                    .map_err(|e| FieldError::new(f("queue"), e.reason))?;
+                crate::types::check_queue(q).map_err(|e| FieldError::new(f("queue"), e.reason))?;
             }
             check_templates(&s.params, &self.inputs, &f("params"))?;
             if let Some(c) = &s.cache {

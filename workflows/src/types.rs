@@ -199,8 +199,8 @@ impl EnqueueRequest {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), FieldError> {
         check_name("kind", &self.kind, 128, true)?;
-        check_name("tenant_id", &self.tenant_id, 64, false)?;
-        check_name("queue", &self.queue, 64, false)?;
+        check_tenant(&self.tenant_id)?;
+        check_queue(&self.queue)?;
         if !(1..=9).contains(&self.priority) {
             return Err(FieldError::new("priority", "must be between 1 and 9"));
         }
@@ -341,6 +341,11 @@ pub fn check_storable(field: &str, v: &Value) -> Result<(), FieldError> {
         }
     }
     walk(&mut field.to_string(), v)
+}
+
+/// A queue name as every request checks it (`queue`).
+pub(crate) fn check_queue(queue: &str) -> Result<(), FieldError> {
+    check_name("queue", queue, 64, false)
 }
 
 /// A tenant id as every request checks it (`tenant_id`).
