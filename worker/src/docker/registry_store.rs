@@ -15,7 +15,7 @@
 use crate::docker::registry_auth::{
     normalize_host, registry_of_image, DockerConfigFile, HostError, RegistryCredentials, Source,
 };
-use crate::docker::secret_store::{Rotated, SecretsKey, KEY_ENV};
+use crate::docker::secret_store::{open_by_id, Rotated, SecretsKey, KEY_ENV};
 use crate::docker::secrets::SecretValue;
 use crate::executor::HandlerError;
 use chrono::{DateTime, Utc};
@@ -196,23 +196,6 @@ impl RegistryStore {
         Ok(Self::new(pool, SecretsKey::from_env()?).with_old_keys(SecretsKey::old_from_env()?))
     }
 
-    /// The plaintext of a sealed password: the key whose id the row records (the
-    /// current one or an old one), else any key that opens it.
-    fn open_sealed(
-        &self,
-        key: &SecretsKey,
-        aad: &(String, String),
-        nonce: &[u8],
-        ct: &[u8],
-        key_id: &str,
-    ) -> Option<SecretValue> {
-        let keys = std::iter::once(key).chain(&self.old);
-        match keys.clone().find(|k| k.id() == key_id) {
-            Some(k) => k.open(&aad.0, &aad.1, nonce, ct),
-            None => keys.clone().find_map(|k| k.open(&aad.0, &aad.1, nonce, ct)),
-        }
-    }
-
     /// Re-encrypts every entry not under the current key, in one transaction: all or
     /// none (an entry no known key opens stops it, naming the entry). Safe to run again
     /// and while workers pull: they read with the old keys until the commit.
@@ -241,13 +224,19 @@ impl RegistryStore {
             } else {
                 Source::Global
             };
-            let password = self
-                .open_sealed(key, &aad, &r.nonce, &r.ciphertext, &r.key_id)
-                .ok_or_else(|| StoreError::Decrypt {
-                    host: r.host.clone(),
-                    scope,
-                    key_id: r.key_id.clone(),
-                })?;
+            let password = open_by_id(
+                key,
+                &self.old,
+                &r.key_id,
+                (&aad.0, &aad.1),
+                &r.nonce,
+                &r.ciphertext,
+            )
+            .ok_or_else(|| StoreError::Decrypt {
+                host: r.host.clone(),
+                scope,
+                key_id: r.key_id.clone(),
+            })?;
             let (nonce, ct) = key.seal(&aad.0, &aad.1, password.expose());
             sqlx::query(
                 "UPDATE highway.registry_credentials
@@ -417,13 +406,19 @@ impl RegistryStore {
             Source::Global
         };
         let aad = aad(row.tenant_id.as_deref(), host, &row.username);
-        let password = self
-            .open_sealed(key, &aad, &row.nonce, &row.ciphertext, &row.key_id)
-            .ok_or_else(|| StoreError::Decrypt {
-                host: host.to_string(),
-                scope,
-                key_id: row.key_id,
-            })?;
+        let password = open_by_id(
+            key,
+            &self.old,
+            &row.key_id,
+            (&aad.0, &aad.1),
+            &row.nonce,
+            &row.ciphertext,
+        )
+        .ok_or_else(|| StoreError::Decrypt {
+            host: host.to_string(),
+            scope,
+            key_id: row.key_id,
+        })?;
         let username = row.username;
         Ok(Some(RegistryCredentials {
             server: host.to_string(),

@@ -197,6 +197,24 @@ pub struct SecretStore {
     old: Vec<SecretsKey>,
 }
 
+/// Opens a sealed value with the key whose id its row records, among the current key and
+/// the previous ones (`HIGHWAY_SECRETS_KEY_OLD`); with no id matching (a row whose id was
+/// lost), any key that opens it. `aad` is the pair of associated data it was sealed with.
+pub fn open_by_id(
+    current: &SecretsKey,
+    old: &[SecretsKey],
+    key_id: &str,
+    aad: (&str, &str),
+    nonce: &[u8],
+    ct: &[u8],
+) -> Option<SecretValue> {
+    let keys = std::iter::once(current).chain(old);
+    match keys.clone().find(|k| k.id() == key_id) {
+        Some(k) => k.open(aad.0, aad.1, nonce, ct),
+        None => keys.clone().find_map(|k| k.open(aad.0, aad.1, nonce, ct)),
+    }
+}
+
 /// A stored row as [`SecretStore::rotate`] reads it: tenant, name, nonce, ciphertext, key id.
 type SealedRow = (String, String, Vec<u8>, Vec<u8>, String);
 
@@ -231,8 +249,7 @@ impl SecretStore {
         self
     }
 
-    /// The key that wrote a row (by its recorded id; every key when none matches, for
-    /// rows whose id was lost), and the plaintext.
+    /// The plaintext of a row: opened by the key whose id it records.
     fn open_row(
         &self,
         tenant: &str,
@@ -241,12 +258,7 @@ impl SecretStore {
         ct: &[u8],
         key_id: &str,
     ) -> Option<SecretValue> {
-        let keys = std::iter::once(&self.key).chain(&self.old);
-        let by_id = keys.clone().find(|k| k.id() == key_id);
-        match by_id {
-            Some(k) => k.open(tenant, name, nonce, ct),
-            None => keys.clone().find_map(|k| k.open(tenant, name, nonce, ct)),
-        }
+        open_by_id(&self.key, &self.old, key_id, (tenant, name), nonce, ct)
     }
 
     /// Re-encrypts every row not under the current key, in one transaction: all or none
