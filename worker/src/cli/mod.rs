@@ -259,13 +259,14 @@ pub fn legacy_run_argv(args: Vec<OsString>) -> Vec<OsString> {
 pub fn command() -> clap::Command {
     let mut cmd = Cli::command();
     let mut server = String::from("Server commands (against DATABASE_URL):\n");
+    let width = SERVER_COMMANDS.iter().map(|n| n.len()).max().unwrap_or(0);
     for name in SERVER_COMMANDS {
         let sub = cmd
             .find_subcommand(name)
             .unwrap_or_else(|| panic!("server command {name} exists"));
         let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
         let first = about.split(['.', '\n']).next().unwrap_or_default();
-        server.push_str(&format!("  {name:<16} {first}\n"));
+        server.push_str(&format!("  {name:<width$} {first}\n"));
     }
     for name in SERVER_COMMANDS {
         cmd = cmd.mut_subcommand(name, |s| s.hide(true));
