@@ -262,7 +262,7 @@ async fn inputs_and_outputs_round_trip_binary_files() {
     let h = DockerHarness::new().await;
     let a = h.activity().await;
     let binary: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
-    let b64 = base64_encode(&binary);
+    let b64 = highway_tests::base64(&binary);
     let out = h
         .run(
             h.ctx(a, 1),
@@ -954,25 +954,4 @@ async fn pulls_from_a_local_registry() {
     docker_cli(&["rmi", &remote]);
     assert_no_containers(&h.docker, a).await;
     assert_no_containers(&h.docker, b).await;
-}
-
-fn base64_encode(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }

@@ -5,7 +5,7 @@
 //! refuses (a fault proxy). Live and `/health` stay 200 throughout.
 
 use highway_tests::fault_proxy::{FaultProxy, Mode};
-use highway_tests::{eventually, highway_bin, Process};
+use highway_tests::{crash_postgres, eventually, highway_bin, Process};
 use highway_worker::db::embedded::Cluster;
 use highway_worker::health::{
     POSTGRES_PROBE_INTERVAL, POSTGRES_PROBE_TIMEOUT, POSTGRES_RETRY_INTERVAL,
@@ -36,33 +36,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port()
-}
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-}
-
-/// `pg_ctl stop -m immediate` on the test's own cluster (a crash, not a clean stop).
-fn crash_postgres(cluster: &Cluster) {
-    let pg_ctl = cluster.bindir.join("pg_ctl");
-    let mut cmd = if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(pg_ctl);
-        c
-    } else {
-        Command::new(pg_ctl)
-    };
-    let st = cmd
-        .arg("-D")
-        .arg(&cluster.data_dir)
-        .args(["-m", "immediate", "-w", "stop"])
-        .stdout(Stdio::null())
-        .status()
-        .expect("run pg_ctl");
-    assert!(st.success(), "pg_ctl stop -m immediate failed");
 }
 
 async fn start_cluster(state: &Path) -> Cluster {

@@ -256,28 +256,6 @@ async fn dump_tables(db: &TestDb) -> String {
     out
 }
 
-fn b64(s: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let data = s.as_bytes();
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// `highway --state-dir STATE ARGS` (the CLI finds the API and the admin token there),
 /// `stdin` on its standard input.
 fn cli(state: &Path, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
@@ -552,8 +530,8 @@ async fn stored_credentials_per_tenant_and_global_and_the_canary() {
     for (i, secret) in [&password, &wrong].into_iter().enumerate() {
         let forms = [
             secret.to_string(),
-            b64(secret),
-            b64(&format!("{USER}:{secret}")),
+            highway_tests::base64(secret.as_bytes()),
+            highway_tests::base64(format!("{USER}:{secret}").as_bytes()),
         ];
         for (j, form) in forms.iter().enumerate() {
             // The message names which password and which form, never the value.

@@ -8,7 +8,7 @@
 
 use highway_tests::docker::{assert_no_containers, docker, ensure_test_image, TEST_IMAGE};
 use highway_tests::fault_proxy::{FaultProxy, Mode};
-use highway_tests::{eventually, highway_bin, Process, TestDb, TestWorker};
+use highway_tests::{crash_postgres, eventually, highway_bin, Process, TestDb, TestWorker};
 use highway_worker::config::docker::{Availability, DockerConfig};
 use highway_worker::docker::breaker::Breaker;
 use highway_worker::docker::client::{self, ClientSettings, DockerClient};
@@ -601,33 +601,6 @@ async fn docker_required_fails_fast_at_start() {
 }
 
 // ------------------------------------------------------------------ Postgres
-
-/// `pg_ctl stop -m immediate` on our private cluster (a crash, not a clean stop).
-fn crash_postgres(cluster: &highway_worker::db::embedded::Cluster) {
-    let pg_ctl = cluster.bindir.join("pg_ctl");
-    let mut cmd = if nix_is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(pg_ctl);
-        c
-    } else {
-        Command::new(pg_ctl)
-    };
-    let st = cmd
-        .arg("-D")
-        .arg(&cluster.data_dir)
-        .args(["-m", "immediate", "-w", "stop"])
-        .stdout(Stdio::null())
-        .status()
-        .expect("run pg_ctl");
-    assert!(st.success(), "pg_ctl stop -m immediate failed");
-}
-
-fn nix_is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-}
 
 /// R8 for the worker: Postgres crashes under load and comes back. The worker process
 /// survives (no restart), `/health` shows postgres down then up, the pool reconnects,

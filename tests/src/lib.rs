@@ -293,3 +293,35 @@ pub async fn status_of(pool: &PgPool, id: uuid::Uuid) -> (String, i32) {
         .await
         .expect("activity row")
 }
+
+/// `pg_ctl stop -m immediate` on a test's own private cluster: a crash, not a clean
+/// stop. As root the cluster runs as `postgres` (initdb refuses root), so pg_ctl does too.
+pub fn crash_postgres(cluster: &highway_worker::db::embedded::Cluster) {
+    use std::os::unix::fs::MetadataExt;
+    let is_root = std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false);
+    let pg_ctl = cluster.bindir.join("pg_ctl");
+    let mut cmd = if is_root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(pg_ctl);
+        c
+    } else {
+        Command::new(pg_ctl)
+    };
+    let st = cmd
+        .arg("-D")
+        .arg(&cluster.data_dir)
+        .args(["-m", "immediate", "-w", "stop"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run pg_ctl");
+    assert!(st.success(), "pg_ctl stop -m immediate failed");
+}
+
+/// Standard base64 with padding (what `docker login` writes and what a leak of a
+/// credential would look like in encoded form).
+pub fn base64(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
