@@ -116,7 +116,7 @@ const POLICY: &str = "policy_violation";
 #[tokio::test]
 async fn activities_are_refused_per_class_of_param_and_nothing_is_stored() {
     let d = Door::new(|_| {}).await;
-    // Image references (S8) and the allow-list (S9).
+    // Image references and the operator's image allow-list.
     for bad in ["UPPER/case:tag", "a//b", "busybox@sha256:abc"] {
         d.refuses_run(
             json!({"image": bad}),
@@ -134,7 +134,7 @@ async fn activities_are_refused_per_class_of_param_and_nothing_is_stored() {
     .await;
     d.refuses_run(json!({"image": "busybox:1"}), "params.image", POLICY)
         .await;
-    // Limits: syntax, and above the policy's maximums (S13).
+    // Limits: syntax, and values above the policy's maximums.
     d.refuses_run(
         run(json!({"memory_limit": "lots"})),
         "params.memory_limit",
@@ -203,7 +203,7 @@ async fn activities_are_refused_per_class_of_param_and_nothing_is_stored() {
         POLICY,
     )
     .await;
-    // Environment names (S11), reserved labels (S12), unknown fields (S5).
+    // Environment names, labels under the reserved prefix, unknown fields.
     for (name, path) in [("1X", "1X"), ("A=B", "A=B"), ("", "\"\"")] {
         d.refuses_run(
             run(json!({"environment": { name: "v" }})),
