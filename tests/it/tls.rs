@@ -172,6 +172,18 @@ async fn postgres_verify_full_connects_and_a_wrong_ca_host_or_plain_connection_f
     .expect("sslmode=require connects")
     .close()
     .await;
+    // require with a root certificate verifies the chain, as libpq does: the wrong CA fails.
+    let e = connect_err(&pg.url(
+        "localhost",
+        &format!(
+            "sslmode=require&sslrootcert={}",
+            certs().join("other-ca.pem").display()
+        ),
+    ))
+    .await;
+    let msg = e.to_string();
+    assert!(matches!(e, db::Error::Tls { .. }), "{msg}");
+    assert!(msg.contains("not signed by a trusted CA"), "{msg}");
 
     // The wrong CA.
     let e = connect_err(&pg.verify_full("localhost", &certs().join("other-ca.pem"))).await;

@@ -13,7 +13,7 @@ pub mod embedded;
 pub mod settings;
 
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::PgPool;
 use std::str::FromStr;
 use std::time::Duration;
@@ -65,8 +65,15 @@ impl Default for PoolOptions {
 /// (and `/health` answers "down") while Postgres is unreachable.
 pub fn lazy_pool(url: &str, opts: &PoolOptions) -> Result<PgPool, Error> {
     check_tls_files(url)?;
-    let connect = PgConnectOptions::from_str(url)
-        .map_err(|e| Error::InvalidUrl(redact_url_error(url, &e.to_string())))?
+    let mut connect = PgConnectOptions::from_str(url)
+        .map_err(|e| Error::InvalidUrl(redact_url_error(url, &e.to_string())))?;
+    // libpq: `require` with a root certificate given verifies the chain, as verify-ca.
+    if matches!(connect.get_ssl_mode(), PgSslMode::Require)
+        && tls_param(url, "sslrootcert", "PGSSLROOTCERT").is_some()
+    {
+        connect = connect.ssl_mode(PgSslMode::VerifyCa);
+    }
+    let connect = connect
         .application_name(&opts.application_name)
         // Statements that hang (a blackholed network) must not hold a worker forever.
         .options([
@@ -205,18 +212,12 @@ fn explain_tls(e: &rustls::Error) -> String {
 /// readable: checked before connecting, so a typo is an error naming the parameter
 /// rather than an I/O error retried as an outage.
 fn check_tls_files(url: &str) -> Result<(), Error> {
-    let query = url.split_once('?').map(|(_, q)| q).unwrap_or("");
     for (param, env) in [
         ("sslrootcert", "PGSSLROOTCERT"),
         ("sslcert", "PGSSLCERT"),
         ("sslkey", "PGSSLKEY"),
     ] {
-        let from_url = query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == param)
-            .map(|(_, v)| percent_decode(v));
-        let Some(path) = from_url.or_else(|| std::env::var(env).ok()) else {
+        let Some(path) = tls_param(url, param, env) else {
             continue;
         };
         // sqlx also takes inline PEM here.
@@ -230,6 +231,17 @@ fn check_tls_files(url: &str) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// A TLS parameter of the URL's query, else its `PGSSL*` variable (as libpq reads them).
+fn tls_param(url: &str, param: &str, env: &str) -> Option<String> {
+    let query = url.split_once('?').map(|(_, q)| q).unwrap_or("");
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == param)
+        .map(|(_, v)| percent_decode(v))
+        .or_else(|| std::env::var(env).ok().filter(|v| !v.is_empty()))
 }
 
 fn percent_decode(s: &str) -> String {
