@@ -31,6 +31,8 @@
 //!   as Prometheus text (types, names, histograms, label allow-list).
 //! - `registry`: private registries (htpasswd + TLS): stored and `config.json`
 //!   credentials, one unauthorized failure without them, the credentials canary.
+//! - `wait`: completion notifications (every terminal path announces, nothing else),
+//!   `DoneWaiter`, and the API's long poll (`?wait=`: answer at the end, bounds, drain).
 //! - `artifacts_db`: artifacts stored in Postgres across hosts, corruption, the fs store;
 //!   the snapshot cache per Docker daemon.
 
@@ -55,4 +57,5 @@ mod security_api;
 mod security_docker;
 mod soft_deps;
 mod tls;
+mod wait;
 mod workflow;

@@ -501,9 +501,10 @@ impl Client {
             .await?)
     }
 
-    /// Waits until the activity is terminal, polling with a growing interval (10 ms to
-    /// 250 ms). Database errors while waiting are retried until the deadline, so a
-    /// short outage does not surface to the caller.
+    /// Waits until the activity is terminal, woken by its completion notification
+    /// ([`crate::done`]; polling 10 ms to 250 ms when LISTEN is unavailable). Database
+    /// errors while waiting are retried until the deadline, so a short outage does not
+    /// surface to the caller.
     pub async fn wait(
         &self,
         id: Uuid,
@@ -511,7 +512,10 @@ impl Client {
         timeout: Duration,
     ) -> Result<Activity> {
         let deadline = Instant::now() + timeout;
-        let mut interval = Duration::from_millis(10);
+        // LISTEN before the first read: a completion in between still wakes us.
+        let mut waiter =
+            crate::done::DoneWaiter::listen(&self.pool, crate::done::ACTIVITY_DONE_CHANNEL, id)
+                .await;
         loop {
             match self.get(id, tenant).await {
                 Ok(a) if a.status().is_terminal() => return Ok(a),
@@ -523,9 +527,7 @@ impl Client {
             if Instant::now() >= deadline {
                 return Err(Error::WaitTimeout(timeout));
             }
-            tokio::time::sleep(interval.min(deadline.saturating_duration_since(Instant::now())))
-                .await;
-            interval = (interval * 2).min(Duration::from_millis(250));
+            waiter.wake(deadline).await;
         }
     }
 

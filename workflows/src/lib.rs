@@ -10,6 +10,7 @@
 //!   status, wait).
 //! - [`docker`], [`docker_tools`]: params of the `tools.docker.*` kinds;
 //!   [`docker_params`]: the one syntax check of them, by kind.
+//! - [`done`]: completion notifications that wake waiters (LISTEN, polling as fallback).
 //! - [`client`]: [`Client`], the producer side of the queue. Like River's `Insert`/`InsertTx`
 //!   it writes straight into Postgres, so an enqueue can join the caller's transaction.
 //!   This module owns the enqueue, read and cancel SQL; claiming and completing belong to
@@ -22,6 +23,7 @@ pub mod definition;
 pub mod docker;
 pub mod docker_params;
 pub mod docker_tools;
+pub mod done;
 pub mod duration;
 pub mod runs;
 pub mod schedule;

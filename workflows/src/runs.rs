@@ -784,7 +784,8 @@ pub async fn run_status(pool: &PgPool, run_id: Uuid, tenant: Option<&str>) -> Re
     })
 }
 
-/// Waits until the run is terminal, polling (10 ms growing to 250 ms).
+/// Waits until the run is terminal, woken by its completion notification
+/// ([`crate::done`]; polling 10 ms to 250 ms when LISTEN is unavailable).
 pub async fn wait_run(
     pool: &PgPool,
     run_id: Uuid,
@@ -792,7 +793,9 @@ pub async fn wait_run(
     timeout: Duration,
 ) -> Result<RunStatus> {
     let deadline = Instant::now() + timeout;
-    let mut interval = Duration::from_millis(10);
+    // LISTEN before the first read: a completion in between still wakes us.
+    let mut waiter =
+        crate::done::DoneWaiter::listen(pool, crate::done::RUN_DONE_CHANNEL, run_id).await;
     loop {
         match run_status(pool, run_id, tenant).await {
             Ok(s) if s.is_terminal() => return Ok(s),
@@ -804,8 +807,7 @@ pub async fn wait_run(
         if Instant::now() >= deadline {
             return Err(RunError::WaitTimeout(timeout));
         }
-        tokio::time::sleep(interval.min(deadline.saturating_duration_since(Instant::now()))).await;
-        interval = (interval * 2).min(Duration::from_millis(250));
+        waiter.wake(deadline).await;
     }
 }
 

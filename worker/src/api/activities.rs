@@ -146,6 +146,9 @@ pub struct ShowQuery {
     /// Admin tokens: only if it belongs to this tenant (404 otherwise). A tenant
     /// token is always held to its own tenant.
     pub tenant: Option<String>,
+    /// Long poll: answer once the activity is terminal or this long has passed
+    /// (`"30s"`, at most 300 s), with its state either way.
+    pub wait: Option<String>,
 }
 
 async fn show(
@@ -155,7 +158,18 @@ async fn show(
     ApiQuery(q): ApiQuery<ShowQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_uuid("id", &id)?;
-    let a = st.client.get(id, caller.scope(q.tenant.as_deref())).await?;
+    let wait = super::wait::parse_wait(q.wait.as_deref())?;
+    let scope = caller.scope(q.tenant.as_deref());
+    let mut a = st.client.get(id, scope).await?;
+    if let (Some(wait), false) = (wait, a.status().is_terminal()) {
+        let channel = highway_workflows::done::ACTIVITY_DONE_CHANNEL;
+        let mut w = super::wait::Wait::start(&st, channel, id, wait).await;
+        // Read again once listening: it may have ended before the LISTEN.
+        a = st.client.get(id, scope).await?;
+        while !a.status().is_terminal() && w.next().await {
+            a = st.client.get(id, scope).await?;
+        }
+    }
     Ok(Json(view(&a, None)))
 }
 

@@ -16,6 +16,7 @@
 //! - [`metrics`]: Prometheus text. [`openapi`]: the OpenAPI document.
 //! - [`store`]: the API's own SQL (tokens, quotas, reads).
 //! - [`tls`]: HTTPS (`--tls-cert`/`--tls-key`, reloaded on SIGHUP).
+//! - [`wait`]: long-poll reads (`?wait=`) woken by completion notifications.
 //! - [`admission`]: `tools.docker.*` params judged at the door (422 naming the path).
 //!
 //! Architecture Invariant: handlers never format a database error into a response;
@@ -39,6 +40,7 @@ pub mod secrets;
 pub mod store;
 pub mod tls;
 pub mod tokens;
+pub mod wait;
 pub mod workers;
 
 use crate::config::api::ApiConfig;
@@ -69,6 +71,8 @@ pub struct AppState {
     pub api: ApiConfig,
     /// Budget of LISTEN connections for log streams.
     pub log_listeners: Arc<Semaphore>,
+    /// Budget of LISTEN connections for long-poll reads (`?wait=`).
+    pub wait_listeners: Arc<Semaphore>,
     /// `GET /v1/gc/plan`: set when this server runs with Docker.
     pub gc: Option<gc::GcPlanner>,
     /// Image digests of workflow cache keys, for runs started here.
@@ -92,6 +96,7 @@ impl AppState {
             pool,
             api,
             log_listeners: Arc::new(Semaphore::new(MAX_LOG_LISTENERS)),
+            wait_listeners: Arc::new(Semaphore::new(wait::MAX_WAIT_LISTENERS)),
             gc: None,
             digests: Default::default(),
             secrets: None,

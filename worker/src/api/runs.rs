@@ -238,16 +238,44 @@ async fn view(st: &AppState, id: Uuid, tenant: Option<&str>) -> Result<Option<Ru
     Ok(Some(RunView { run, steps }))
 }
 
+/// Query of `GET /v1/runs/{id}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShowQuery {
+    /// Long poll: answer once the run is terminal or this long has passed (`"30s"`, at
+    /// most 300 s), with its state either way.
+    pub wait: Option<String>,
+}
+
 async fn show(
     State(st): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<ShowQuery>,
 ) -> Result<Json<RunView>, ApiError> {
     let id = parse_uuid("id", &id)?;
-    view(&st, id, caller.scope(None))
-        .await?
-        .map(Json)
-        .ok_or(ApiError::NotFound("run"))
+    let wait = super::wait::parse_wait(q.wait.as_deref())?;
+    let scope = caller.scope(None);
+    let read = |st: &AppState| {
+        let st = st.clone();
+        async move { view(&st, id, scope).await?.ok_or(ApiError::NotFound("run")) }
+    };
+    let mut v = read(&st).await?;
+    if let (Some(wait), false) = (wait, run_terminal(&v.run.status)) {
+        let channel = highway_workflows::done::RUN_DONE_CHANNEL;
+        let mut w = super::wait::Wait::start(&st, channel, id, wait).await;
+        // Read again once listening: it may have ended before the LISTEN.
+        v = read(&st).await?;
+        while !run_terminal(&v.run.status) && w.next().await {
+            v = read(&st).await?;
+        }
+    }
+    Ok(Json(v))
+}
+
+/// A run in one of its final states (no step changes after).
+fn run_terminal(status: &str) -> bool {
+    matches!(status, "succeeded" | "failed" | "cancelled")
 }
 
 async fn cancel(

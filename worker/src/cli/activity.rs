@@ -1,5 +1,5 @@
 //! `highway activity ls|show|logs|enqueue|cancel|retry`: activities through the API
-//! (HIGHWAY_API_URL, HIGHWAY_TOKEN; see `remote`). `enqueue --wait` polls the activity
+//! (HIGHWAY_API_URL, HIGHWAY_TOKEN; see `remote`). `enqueue --wait` long-polls the activity
 //! until it ends and exits with its outcome (see `output::exit`). The older spellings
 //! (`activities …`, `enqueue`, `cancel`) are hidden aliases of these.
 
@@ -295,18 +295,43 @@ async fn enqueue(a: EnqueueArgs) -> anyhow::Result<ExitCode> {
     Ok(output::for_status(&act.status))
 }
 
-/// Polls the activity (50 ms growing to 1 s) until it is terminal; `None` when
-/// `timeout` passed first. Keeps the spinner up to date.
+/// Waits until the activity is terminal with long polls (`GET /v1/activities/{id}?wait=`,
+/// which the server answers the moment the activity ends); `None` when `timeout` passed
+/// first. Keeps the spinner up to date: while it is drawn each poll lasts at most a
+/// second, so status and pull progress stay fresh. A server without `wait` (older than
+/// this CLI) is polled instead, 50 ms growing to 1 s.
 pub async fn wait_activity(
     api: &Remote,
     id: Uuid,
     timeout: std::time::Duration,
     progress: &Progress,
 ) -> anyhow::Result<Option<Activity>> {
+    use std::time::Duration;
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut interval = std::time::Duration::from_millis(50);
+    let chunk = if progress.is_drawing() {
+        Duration::from_secs(1)
+    } else {
+        // Under the client's 30 s request timeout.
+        Duration::from_secs(20)
+    };
+    let path = format!("/v1/activities/{id}");
+    let mut long_poll = true;
+    let mut interval = Duration::from_millis(50);
     loop {
-        let v = api.get_json(&format!("/v1/activities/{id}"), &[]).await?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let v = if long_poll {
+            let wait = format!("{}ms", left.min(chunk).as_millis());
+            match api.get_json(&path, &[("wait", wait)]).await {
+                Ok(v) => v,
+                Err(e) if e.to_string().contains("`wait`") => {
+                    long_poll = false;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            api.get_json(&path, &[]).await?
+        };
         let a: Activity = serde_json::from_value(v).context("reading the activity")?;
         progress.update(&a);
         if a.status().is_terminal() {
@@ -317,8 +342,10 @@ pub async fn wait_activity(
             progress.clear();
             return Ok(None);
         }
-        tokio::time::sleep(interval.min(deadline - tokio::time::Instant::now())).await;
-        interval = (interval * 2).min(std::time::Duration::from_secs(1));
+        if !long_poll {
+            tokio::time::sleep(interval.min(deadline - tokio::time::Instant::now())).await;
+            interval = (interval * 2).min(Duration::from_secs(1));
+        }
     }
 }
 

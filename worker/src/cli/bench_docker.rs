@@ -3,7 +3,9 @@
 //! in one run. The worker runs as a child `highway worker` process (so its RSS is its
 //! own) against a private Postgres cluster this program starts and stops.
 //!
-//! Lanes: latency of `true` (median, p99), containers per second at concurrency 8,
+//! Lanes: latency of `true` (median, p99), what a user sees (the `highway activity
+//! enqueue … --wait` process from start to exit against the running worker's API,
+//! alternating with the `docker run --rm` process), containers per second at concurrency 8,
 //! 1 GiB of stdout with the worker's peak RSS, and 1 GiB through the artifact store
 //! (Postgres by default): store → container → store, then store → another container,
 //! against `docker cp` of the same file, with the peak RSS of a fresh worker.
@@ -81,6 +83,7 @@ pub async fn run(b: DockerBench) -> anyhow::Result<ExitCode> {
     let ratios = json!({
         "worker_p50_vs_raw_bollard_p50": get("worker_true_p50") / get("raw_bollard_true_p50"),
         "worker_p50_vs_cli_p50": get("worker_true_p50") / get("docker_cli_true_p50"),
+        "user_enqueue_wait_p50_vs_docker_run_rm_p50": get("user_enqueue_wait_true_p50") / get("user_docker_run_rm_true_p50"),
         "worker_throughput_vs_raw_bollard_at_8": get("worker_containers_per_s_at_8") / get("raw_bollard_containers_per_s_at_8"),
         "docker_cp_time_vs_worker_tar_time": get("docker_cp_1gib_in_out_s") / get("worker_tar_1gib_in_out_s"),
         "worker_tar_in_vs_docker_cp_in": get("worker_tar_1gib_in_s") / get("docker_cp_1gib_in_s"),
@@ -108,6 +111,34 @@ pub async fn run(b: DockerBench) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A loopback address nothing listens on now (the worker binds it right after).
+fn free_loopback_port() -> anyhow::Result<std::net::SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?;
+    Ok(l.local_addr()?)
+}
+
+/// Waits (up to 60 s) until the worker's API answers `/health/live`.
+async fn wait_for_api(base: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ok = http
+            .get(format!("{base}/health/live"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ok {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the worker's API at {base} never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -127,10 +158,21 @@ struct ChildWorker {
 }
 
 impl ChildWorker {
-    fn start(url: &str, dir: &Path, concurrency: usize, store: &str) -> anyhow::Result<Self> {
+    /// With `listen`, the worker serves its HTTP API there; else it has none.
+    fn start(
+        url: &str,
+        dir: &Path,
+        concurrency: usize,
+        store: &str,
+        listen: Option<std::net::SocketAddr>,
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
-        let child = tokio::process::Command::new(exe)
-            .args(["worker", "--no-http"])
+        let mut cmd = tokio::process::Command::new(exe);
+        match listen {
+            Some(addr) => cmd.arg("worker").env("HIGHWAY_LISTEN", addr.to_string()),
+            None => cmd.args(["worker", "--no-http"]),
+        };
+        let child = cmd
             .env("DATABASE_URL", url)
             .env("HIGHWAY_STATE_DIR", dir)
             .env("HIGHWAY_ARTIFACT_DIR", dir.join("artifacts"))
@@ -195,7 +237,8 @@ async fn lanes(b: &DockerBench, cluster: &Cluster, dir: &Path) -> anyhow::Result
         )
     })?;
     let mut rows = Vec::new();
-    let mut worker = ChildWorker::start(&cluster.url, dir, 8, &b.artifact_store)?;
+    let listen = free_loopback_port()?;
+    let mut worker = ChildWorker::start(&cluster.url, dir, 8, &b.artifact_store, Some(listen))?;
 
     // Warm up every path once.
     run_activity(
@@ -243,6 +286,64 @@ async fn lanes(b: &DockerBench, cluster: &Cluster, dir: &Path) -> anyhow::Result
     let c = sorted(c);
     rows.push(row("docker_cli_true_p50", percentile(&c, 0.5), "ms"));
     rows.push(row("docker_cli_true_p99", percentile(&c, 0.99), "ms"));
+
+    // 1b. What a user sees: `highway activity enqueue … --wait` as a process, start to
+    //     exit, against the worker's API, alternating with `docker run --rm` as a process.
+    let (_, token) = crate::api::store::create_token(&pool, "bench-docker", None).await?;
+    let api = format!("http://{listen}");
+    wait_for_api(&api).await?;
+    let params = json!({"image": b.image, "command": ["true"]}).to_string();
+    let exe = std::env::current_exe()?;
+    let (mut u, mut d) = (Vec::new(), Vec::new());
+    for i in 0..=b.runs {
+        let t = Instant::now();
+        let st = tokio::process::Command::new(&exe)
+            .args([
+                "activity",
+                "enqueue",
+                "tools.docker.run",
+                "--params",
+                &params,
+            ])
+            .args(["--wait", "--json"])
+            .env("HIGHWAY_API_URL", &api)
+            .env("HIGHWAY_TOKEN", &token)
+            .stdout(Stdio::null())
+            .status()
+            .await?;
+        anyhow::ensure!(st.success(), "highway activity enqueue --wait failed: {st}");
+        let user_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let t = Instant::now();
+        let st = tokio::process::Command::new("docker")
+            .args(["run", "--rm", &b.image, "true"])
+            .stdout(Stdio::null())
+            .status()
+            .await?;
+        anyhow::ensure!(st.success(), "docker run --rm failed");
+        let cli_ms = t.elapsed().as_secs_f64() * 1000.0;
+        // The first pair warms the CLI binary and the connection paths.
+        if i > 0 {
+            u.push(user_ms);
+            d.push(cli_ms);
+        }
+    }
+    let (u, d) = (sorted(u), sorted(d));
+    rows.push(row("user_enqueue_wait_true_p50", percentile(&u, 0.5), "ms"));
+    rows.push(row(
+        "user_enqueue_wait_true_p99",
+        percentile(&u, 0.99),
+        "ms",
+    ));
+    rows.push(row(
+        "user_docker_run_rm_true_p50",
+        percentile(&d, 0.5),
+        "ms",
+    ));
+    rows.push(row(
+        "user_docker_run_rm_true_p99",
+        percentile(&d, 0.99),
+        "ms",
+    ));
 
     // 2. Containers per second at concurrency 8.
     let reqs: Vec<EnqueueRequest> = (0..b.containers)
@@ -328,7 +429,7 @@ async fn lanes(b: &DockerBench, cluster: &Cluster, dir: &Path) -> anyhow::Result
         //    container (in); out = (in + out) − in. Against docker create + cp in + start
         //    + cp out + rm, and create + cp in + start + rm.
         worker.stop().await;
-        worker = ChildWorker::start(&cluster.url, dir, 8, &b.artifact_store)?;
+        worker = ChildWorker::start(&cluster.url, dir, 8, &b.artifact_store, None)?;
         let work = dir.join("tar");
         std::fs::create_dir_all(&work)?;
         let big = work.join("big.bin");

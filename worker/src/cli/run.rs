@@ -97,6 +97,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut shown: HashMap<String, String> = HashMap::new();
     let mut log_seq: HashMap<Uuid, i64> = HashMap::new();
     let mut interval = Duration::from_millis(50);
+    // The run's end wakes the loop at once; step changes keep the interval's cadence.
+    let mut done = highway_workflows::done::DoneWaiter::listen(
+        &pool,
+        highway_workflows::done::RUN_DONE_CHANNEL,
+        run_id,
+    )
+    .await;
     loop {
         let s = runs::run_status(&pool, run_id, Some(&args.tenant)).await?;
         show_steps(&s, &mut shown, args.json);
@@ -111,7 +118,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             eprintln!("run {run_id} still {} after the timeout", s.status);
             return Ok(ExitCode::from(super::output::exit::WAIT_TIMED_OUT));
         }
-        tokio::time::sleep(interval).await;
+        done.wake(std::time::Instant::now() + interval).await;
         interval = (interval * 2).min(Duration::from_millis(500));
     }
 }

@@ -241,9 +241,9 @@ async fn logs(remote: RemoteArgs, id: &str, follow: bool, json: bool) -> anyhow:
     let api = Remote::new(&remote)?;
     let json = output::json(json);
     let mut seq: HashMap<String, i64> = HashMap::new();
-    let mut interval = Duration::from_millis(100);
+    let mut poll = RunPoll::new(id);
     loop {
-        let run = api.get_json(&format!("/v1/runs/{id}"), &[]).await?;
+        let run = poll.next(&api).await?;
         for (label, activity) in run_activities(&api, id, &run).await? {
             print_new_logs(&api, &label, &activity, &mut seq, json).await?;
         }
@@ -258,8 +258,6 @@ async fn logs(remote: RemoteArgs, id: &str, follow: bool, json: bool) -> anyhow:
             }
             return Ok(ExitCode::SUCCESS);
         }
-        tokio::time::sleep(interval).await;
-        interval = (interval * 2).min(Duration::from_secs(1));
     }
 }
 
@@ -333,7 +331,7 @@ async fn run_activities(
     Ok(out)
 }
 
-/// Polls the run (50 ms growing to 1 s) until it ends: prints each step change and,
+/// Reads the run (50 ms growing to 1 s apart) until it ends: prints each step change and,
 /// with `logs`, the new log lines of every step's activity. Exit code: the run's
 /// outcome, or 4 when `deadline` passes first.
 async fn follow_run(
@@ -345,9 +343,9 @@ async fn follow_run(
 ) -> anyhow::Result<ExitCode> {
     let mut shown: HashMap<String, String> = HashMap::new();
     let mut seq: HashMap<String, i64> = HashMap::new();
-    let mut interval = Duration::from_millis(50);
+    let mut poll = RunPoll::new(id);
     loop {
-        let run = api.get_json(&format!("/v1/runs/{id}"), &[]).await?;
+        let run = poll.next(api).await?;
         let steps = run["steps"].as_array().cloned().unwrap_or_default();
         for st in &steps {
             let step = cell(&st["step_id"]);
@@ -394,8 +392,43 @@ async fn follow_run(
             eprintln!("run {id} still {status} after the timeout");
             return Ok(ExitCode::from(exit::WAIT_TIMED_OUT));
         }
+    }
+}
+
+/// Successive reads of a run, 50 ms growing to 1 s apart. Each read after the first is a
+/// long poll (`?wait=` the interval), so the run's end is seen the moment it happens
+/// while step changes keep the interval's cadence. A server without `wait` (older than
+/// this CLI) gets plain reads with sleeps between.
+struct RunPoll {
+    path: String,
+    interval: Option<Duration>,
+    long_poll: bool,
+}
+
+impl RunPoll {
+    fn new(id: &str) -> Self {
+        Self {
+            path: format!("/v1/runs/{id}"),
+            interval: None,
+            long_poll: true,
+        }
+    }
+
+    async fn next(&mut self, api: &Remote) -> anyhow::Result<Value> {
+        let Some(interval) = self.interval else {
+            self.interval = Some(Duration::from_millis(50));
+            return api.get_json(&self.path, &[]).await;
+        };
+        self.interval = Some((interval * 2).min(Duration::from_secs(1)));
+        if self.long_poll {
+            let wait = format!("{}ms", interval.as_millis());
+            match api.get_json(&self.path, &[("wait", wait)]).await {
+                Err(e) if e.to_string().contains("`wait`") => self.long_poll = false,
+                other => return other,
+            }
+        }
         tokio::time::sleep(interval).await;
-        interval = (interval * 2).min(Duration::from_secs(1));
+        api.get_json(&self.path, &[]).await
     }
 }
 
