@@ -9,6 +9,8 @@
 //! - [`docker`]: `tools.docker.*`: bollard client, run spec, container lifecycle, tracking.
 //! - [`api`]: the HTTP server.
 //! - [`metrics`]: the process's Prometheus recorder and its record calls (a leaf).
+//! - [`periodic`]: one pass of a background service under a stop, and its grace (a leaf).
+//! - [`signals`]: SIGTERM/SIGINT → a cancelled token for single-phase services (a leaf).
 //! - [`supervisor`]: signals, the two shutdown phases, and wiring of the services.
 //! - [`cli`]: the `highway` commands (thin; they call the library).
 //!
@@ -22,7 +24,9 @@ pub mod docker;
 pub mod executor;
 pub mod health;
 pub mod metrics;
+pub mod periodic;
 pub mod queue;
 pub mod scheduler;
+pub mod signals;
 pub mod supervisor;
 pub mod workflow;

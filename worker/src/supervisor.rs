@@ -105,28 +105,6 @@ pub fn handle_signals(
     });
 }
 
-/// For single-phase daemons (`highway gc`, `highway scheduler`): the first SIGTERM or
-/// SIGINT cancels `stop` (they finish the pass in progress, then exit).
-pub fn stop_on_signal(stop: CancellationToken, tracker: &TaskTracker, what: &'static str) {
-    tracker.spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            warn!(service = what, "cannot install signal handlers; stopping");
-            stop.cancel();
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => info!(service = what, signal = "SIGTERM", "stopping after the pass in progress"),
-            _ = int.recv() => info!(service = what, signal = "SIGINT", "stopping after the pass in progress"),
-            _ = stop.cancelled() => {}
-        }
-        stop.cancel();
-    });
-}
-
 /// Runs the configured services until shutdown completes.
 pub async fn run(
     opts: RunOptions,

@@ -10,7 +10,7 @@
 //! Validation errors are [`FieldError`]s naming the field (`environment.FOO`,
 //! `inputs[2].path`); [`error_code`] gives the stable code an API answers with.
 
-use crate::types::FieldError;
+use crate::field::FieldError;
 use crate::HumanDuration;
 use base64::Engine as _;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
@@ -1253,10 +1253,7 @@ impl DockerRunParams {
     /// (`inputs[0].mode`, or the unknown field), then validates them.
     pub fn from_json(v: &serde_json::Value) -> Result<Self, FieldError> {
         let params: Self = serde_path_to_error::deserialize(v).map_err(|e| {
-            crate::docker_params::deserialize_error(
-                &e.path().to_string(),
-                e.into_inner().to_string(),
-            )
+            crate::field::deserialize_error(&e.path().to_string(), e.into_inner().to_string())
         })?;
         params.validate()?;
         Ok(params)

@@ -13,7 +13,7 @@ use crate::docker_tools::{
     StopParams, ToolParams, KIND_COMMIT, KIND_EXEC, KIND_IMAGES, KIND_INSPECT, KIND_LOGS,
     KIND_PULL, KIND_REMOVE, KIND_STOP,
 };
-use crate::types::FieldError;
+use crate::field::FieldError;
 use serde_json::Value;
 
 /// The prefix of every docker kind.
@@ -65,22 +65,6 @@ pub fn request_path(e: &FieldError) -> String {
         f if f.starts_with('[') => format!("params{f}"),
         f => format!("params.{f}"),
     }
-}
-
-/// The field a `serde_path_to_error` failure names: its path, and for an unknown field
-/// the field itself (`bogus`, `inputs[0].bogus`), so the error points at what to delete.
-pub(crate) fn deserialize_error(path: &str, inner: String) -> FieldError {
-    let unknown = inner
-        .strip_prefix("unknown field `")
-        .and_then(|r| r.split('`').next())
-        .map(str::to_owned);
-    let field = match (path, unknown) {
-        (".", Some(name)) => name,
-        (".", None) => "params".to_string(),
-        (p, Some(name)) if !p.ends_with(&name) => format!("{p}.{name}"),
-        (p, _) => p.to_string(),
-    };
-    FieldError::new(field, inner)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! escaping them (DOCKER-NOTES trap 29), so `../images/x` must never get that far.
 
 use crate::docker::{ImageRef, PullPolicy, INVALID_IMAGE_REFERENCE, MAX_STOP_GRACE, MAX_TTL};
-use crate::types::FieldError;
+use crate::field::FieldError;
 use crate::HumanDuration;
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
@@ -52,10 +52,7 @@ pub trait ToolParams: DeserializeOwned {
 
     fn from_json(v: &serde_json::Value) -> Result<Self, FieldError> {
         let p: Self = serde_path_to_error::deserialize(v).map_err(|e| {
-            crate::docker_params::deserialize_error(
-                &e.path().to_string(),
-                e.into_inner().to_string(),
-            )
+            crate::field::deserialize_error(&e.path().to_string(), e.into_inner().to_string())
         })?;
         p.validate()?;
         Ok(p)
@@ -558,6 +555,18 @@ pub struct CommitResult {
     pub scrubbed_env: Vec<String>,
     /// `highway.*` labels overridden.
     pub scrubbed_labels: Vec<String>,
+}
+
+/// Whether `reference` names an image in another tenant's commit namespace
+/// (`highway/<namespace>/...`, with or without Docker Hub's implicit domain). For
+/// `tools.docker.run` too: it must treat such an image as absent.
+pub fn in_foreign_namespace(tenant_id: &str, reference: &str) -> bool {
+    let r = reference
+        .strip_prefix("docker.io/")
+        .or_else(|| reference.strip_prefix("index.docker.io/"))
+        .unwrap_or(reference);
+    let ours = format!("highway/{}/", tenant_namespace(tenant_id));
+    r.starts_with("highway/") && !r.starts_with(&ours)
 }
 
 /// The image namespace of a tenant: lowercase, `[a-z0-9-]`, plus a hash of the exact

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`types`]: requests and views shared by the client, the worker, the CLI and the
 //!   HTTP API (`EnqueueRequest`, `RetryPolicy`, `Activity`, `ActivityStatus`, ...).
+//! - [`field`]: `FieldError` (bad input naming its field), the crate's ground floor.
 //! - [`duration`]: human-friendly durations (`"30s"`, `"5m"`, `1500` ms is written `"1500ms"`).
 //! - [`definition`]: the workflow definition format (JSON Schema, validation naming the
 //!   field); [`runs`]: the durable run driver over `highway.workflow_steps` (start, advance,
@@ -25,6 +26,7 @@ pub mod docker_params;
 pub mod docker_tools;
 pub mod done;
 pub mod duration;
+pub mod field;
 pub mod runs;
 pub mod schedule;
 pub mod types;

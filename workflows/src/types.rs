@@ -9,6 +9,10 @@ use std::fmt;
 use std::str::FromStr;
 use uuid::Uuid;
 
+/// Bad input, naming the field (defined in [`crate::field`], the ground floor of the
+/// crate, so the params modules below `types` can use it).
+pub use crate::field::FieldError;
+
 pub const DEFAULT_TENANT: &str = "default";
 pub const DEFAULT_QUEUE: &str = "default";
 pub const DEFAULT_PRIORITY: i16 = 5;
@@ -375,23 +379,6 @@ fn check_name(field: &'static str, v: &str, max: usize, dots: bool) -> Result<()
         ));
     }
     Ok(())
-}
-
-/// Bad input, naming the field.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
-#[error("invalid field `{field}`: {reason}")]
-pub struct FieldError {
-    pub field: String,
-    pub reason: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
 }
 
 /// How an attempt failed, as stored in `activities.error` and returned to callers.

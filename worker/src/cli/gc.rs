@@ -80,7 +80,7 @@ pub async fn run(args: GcArgs, pool_opts: PoolOptions) -> anyhow::Result<ExitCod
     }
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
-    crate::supervisor::stop_on_signal(stop.clone(), &tracker, "garbage collector");
+    crate::signals::stop_on_signal(stop.clone(), &tracker, "garbage collector");
     tracker.spawn(gc.run(stop.clone()));
     tracker.close();
     stop.cancelled().await;

@@ -713,7 +713,7 @@ impl DockerGarbageCollector {
         loop {
             // A pass stuck on a dead connection must not hold up the shutdown.
             let started = std::time::Instant::now();
-            let Some(pass) = crate::executor::pass_or_stop(&stop, self.run_once()).await else {
+            let Some(pass) = crate::periodic::pass_or_stop(&stop, self.run_once()).await else {
                 return;
             };
             crate::metrics::gc_pass(started, pass.as_ref().ok().map(|c| c.removed_total()));

@@ -17,7 +17,6 @@ use crate::docker::registry_auth::{
 };
 use crate::docker::secret_store::{open_by_id, Rotated, SecretsKey, KEY_ENV};
 use crate::docker::secrets::SecretValue;
-use crate::executor::HandlerError;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::PgPool;
@@ -464,23 +463,6 @@ pub enum LookupError {
     /// Postgres could not be read: retried.
     #[error("registry credentials table: {0}")]
     Db(sqlx::Error),
-}
-
-/// How a pull handler reports a failed lookup: Postgres down is an infrastructure
-/// failure (retried, uncounted); a row this key cannot open is the operator's to fix
-/// (not retried).
-impl From<LookupError> for HandlerError {
-    fn from(e: LookupError) -> Self {
-        match e {
-            LookupError::Db(e) => HandlerError::infrastructure(
-                "DatabaseUnavailable",
-                format!("registry credentials: {e}"),
-            ),
-            e @ LookupError::Undecryptable(_) => {
-                HandlerError::non_retryable("ImagePullFailed", e.to_string())
-            }
-        }
-    }
 }
 
 /// The lookup of every pull: the tenant's stored entry for the image's registry, then

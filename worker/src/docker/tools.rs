@@ -1259,19 +1259,29 @@ impl Call<'_> {
     }
 }
 
+// ------------------------------------------------------------------ errors of lookups
+
+/// How a pull handler reports a failed lookup: Postgres down is an infrastructure
+/// failure (retried, uncounted); a row this key cannot open is the operator's to fix
+/// (not retried).
+impl From<crate::docker::registry_store::LookupError> for HandlerError {
+    fn from(e: crate::docker::registry_store::LookupError) -> Self {
+        use crate::docker::registry_store::LookupError;
+        match e {
+            LookupError::Db(e) => HandlerError::infrastructure(
+                "DatabaseUnavailable",
+                format!("registry credentials: {e}"),
+            ),
+            e @ LookupError::Undecryptable(_) => {
+                HandlerError::non_retryable("ImagePullFailed", e.to_string())
+            }
+        }
+    }
+}
+
 // ------------------------------------------------------------------------ image ownership
 
-/// Whether `reference` names an image in another tenant's commit namespace
-/// (`highway/<namespace>/...`, with or without Docker Hub's implicit domain). For
-/// `tools.docker.run` too: it must treat such an image as absent.
-pub fn in_foreign_namespace(tenant_id: &str, reference: &str) -> bool {
-    let r = reference
-        .strip_prefix("docker.io/")
-        .or_else(|| reference.strip_prefix("index.docker.io/"))
-        .unwrap_or(reference);
-    let ours = format!("highway/{}/", wire::tenant_namespace(tenant_id));
-    r.starts_with("highway/") && !r.starts_with(&ours)
-}
+pub use highway_workflows::docker_tools::in_foreign_namespace;
 
 /// Whether an image found on the daemon belongs to another tenant: tracked for another
 /// tenant, or tagged in another tenant's namespace. Such an image answers as absent.

@@ -60,10 +60,7 @@ impl Shutdown {
     }
 }
 
-/// How long a background pass in progress may still run once its service is told to
-/// stop: plenty for a healthy database (passes are short transactions), and a pass
-/// stuck on a dead connection is then abandoned instead of holding up the shutdown.
-pub const PASS_GRACE_AT_STOP: Duration = Duration::from_secs(3);
+pub use crate::periodic::{finish_within, pass_or_stop, PASS_GRACE_AT_STOP};
 
 /// How long the last writes of a shutdown (queued results, releasing the leases) may
 /// take before they are abandoned; the rescuer takes the work back once the leases end.
@@ -73,36 +70,12 @@ const LAST_WRITES: Duration = Duration::from_secs(5);
 /// come back through the rescuer when their leases end).
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A background pass (rescuer, collector, sweeper, scheduler): run to its end, or
-/// dropped `PASS_GRACE_AT_STOP` after `stop` fires (`None`). Dropping one is as safe as
-/// a crash: the next pass of any worker finishes its work.
-pub async fn pass_or_stop<T>(
-    stop: &CancellationToken,
-    pass: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    finish_within(stop, PASS_GRACE_AT_STOP, pass).await
-}
-
 /// The error of a statement given up client-side (the server may not even have seen it).
 fn timed_out(what: &str, after: Duration) -> sqlx::Error {
     sqlx::Error::Io(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
         format!("{what} did not answer within {} ms", after.as_millis()),
     ))
-}
-
-/// Runs `work` to its end, unless `stop` fires and `work` then takes more than `grace`:
-/// `None` (the future is dropped). For passes and writes that must not hold up a stop.
-pub async fn finish_within<T>(
-    stop: &CancellationToken,
-    grace: Duration,
-    work: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    let mut work = std::pin::pin!(work);
-    tokio::select! {
-        r = &mut work => Some(r),
-        () = stop.cancelled() => tokio::time::timeout(grace, work).await.ok(),
-    }
 }
 
 /// Settings of a worker (from `config::WorkerConfig`).

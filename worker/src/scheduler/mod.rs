@@ -225,7 +225,7 @@ impl Scheduler {
     pub async fn run(self, stop: CancellationToken) -> RunCounts {
         let mut total = RunCounts::default();
         loop {
-            let Some(pass) = crate::executor::pass_or_stop(&stop, self.run_once()).await else {
+            let Some(pass) = crate::periodic::pass_or_stop(&stop, self.run_once()).await else {
                 break;
             };
             let sleep = match pass {
@@ -286,7 +286,7 @@ pub async fn run_standalone(
     )?;
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
-    crate::supervisor::stop_on_signal(stop.clone(), &tracker, "scheduler");
+    crate::signals::stop_on_signal(stop.clone(), &tracker, "scheduler");
     let migrated = db::migrate_when_available(&pool, &stop).await;
     if let Ok(true) = migrated {
         info!("scheduler running");

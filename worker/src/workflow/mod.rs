@@ -89,7 +89,7 @@ impl ImageDigests for DockerDigests {
                 return Err(DigestError("the step has no params.image".into()));
             }
             // Another tenant's snapshot answers like a missing image (as in the run).
-            if crate::docker::tools::in_foreign_namespace(tenant, image) {
+            if highway_workflows::docker_tools::in_foreign_namespace(tenant, image) {
                 return Err(DigestError(format!(
                     "image {image} is not present on the Docker daemon"
                 )));
@@ -232,7 +232,7 @@ impl Sweeper {
                 _ = tokio::time::sleep(self.interval) => {}
                 _ = stop.cancelled() => return,
             }
-            let Some(pass) = crate::executor::pass_or_stop(&stop, self.run_once()).await else {
+            let Some(pass) = crate::periodic::pass_or_stop(&stop, self.run_once()).await else {
                 return;
             };
             match pass {

@@ -455,7 +455,7 @@ impl Retention {
                 _ = tokio::time::sleep(jitter(self.interval)) => {}
                 _ = stop.cancelled() => return,
             }
-            let Some(pass) = crate::executor::pass_or_stop(&stop, self.run_once()).await else {
+            let Some(pass) = crate::periodic::pass_or_stop(&stop, self.run_once()).await else {
                 return;
             };
             match pass {
