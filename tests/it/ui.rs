@@ -72,6 +72,8 @@ impl Driver {
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
+            // The browser's zone differs from UTC, so pages must show the viewer's time.
+            .env("TZ", "Asia/Tokyo")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -442,6 +444,32 @@ async fn ui_an_activity_appears_and_finishes_live() {
     )
     .await;
     c.shot("activity").await;
+    // A failure shows on the admin's overview, beside the worker that ran it.
+    let failed =
+        c.db.client()
+            .enqueue(
+                &EnqueueRequest::new(
+                    "tools.docker.run",
+                    json!({"image": TEST_IMAGE, "command": ["sh", "-c", "echo boom >&2; exit 3"]}),
+                )
+                .tenant("tenant-a")
+                .max_attempts(1),
+            )
+            .await
+            .unwrap()
+            .id;
+    let b = c.b().find(Locator::Css(".who form button")).await.unwrap();
+    b.click().await.unwrap();
+    c.wait_css("form.login", "logged out").await;
+    c.login(&c.admin).await;
+    c.wait_css(
+        &format!("#overview a[href='/ui/activities/{failed}']"),
+        "the failure on the overview, live",
+    )
+    .await;
+    c.wait_css("#overview td .state-running", "the running worker")
+        .await;
+    c.shot("overview").await;
     c.stop().await;
 }
 
@@ -643,7 +671,7 @@ async fn ui_pausing_a_schedule_from_its_page() {
     assert!(c.text_of("main").await.contains("maintenance"));
     c.shot("schedule-paused").await;
     let (paused, note): (bool, Option<String>) =
-        sqlx::query_as("SELECT paused, note FROM highway.schedules WHERE id = $1")
+        sqlx::query_as("SELECT paused, paused_note FROM highway.schedules WHERE id = $1")
             .bind(id)
             .fetch_one(&c.db.pool)
             .await

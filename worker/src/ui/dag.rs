@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 pub const NODE_W: u32 = 170;
 pub const NODE_H: u32 = 50;
-const COL_GAP: u32 = 90;
+const COL_GAP: u32 = 150;
 const ROW_GAP: u32 = 26;
 const MARGIN: u32 = 16;
 
@@ -25,6 +25,8 @@ pub struct Step {
     /// `(from step, label)`: files taken from an earlier step's output.
     pub inputs: Vec<(String, String)>,
     pub activity: Option<Uuid>,
+    /// The output artifact it produced (named on its outgoing arrows that carry files).
+    pub artifact: Option<Uuid>,
 }
 
 /// Where each step goes: `(column, row)` by index of `steps`.
@@ -100,13 +102,18 @@ pub fn svg(steps: &[Step]) -> Markup {
             let (tx, ty) = origin(at[i].0, at[i].1);
             let (x1, y1) = (fx + NODE_W, fy + NODE_H / 2);
             let (x2, y2) = (tx, ty + NODE_H / 2);
-            let label: Vec<&str> = s
+            let files: Vec<&str> = s
                 .inputs
                 .iter()
                 .filter(|(from, _)| from == dep)
                 .map(|(_, l)| l.as_str())
                 .collect();
-            edges.push((x1, y1, x2, y2, label.join(", "), dep.clone(), s.id.clone()));
+            let mut label = files.join(", ");
+            if let (false, Some(a)) = (files.is_empty(), steps[j].artifact) {
+                let a = a.simple().to_string();
+                label.push_str(&format!(" · artifact …{}", &a[a.len() - 8..]));
+            }
+            edges.push((x1, y1, x2, y2, label, dep.clone(), s.id.clone()));
         }
     }
     html! {
@@ -160,6 +167,7 @@ mod tests {
             depends_on: deps.iter().map(|d| d.to_string()).collect(),
             inputs: vec![],
             activity: None,
+            artifact: None,
         }
     }
 
@@ -191,6 +199,7 @@ mod tests {
             step("test", &["build"], "running"),
         ];
         steps[1].inputs = vec![("build".into(), "/out → /in".into())];
+        steps[0].artifact = Some(Uuid::from_u128(0xabcdef12));
         steps[1].activity = Some(Uuid::nil());
         let s = svg(&steps).into_string();
         assert_eq!(s.matches("<rect").count(), 2, "{s}");
@@ -199,13 +208,13 @@ mod tests {
             s.contains("node state-succeeded") && s.contains("node state-running"),
             "{s}"
         );
-        assert!(s.contains("/out → /in"), "{s}");
+        assert!(s.contains("/out → /in · artifact …abcdef12"), "{s}");
         assert!(
             s.contains(&format!("href=\"/ui/activities/{}\"", Uuid::nil())),
             "{s}"
         );
-        // Two columns: 16 + 170 + 90 + 170 + 16.
-        assert!(s.contains("viewBox=\"0 0 462 82\""), "{s}");
+        // Two columns: 16 + 170 + 150 + 170 + 16.
+        assert!(s.contains("viewBox=\"0 0 522 82\""), "{s}");
     }
 
     #[test]

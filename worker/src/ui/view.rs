@@ -123,10 +123,11 @@ pub fn css_token(s: &str) -> String {
         .to_ascii_lowercase()
 }
 
-/// The first 8 hex digits of an id, the whole id on hover.
+/// The last 8 hex digits of an id (ids are time-ordered, so their heads repeat), the
+/// whole id on hover.
 pub fn short(id: &Uuid) -> Markup {
     let full = id.to_string();
-    html! { code title=(full) { (full[..8]) } }
+    html! { code title=(full) { "…" (full[full.len() - 8..]) } }
 }
 
 /// A link to an activity by its short id.

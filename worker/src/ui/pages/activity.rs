@@ -48,11 +48,11 @@ pub async fn page(
     let params = redact::for_display(&a.params);
     Ok(view::frame(
         Some(&ui),
-        &format!("Activity {}", &id.to_string()[..8]),
+        &format!("Activity {id}"),
         "activities",
         html! {
             p.crumbs { a href="/ui/activities" { "Activities" } " / " code { (id) } }
-            h1 { (a.kind) " " small { code { (id.to_string()[..8]) } } }
+            h1 { (a.kind) " " small { (view::short(&id)) } }
             @if let Some(n) = notice(&q.done) { p.notice role="status" { (n) } }
             (view::live("activity", &format!("/ui/live/activity?id={id}"), live))
             section aria-labelledby="h-logs" {

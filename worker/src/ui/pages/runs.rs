@@ -198,6 +198,7 @@ pub fn dag_steps(
                 depends_on: strs(&d["depends_on"]),
                 inputs,
                 activity: st.and_then(|s| s.activity_id),
+                artifact: st.and_then(|s| s.outputs_artifact),
             })
         })
         .collect()

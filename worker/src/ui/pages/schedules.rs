@@ -117,7 +117,7 @@ pub async fn page(
                 h2 id="h-next" { "Next fires" }
                 @if s.paused { p.muted { "Paused: these are the slots it would fire at once resumed." } }
                 table {
-                    thead { tr { th { "In " (s.timezone) } th { "UTC" } th { "Note" } } }
+                    thead { tr { th { "In " (s.timezone) } th { "Your time (UTC on hover)" } th { "Note" } } }
                     tbody {
                         @for p in &next {
                             tr { td { code { (p.local) } } td { (time(&p.at)) } td { (p.dst.as_deref().unwrap_or("")) } }
