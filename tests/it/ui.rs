@@ -851,5 +851,22 @@ async fn ui_a_form_post_without_the_csrf_token_is_refused() {
     c.wait_css("#activity .state-cancelled", "the cancelled state")
         .await;
     c.shot("activity-cancelled").await;
+    // Revoking the token ends its sessions at once: back to the login form.
+    assert!(store::revoke_token(&c.db.pool, c.a_id).await.unwrap());
+    let r = http
+        .get(format!("{}/ui/activities/{id}", c.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/ui/login");
+    let r = post(format!("csrf={csrf}")).await.unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        303,
+        "an action of a revoked token's session"
+    );
+    assert_eq!(r.headers()["location"], "/ui/login");
     c.stop().await;
 }

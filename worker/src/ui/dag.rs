@@ -80,6 +80,19 @@ fn origin(col: u32, row: u32) -> (u32, u32) {
     )
 }
 
+/// One arrow: from the end of `from`'s box to the start of `to`'s, with the files it
+/// carries above it and the artifact they come from below.
+struct Edge {
+    x1: u32,
+    y1: u32,
+    x2: u32,
+    y2: u32,
+    label: String,
+    artifact: String,
+    from: String,
+    to: String,
+}
+
 /// The SVG of the run's steps.
 pub fn svg(steps: &[Step]) -> Markup {
     let at = layout(steps);
@@ -108,12 +121,24 @@ pub fn svg(steps: &[Step]) -> Markup {
                 .filter(|(from, _)| from == dep)
                 .map(|(_, l)| l.as_str())
                 .collect();
-            let mut label = files.join(", ");
-            if let (false, Some(a)) = (files.is_empty(), steps[j].artifact) {
-                let a = a.simple().to_string();
-                label.push_str(&format!(" · artifact …{}", &a[a.len() - 8..]));
-            }
-            edges.push((x1, y1, x2, y2, label, dep.clone(), s.id.clone()));
+            let label = files.join(", ");
+            let artifact = match (files.is_empty(), steps[j].artifact) {
+                (false, Some(a)) => {
+                    let a = a.simple().to_string();
+                    format!("artifact …{}", &a[a.len() - 8..])
+                }
+                _ => String::new(),
+            };
+            edges.push(Edge {
+                x1,
+                y1,
+                x2,
+                y2,
+                label,
+                artifact,
+                from: dep.clone(),
+                to: s.id.clone(),
+            });
         }
     }
     html! {
@@ -126,13 +151,17 @@ pub fn svg(steps: &[Step]) -> Markup {
                     path.arrowhead d="M 0 0 L 10 5 L 0 10 z" {}
                 }
             }
-            @for (x1, y1, x2, y2, label, from, to) in &edges {
-                @let mid = (x1 + x2) / 2;
-                g.edge data-from=(from) data-to=(to) {
+            @for e in &edges {
+                @let mid = (e.x1 + e.x2) / 2;
+                @let (x1, y1, x2, y2) = (e.x1, e.y1, e.x2, e.y2);
+                g.edge data-from=(e.from) data-to=(e.to) {
                     path d=(format!("M {x1} {y1} C {mid} {y1}, {mid} {y2}, {x2} {y2}"))
                         marker-end="url(#arrow)" {}
-                    @if !label.is_empty() {
-                        text.artifact x=(mid) y=((y1 + y2) / 2 - 6) text-anchor="middle" { (label) }
+                    @if !e.label.is_empty() {
+                        text.artifact x=(mid) y=((y1 + y2) / 2 - 6) text-anchor="middle" { (e.label) }
+                    }
+                    @if !e.artifact.is_empty() {
+                        text.artifact x=(mid) y=((y1 + y2) / 2 + 14) text-anchor="middle" { (e.artifact) }
                     }
                 }
             }
@@ -208,7 +237,10 @@ mod tests {
             s.contains("node state-succeeded") && s.contains("node state-running"),
             "{s}"
         );
-        assert!(s.contains("/out → /in · artifact …abcdef12"), "{s}");
+        assert!(
+            s.contains(">/out → /in<") && s.contains(">artifact …abcdef12<"),
+            "{s}"
+        );
         assert!(
             s.contains(&format!("href=\"/ui/activities/{}\"", Uuid::nil())),
             "{s}"
