@@ -74,6 +74,8 @@ impl Driver {
             .arg("--allowed-ips=127.0.0.1")
             // The browser's zone differs from UTC, so pages must show the viewer's time.
             .env("TZ", "Asia/Tokyo")
+            // Chromium's own files (crash database, caches) stay in this test's directory.
+            .env("HOME", &profile)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -119,10 +121,29 @@ impl Driver {
     }
 }
 
+/// Pids of the Chromium processes of this driver's session: those started with our own
+/// profile directory (no other process on the machine has it).
+fn our_chromium(profile: &std::path::Path) -> Vec<i32> {
+    let flag = format!("--user-data-dir={}", profile.display());
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| c.split(|b| *b == 0).any(|arg| arg == flag.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
 impl Drop for Driver {
     fn drop(&mut self) {
-        // Only our own child; its Chromium goes with the session (closed by the test) or
-        // when chromedriver exits.
+        // A test that panicked never closed its session: end its Chromium by pid (only the
+        // processes with this test's profile), then our chromedriver child.
+        for pid in our_chromium(&self.profile) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
@@ -180,11 +201,21 @@ impl Console {
         let stop = CancellationToken::new();
         let health = highway_worker::health::Health::default();
         health.postgres.success();
+        // The GC dry run of the containers page: the collector's own pass with
+        // `dry_run` forced, on the machine's daemon (it removes nothing).
+        let planner = highway_worker::api::gc::GcPlanner {
+            client: highway_worker::docker::client::DockerClient::new(
+                highway_worker::docker::client::ClientSettings::default(),
+            ),
+            deployment: highway_worker::docker::deployment::Deployment::new("default", false),
+            opts: highway_worker::docker::gc::GcOptions::default(),
+        };
         let state = AppState::new(
             health,
             db.pool.clone(),
             highway_worker::config::api::ApiConfig::default(),
-        );
+        )
+        .with_gc(Some(planner));
         let server = {
             let stop = stop.clone();
             tokio::spawn(highway_worker::api::serve(listener, state, async move {
@@ -386,6 +417,18 @@ async fn ui_login_shows_the_overview_and_no_token() {
         c.shot(page).await;
         assert!(!c.page_source().await.contains(&c.admin[3..]));
     }
+    // The garbage collector's dry run (admin): a plan, nothing removed.
+    c.goto("/ui/containers").await;
+    c.b()
+        .find(Locator::Css("a[href='/ui/containers/gc']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait_css("table.counts", "the dry run's counts").await;
+    assert!(c.text_of("main").await.contains("Nothing was removed"));
+    c.shot("gc-dry-run").await;
     // Logging out ends the session.
     c.goto("/ui").await;
     c.b()
@@ -701,6 +744,30 @@ async fn ui_pausing_a_schedule_from_its_page() {
         "pause offered again",
     )
     .await;
+    // Trigger now: one slot fired, in the history, audited.
+    c.b()
+        .find(Locator::Css(&format!(
+            "form[action='/ui/schedules/{id}/trigger'] button"
+        )))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait_css(
+        "#h-fires + table .state-fired",
+        "the fired slot in the history",
+    )
+    .await;
+    c.shot("schedule-triggered").await;
+    let fired: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM highway.audit_log WHERE action = 'schedule.trigger' AND target = $1",
+    )
+    .bind(id.to_string())
+    .fetch_one(&c.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(fired, 1);
     c.stop().await;
 }
 

@@ -6,7 +6,7 @@ use super::csrf;
 use super::session::Ui;
 use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use maud::{html, Markup, PreEscaped, DOCTYPE};
+use maud::{html, Markup, DOCTYPE};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -188,11 +188,6 @@ pub fn text_input(name: &str, label: &str, current: Option<&str>, placeholder: &
 /// `src`; without the script it is the server-rendered content.
 pub fn live(id: &str, src: &str, content: Markup) -> Markup {
     html! { div id=(id) data-live=(src) aria-live="polite" { (content) } }
-}
-
-/// Markup that is already HTML (a rendered fragment).
-pub fn raw(s: String) -> Markup {
-    PreEscaped(s)
 }
 
 #[cfg(test)]
