@@ -918,6 +918,17 @@ async fn ui_a_form_post_without_the_csrf_token_is_refused() {
     c.wait_css("#activity .state-cancelled", "the cancelled state")
         .await;
     c.shot("activity-cancelled").await;
+    // A login posted from another site's page is refused (no session for it).
+    let r = http
+        .post(format!("{}/ui/login", c.base))
+        .header("origin", "https://evil.example")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", c.a))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403, "a cross-site login");
+    assert!(r.headers().get("set-cookie").is_none());
     // Revoking the token ends its sessions at once: back to the login form.
     assert!(store::revoke_token(&c.db.pool, c.a_id).await.unwrap());
     let r = http

@@ -10,7 +10,7 @@
 use crate::api::auth::Caller;
 use crate::api::AppState;
 use axum::extract::FromRequestParts;
-use axum::http::header::{COOKIE, HOST};
+use axum::http::header::{COOKIE, HOST, ORIGIN};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use rand::RngCore;
@@ -160,9 +160,26 @@ pub fn clear_cookie(secure: bool) -> String {
     )
 }
 
-/// The request's own origin (`Host`), for the same-origin check of the login form.
-pub fn host(headers: &HeaderMap) -> Option<&str> {
-    headers.get(HOST).and_then(|v| v.to_str().ok())
+/// Whether a form POST comes from one of our own pages: a browser sends `Origin` with
+/// every POST, and it must name the host the request was sent to. A request without
+/// `Origin` (not a browser's form) passes; the login form has no session (and so no CSRF
+/// secret) yet, and this keeps another site from logging a browser into a session of its
+/// choosing.
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(ORIGIN) else {
+        return true;
+    };
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, h)| h.trim_end_matches('/'));
+    // Behind a proxy the public host is in `X-Forwarded-Host` (a cross-site form cannot
+    // set that header, so trusting it here lets nothing new in).
+    [HOST.as_str(), "x-forwarded-host"]
+        .iter()
+        .filter_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()))
+        .any(|h| origin_host.is_some_and(|o| o.eq_ignore_ascii_case(h.trim())))
 }
 
 impl FromRequestParts<AppState> for Ui {
@@ -217,6 +234,25 @@ mod tests {
         assert!(!well_formed(&a.to_uppercase()));
         assert_ne!(id_hash(&a), a);
         assert_eq!(id_hash(&a).len(), 64);
+    }
+
+    #[test]
+    fn login_posts_must_come_from_our_own_pages() {
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static("127.0.0.1:8080"));
+        assert!(same_origin(&h), "no Origin: not a cross-site browser form");
+        h.insert(ORIGIN, HeaderValue::from_static("http://127.0.0.1:8080"));
+        assert!(same_origin(&h));
+        h.insert(ORIGIN, HeaderValue::from_static("https://evil.example"));
+        assert!(!same_origin(&h));
+        h.insert(ORIGIN, HeaderValue::from_static("null"));
+        assert!(!same_origin(&h));
+        h.insert(ORIGIN, HeaderValue::from_static("https://console.example"));
+        h.insert(
+            "x-forwarded-host",
+            HeaderValue::from_static("console.example"),
+        );
+        assert!(same_origin(&h), "behind a proxy");
     }
 
     #[test]

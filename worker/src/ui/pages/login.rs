@@ -1,7 +1,8 @@
 //! Log in with an API token (admin or tenant) and log out. The token is posted once in a
 //! password field, looked up by its hash exactly like a bearer token, and never stored,
 //! logged or shown; the browser gets a session cookie instead (see `session.rs`). A wrong
-//! token gets the same answer whatever was wrong with it.
+//! token gets the same answer whatever was wrong with it. The login form has no session
+//! yet, so instead of a CSRF field it must come from our own origin (`Origin` header).
 
 use super::super::error::UiError;
 use super::super::session::{self, Ui};
@@ -33,7 +34,8 @@ fn login_page(error: Option<&str>) -> Page {
                 button type="submit" { "Log in" }
             }
             p.muted {
-                "Make a token with " code { "highway token create" } ". The console keeps "
+                "Make a token with " code { "highway token create --tenant T --name N" } " (or "
+                code { "--admin" } "). The console keeps "
                 "only a session cookie; the token is not stored in the browser."
             }
         },
@@ -57,6 +59,9 @@ pub async fn submit(
     headers: HeaderMap,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Result<Response, UiError> {
+    if !session::same_origin(&headers) {
+        return Err(UiError::Csrf);
+    }
     let token = form
         .ok()
         .and_then(|Form(f)| f.token)
