@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what the tests need (PostgreSQL server
 # binaries, busybox-static for the test image, docker-registry for pull tests, openssl,
-# socat and htpasswd for the TLS tests), makes this run's test certificates, starts a
+# socat and htpasswd for the TLS tests, chromium and chromedriver for the console's
+# browser tests), makes this run's test certificates, starts a
 # private Postgres cluster in a temp dir, builds the offline test image, starts a second
 # Docker daemon of its own (scripts/second-docker.sh), runs every test of the workspace,
 # and stops the daemon and the cluster. Extra arguments go to `cargo test`.
@@ -25,6 +26,9 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # The compose test builds its base image with debootstrap and talks to the API with curl.
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# The web console's browser tests (tests/it/ui.rs): headless Chromium over WebDriver.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   # The Debian package would create and start a system cluster on port 5432: we only
@@ -34,8 +38,9 @@ if ((${#need[@]})); then
     echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf
   fi
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # Another apt run on the machine holds the lock for a while: wait for it.
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "${need[@]}" >/dev/null
 fi
 
 if [ "${HIGHWAY_TEST_NO_DOCKER:-}" != "1" ]; then

@@ -35,6 +35,9 @@
 //!   `DoneWaiter`, and the API's long poll (`?wait=`: answer at the end, bounds, drain).
 //! - `artifacts_db`: artifacts stored in Postgres across hosts, corruption, the fs store;
 //!   the snapshot cache per Docker daemon.
+//! - `ui`: the web console in headless Chromium over WebDriver: login, live activity
+//!   list and log follow, cancelling a run from its page, pausing a schedule, tenancy
+//!   (404), CSRF; screenshots under `target/ui-screenshots/`.
 
 mod api;
 mod api_schedules;
@@ -57,5 +60,6 @@ mod security_api;
 mod security_docker;
 mod soft_deps;
 mod tls;
+mod ui;
 mod wait;
 mod workflow;

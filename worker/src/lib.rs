@@ -7,7 +7,8 @@
 //!   rescue (the producer side is `highway_workflows::Client`).
 //! - [`executor`]: the registry of activity kinds and the worker loop.
 //! - [`docker`]: `tools.docker.*`: bollard client, run spec, container lifecycle, tracking.
-//! - [`api`]: the HTTP server.
+//! - [`api`]: the HTTP server: `/health`, `/metrics`, the `/v1` API and the web console
+//!   under `/ui` ([`api::ui`]).
 //! - [`metrics`]: the process's Prometheus recorder and its record calls (a leaf).
 //! - [`periodic`]: one pass of a background service under a stop, and its grace (a leaf).
 //! - [`signals`]: SIGTERM/SIGINT → a cancelled token for single-phase services (a leaf).

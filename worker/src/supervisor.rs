@@ -290,6 +290,7 @@ pub async fn run(
             .with_secrets(secrets_key)
             .with_gc(planner)
             .with_digests(digests.clone())
+            .with_https(tls.is_some())
             .with_docker_required(
                 docker_runtime.is_some()
                     && opts

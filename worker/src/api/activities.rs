@@ -240,6 +240,12 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_uuid("id", &id)?;
+    cancel_activity(&st, &caller, id).await.map(Json)
+}
+
+/// Cancels an activity as `caller` and audits it: the one path of `POST
+/// /v1/activities/{id}/cancel` and the web console's cancel button.
+pub async fn cancel_activity(st: &AppState, caller: &Caller, id: Uuid) -> Result<Value, ApiError> {
     let outcome = st.client.cancel(id, caller.scope(None)).await?;
     let tenant = st.client.get(id, None).await.ok().map(|a| a.tenant_id);
     store::audit(
@@ -253,7 +259,7 @@ async fn cancel(
         serde_json::to_value(outcome)?.as_str().unwrap_or("ok"),
     )
     .await?;
-    Ok(Json(json!({ "id": id, "outcome": outcome })))
+    Ok(json!({ "id": id, "outcome": outcome }))
 }
 
 /// `POST /v1/activities/{id}/retry`: a failed, cancelled or timed-out activity back to
@@ -266,6 +272,12 @@ async fn retry(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_uuid("id", &id)?;
+    retry_activity(&st, &caller, id).await.map(Json)
+}
+
+/// Retries an activity as `caller` and audits it: the one path of `POST
+/// /v1/activities/{id}/retry` and the web console's retry button.
+pub async fn retry_activity(st: &AppState, caller: &Caller, id: Uuid) -> Result<Value, ApiError> {
     let before = st.client.get(id, caller.scope(None)).await?;
     let outcome = st
         .client
@@ -288,9 +300,9 @@ async fn retry(
     )
     .await?;
     let after = st.client.get(id, None).await?;
-    Ok(Json(
+    Ok(
         json!({ "id": id, "outcome": outcome, "previous_status": before.status, "activity": view(&after, None) }),
-    ))
+    )
 }
 
 impl From<serde_json::Error> for ApiError {
@@ -346,6 +358,13 @@ async fn logs(
         Some("false") | Some("0") => false,
         Some(_) => return Err(ApiError::field("follow", "must be true or false")),
     };
+    Ok(log_stream(&st, id, after, follow))
+}
+
+/// The log stream of an activity the caller was already found to see: lines after
+/// `after`, following until it is terminal when `follow`. Shared by `GET
+/// /v1/activities/{id}/logs` and the web console's live log view.
+pub fn log_stream(st: &AppState, id: Uuid, after: i64, follow: bool) -> Response {
     let tail = LogTail {
         st: st.clone(),
         id,
@@ -356,9 +375,9 @@ async fn logs(
         listen_tried: false,
         done: false,
     };
-    Ok(Sse::new(tail.into_stream())
+    Sse::new(tail.into_stream())
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response())
+        .into_response()
 }
 
 /// The state of one log stream.

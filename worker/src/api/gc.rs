@@ -35,6 +35,12 @@ pub struct GcPlanner {
 }
 
 async fn plan(State(st): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    plan_of(&st, &caller).await.map(Json)
+}
+
+/// The plan of one dry-run pass (admin only): `GET /v1/gc/plan` and the web console's
+/// GC view.
+pub async fn plan_of(st: &AppState, caller: &Caller) -> Result<Value, ApiError> {
     caller.require_admin()?;
     let Some(planner) = st.gc.as_ref() else {
         return Err(ApiError::Unavailable("docker"));
@@ -79,7 +85,7 @@ async fn plan(State(st): State<AppState>, caller: Caller) -> Result<Json<Value>,
             })
         })
         .collect();
-    Ok(Json(json!({
+    Ok(json!({
         "deployment": planner.deployment.name(),
         "deployment_id": deployment_id,
         "containers": containers,
@@ -91,7 +97,7 @@ async fn plan(State(st): State<AppState>, caller: Caller) -> Result<Json<Value>,
             // Other stacks' containers on this daemon: never touched, never described.
             "foreign": counts.foreign, "unlabelled": counts.unlabelled,
         },
-    })))
+    }))
 }
 
 /// A pass that could not read both sides changed nothing; say which side was down.

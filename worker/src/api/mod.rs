@@ -18,6 +18,8 @@
 //! - [`tls`]: HTTPS (`--tls-cert`/`--tls-key`, reloaded on SIGHUP).
 //! - [`wait`]: long-poll reads (`?wait=`) woken by completion notifications.
 //! - [`admission`]: `tools.docker.*` params judged at the door (422 naming the path).
+//! - [`ui`]: the operators' web console under `/ui` (sessions, CSRF, HTML pages, live
+//!   fragments), in `worker/src/ui/`.
 //!
 //! Architecture Invariant: handlers never format a database error into a response;
 //! they return `ApiError`, whose `Internal` variant is only logged.
@@ -40,6 +42,8 @@ pub mod secrets;
 pub mod store;
 pub mod tls;
 pub mod tokens;
+/// The web console: a child of the HTTP layer (it uses the routes' own functions).
+pub mod ui;
 pub mod wait;
 pub mod workers;
 
@@ -86,6 +90,8 @@ pub struct AppState {
     /// stored: this process's Docker policy settings (`HIGHWAY_DOCKER_*`), the same ones
     /// its worker uses (secure defaults in a process without Docker settings).
     pub docker_policy: Arc<SecurityPolicy>,
+    /// This server answers over HTTPS: the web console's session cookie is `Secure`.
+    pub https: bool,
 }
 
 impl AppState {
@@ -102,7 +108,14 @@ impl AppState {
             secrets: None,
             docker_required: false,
             docker_policy: Arc::default(),
+            https: false,
         }
+    }
+
+    /// Served over HTTPS (`--tls-cert`): cookies of the web console get `Secure`.
+    pub fn with_https(mut self, https: bool) -> Self {
+        self.https = https;
+        self
     }
 
     /// With the Docker policy the door admits params against.
@@ -155,14 +168,20 @@ pub fn router(state: AppState) -> Router {
             state.health.clone(),
             docker_ready::require_postgres,
         ))
-        .merge(openapi::routes())
-        .fallback(|| async { error::ApiError::NotFound("route") });
+        .merge(openapi::routes());
+    // The web console: its own pages, session cookie and headers, beside the API.
+    let ui = ui::routes().route_layer(axum::middleware::from_fn_with_state(
+        state.health.clone(),
+        docker_ready::require_postgres,
+    ));
     Router::new()
         .route("/health", get(health))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .merge(metrics::routes())
         .merge(v1)
+        .merge(ui)
+        .fallback(|| async { error::ApiError::NotFound("route") })
         // Every matched route is timed under its template, never its raw path.
         .route_layer(axum::middleware::from_fn(crate::metrics::track_http))
         // Layers run bottom-up: the declared length is checked first (413 before a

@@ -224,7 +224,11 @@ async fn start(
 }
 
 /// The run and, when a definition drives it, its steps.
-async fn view(st: &AppState, id: Uuid, tenant: Option<&str>) -> Result<Option<RunView>, ApiError> {
+pub async fn view(
+    st: &AppState,
+    id: Uuid,
+    tenant: Option<&str>,
+) -> Result<Option<RunView>, ApiError> {
     let Some(run) = store::get_run(&st.pool, id, tenant).await? else {
         return Ok(None);
     };
@@ -284,6 +288,12 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_uuid("id", &id)?;
+    cancel_run(&st, &caller, id).await.map(Json)
+}
+
+/// Cancels a run as `caller` and audits it: the one path of `POST /v1/runs/{id}/cancel`
+/// and the web console's cancel button.
+pub async fn cancel_run(st: &AppState, caller: &Caller, id: Uuid) -> Result<Value, ApiError> {
     let outcome = match st.client.cancel_run(id, caller.scope(None)).await {
         Ok(o) => o,
         Err(highway_workflows::Error::NotFound(_)) => return Err(ApiError::NotFound("run")),
@@ -303,7 +313,7 @@ async fn cancel(
         serde_json::to_value(outcome)?.as_str().unwrap_or("ok"),
     )
     .await?;
-    Ok(Json(json!({ "id": id, "outcome": outcome })))
+    Ok(json!({ "id": id, "outcome": outcome }))
 }
 
 /// Query of `GET /v1/runs`.

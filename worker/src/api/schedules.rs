@@ -352,12 +352,23 @@ async fn pause(
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_uuid("id", &id)?;
     let body: PauseRequest = optional_body(&st, req).await?;
-    let (s, changed) = client(&st)
-        .pause(id, caller.scope(None), body.note.as_deref())
-        .await?;
+    pause_schedule(&st, &caller, id, body.note.as_deref())
+        .await
+        .map(Json)
+}
+
+/// Pauses a schedule as `caller` and audits it: the one path of `POST
+/// /v1/schedules/{id}/pause` and the web console's pause button.
+pub async fn pause_schedule(
+    st: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    note: Option<&str>,
+) -> Result<Value, ApiError> {
+    let (s, changed) = client(st).pause(id, caller.scope(None), note).await?;
     let outcome = if changed { "ok" } else { "unchanged" };
-    audit(&st, &caller, &s, "schedule.pause", None, outcome).await?;
-    Ok(Json(view(&s, Some(changed))?))
+    audit(st, caller, &s, "schedule.pause", None, outcome).await?;
+    view(&s, Some(changed))
 }
 
 /// `POST /v1/schedules/{id}/resume`: from the next slot after now.
@@ -367,10 +378,16 @@ async fn resume(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_uuid("id", &id)?;
-    let (s, changed) = client(&st).resume(id, caller.scope(None)).await?;
+    resume_schedule(&st, &caller, id).await.map(Json)
+}
+
+/// Resumes a schedule as `caller` and audits it: the one path of `POST
+/// /v1/schedules/{id}/resume` and the web console's resume button.
+pub async fn resume_schedule(st: &AppState, caller: &Caller, id: Uuid) -> Result<Value, ApiError> {
+    let (s, changed) = client(st).resume(id, caller.scope(None)).await?;
     let outcome = if changed { "ok" } else { "unchanged" };
-    audit(&st, &caller, &s, "schedule.resume", None, outcome).await?;
-    Ok(Json(view(&s, Some(changed))?))
+    audit(st, caller, &s, "schedule.resume", None, outcome).await?;
+    view(&s, Some(changed))
 }
 
 /// Body of `POST /v1/schedules/{id}/trigger` (optional).
@@ -391,19 +408,31 @@ async fn trigger(
 ) -> Result<Json<Value>, ApiError> {
     let s = visible(&st, &caller, &id).await?;
     let body: TriggerRequest = optional_body(&st, req).await?;
-    let t = client(&st)
-        .trigger(s.id, caller.scope(None), body.force)
-        .await?;
+    trigger_schedule(&st, &caller, s.id, body.force)
+        .await
+        .map(Json)
+}
+
+/// Fires a schedule now as `caller` and audits it: the one path of `POST
+/// /v1/schedules/{id}/trigger` and the web console's trigger button.
+pub async fn trigger_schedule(
+    st: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    force: bool,
+) -> Result<Value, ApiError> {
+    let s = client(st).get(id, caller.scope(None)).await?;
+    let t = client(st).trigger(s.id, caller.scope(None), force).await?;
     audit(
-        &st,
-        &caller,
+        st,
+        caller,
         &s,
         "schedule.trigger",
         t.activity_id,
         t.outcome.as_str(),
     )
     .await?;
-    Ok(Json(serde_json::to_value(&t)?))
+    Ok(serde_json::to_value(&t)?)
 }
 
 /// Body of `POST /v1/schedules/{id}/backfill`.

@@ -1,6 +1,6 @@
 //! The API's own SQL: API tokens (create, look up by hash, revoke, list), quota counts,
 //! and the read-only queries behind `/v1/activities`, `/v1/containers`, `/v1/runs`,
-//! `/v1/audit`, `/v1/gc/plan` and `/metrics`.
+//! `/v1/audit`, `/v1/gc/plan`, `/metrics` and the web console (`/ui`).
 //!
 //! Owns: `highway.api_tokens`. Reads (never writes) `docker_containers`, `workflow_runs`,
 //! `workers`,
@@ -638,4 +638,85 @@ pub async fn list_queues(
     .bind(tenant)
     .fetch_all(db)
     .await
+}
+
+// ---------------------------------------------------------------------------------
+// The web console's reads: activity pages with a time range, a run's definition.
+
+/// An activity as a list shows it (no params, result or error).
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct ActivitySummary {
+    pub id: Uuid,
+    pub tenant_id: String,
+    pub kind: String,
+    pub queue: String,
+    pub status: String,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub workflow_run_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Filters of an activity page; `before` is the last id of the previous page.
+#[derive(Debug, Clone, Default)]
+pub struct ActivityPageFilter {
+    pub tenant: Option<String>,
+    pub status: Option<String>,
+    pub kind: Option<String>,
+    pub queue: Option<String>,
+    /// Created at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Created before.
+    pub until: Option<DateTime<Utc>>,
+    pub before: Option<Uuid>,
+    pub limit: i64,
+}
+
+/// Activities newest first, keyset-paged by `(created_at, id)`.
+pub async fn list_activities_page(
+    db: impl PgExecutor<'_>,
+    f: &ActivityPageFilter,
+) -> sqlx::Result<Vec<ActivitySummary>> {
+    sqlx::query_as(
+        "SELECT a.id, a.tenant_id, a.kind, a.queue, a.status, a.attempt, a.max_attempts,
+                a.workflow_run_id, a.created_at, a.started_at, a.finished_at
+           FROM highway.activities a
+          WHERE ($1::text IS NULL OR a.tenant_id = $1) AND ($2::text IS NULL OR a.status = $2)
+            AND ($3::text IS NULL OR a.kind = $3) AND ($4::text IS NULL OR a.queue = $4)
+            AND ($5::timestamptz IS NULL OR a.created_at >= $5)
+            AND ($6::timestamptz IS NULL OR a.created_at < $6)
+            AND ($7::uuid IS NULL OR (a.created_at, a.id) <
+                 (SELECT b.created_at, b.id FROM highway.activities b WHERE b.id = $7))
+          ORDER BY a.created_at DESC, a.id DESC LIMIT $8",
+    )
+    .bind(&f.tenant)
+    .bind(&f.status)
+    .bind(&f.kind)
+    .bind(&f.queue)
+    .bind(f.since)
+    .bind(f.until)
+    .bind(f.before)
+    .bind(f.limit.clamp(1, 1000))
+    .fetch_all(db)
+    .await
+}
+
+/// The definition a run was started from (`None` for a bare run, or when the run is
+/// missing or another tenant's).
+pub async fn run_definition(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    tenant: Option<&str>,
+) -> sqlx::Result<Option<Value>> {
+    let v: Option<Option<Value>> = sqlx::query_scalar(
+        "SELECT definition FROM highway.workflow_runs
+          WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
+    )
+    .bind(id)
+    .bind(tenant)
+    .fetch_optional(db)
+    .await?;
+    Ok(v.flatten())
 }
