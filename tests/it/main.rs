@@ -31,6 +31,10 @@
 //!   as Prometheus text (types, names, histograms, label allow-list).
 //! - `registry`: private registries (htpasswd + TLS): stored and `config.json`
 //!   credentials, one unauthorized failure without them, the credentials canary.
+//! - `soak_findings`: what an outside soak found, each fault produced for real: a retry
+//!   taking over a dead attempt's exited container, a frozen worker's late success, the
+//!   daemon's exit code and finish time on the tracking row, no start after the lease,
+//!   a removal record lost to a Postgres crash.
 //! - `artifacts_db`: artifacts stored in Postgres across hosts, corruption, the fs store;
 //!   the snapshot cache per Docker daemon.
 
@@ -53,6 +57,7 @@ mod registry;
 mod scheduler;
 mod security_api;
 mod security_docker;
+mod soak_findings;
 mod soft_deps;
 mod tls;
 mod workflow;
