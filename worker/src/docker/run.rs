@@ -1149,7 +1149,8 @@ impl Attempt<'_> {
     }
 
     /// The container `id` of an older attempt, if it ran and ended by itself within the
-    /// run's timeout and no stop was ever recorded for it (a container we stopped ended
+    /// run's timeout with an exit code the program chose (not a death by signal), and no
+    /// stop that may have reached it was ever recorded (a container we stopped ended
     /// because of us, not with a result).
     async fn exited_by_itself(
         &self,
@@ -1162,6 +1163,13 @@ impl Attempt<'_> {
             Ok(_) => return Ok(None),
             Err(e) => return Err(docker_error("CreateFailed", e, &self.redactor())),
         };
+        // A death by signal (128 + n: SIGTERM, SIGKILL, the OOM killer) may be our own
+        // stop, sent by a worker cut off from Postgres that could not record it: only
+        // an exit the program chose itself is a result.
+        match end.exit_code {
+            Some(code) if (0..128).contains(&code) && !end.oom_killed => {}
+            _ => return Ok(None),
+        }
         let ran_for = match (end.started_at, end.finished_at) {
             (Some(a), Some(b)) => (b - a).to_std().unwrap_or_default(),
             _ => return Ok(None),
