@@ -363,6 +363,16 @@ pub fn judge(c: &Listed, f: &Facts, o: &GcOptions) -> Verdict {
         return Verdict::Remove(Reason::Orphan);
     };
     if attempt < current {
+        // An older attempt's container that exited by itself while the current attempt
+        // holds its lease: that attempt may be taking its result over right now, and
+        // removes it itself (a removal here would cut its read of logs and outputs).
+        if c.exited
+            && f.stop_sent != Some(true)
+            && status == "running"
+            && f.lease_live == Some(true)
+        {
+            return Verdict::Live;
+        }
         return Verdict::Remove(Reason::OlderAttempt);
     }
     if attempt > current {
@@ -1087,8 +1097,11 @@ mod tests {
             judge(&c, &act("succeeded", 2, None), &o),
             Verdict::Remove(Reason::Terminal)
         );
+        // A newer attempt holds its lease: it takes the container over (or removes it)
+        // itself; once its lease is gone, the container is an older attempt's.
+        assert_eq!(judge(&c, &act("running", 3, Some(true)), &o), Verdict::Live);
         assert_eq!(
-            judge(&c, &act("running", 3, Some(true)), &o),
+            judge(&c, &act("running", 3, Some(false)), &o),
             Verdict::Remove(Reason::OlderAttempt)
         );
         // Created and never started: nothing to take over.
