@@ -816,13 +816,27 @@ impl Attempt<'_> {
                 .finish(ADOPTED_OUTPUT_READ)
                 .await
             }
-            Err(e) => {
-                warnings.push(format!("output of the exited container not read: {e}"));
-                logs::Captured::default()
-            }
+            Err(e) => logs::Captured {
+                stream_error: Some(self.redactor().redact(&e.to_string())),
+                ..logs::Captured::default()
+            },
         };
-        if let Some(e) = &captured.stream_error {
-            warnings.push(format!("log stream ended with an error: {e}"));
+        // A result is taken whole or not at all: output that could not be read (the
+        // container went away meanwhile, its own worker woke and removed it) ends this
+        // attempt as infrastructure, and the next one runs afresh.
+        let still_there = matches!(rt.client.container_end(&id).await, Ok(Some(_)));
+        if captured.stream_error.is_some() || !still_there {
+            return Err(HandlerError::infrastructure(
+                "PreviousAttemptLive",
+                format!(
+                    "the output of the exited container of an older attempt could not be read{}",
+                    captured
+                        .stream_error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ),
+            ));
         }
         let (exit_code, oom_killed) = (end.exit_code, end.oom_killed);
         match cleanup_write(
