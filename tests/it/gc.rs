@@ -725,8 +725,9 @@ async fn r1_kill_9_container_reaped_and_retried() {
 }
 
 /// R3: the container exited but the worker crashed before the result committed (its
-/// Postgres was blackholed, then it was killed). The activity runs again; attempt 1's
-/// result is never recorded; its container and row are closed.
+/// Postgres was blackholed, then it was killed). The work is not run again: attempt 2
+/// takes over attempt 1's exited container (its exit and output become attempt 2's
+/// result), and the container and its row are closed.
 #[tokio::test]
 async fn r3_crash_after_exit_before_the_result_commits() {
     let env = Env::new().await;
@@ -757,12 +758,17 @@ async fn r3_crash_after_exit_before_the_result_commits() {
     let mut pb = env.spawn_worker(&env.db.url, Uuid::new_v4(), &[]);
     let act = env.db.client().wait(a, None, WAIT).await.unwrap();
     assert_eq!((act.status.as_str(), act.attempt), ("succeeded", 2));
-    let rows = env.rows(a).await;
-    let r2 = rows.iter().find(|r| r.attempt == Some(2)).unwrap();
+    let result = act.result.as_ref().unwrap();
     assert_eq!(
-        act.result.as_ref().unwrap()["container_id"],
-        json!(r2.container_id),
-        "the recorded result is attempt 2's"
+        result["container_id"],
+        json!(c1),
+        "the recorded result is attempt 1's exited run, taken over by attempt 2"
+    );
+    assert_eq!(result["stdout"], "attempt-done\n");
+    let rows = env.rows(a).await;
+    assert!(
+        rows.iter().all(|r| r.attempt == Some(1)),
+        "no second container: {rows:?}"
     );
     eventually("attempt 1's row closed", WAIT, || async {
         let rows = env.rows(a).await;

@@ -33,6 +33,10 @@
 //!   credentials, one unauthorized failure without them, the credentials canary.
 //! - `wait`: completion notifications (every terminal path announces, nothing else),
 //!   `DoneWaiter`, and the API's long poll (`?wait=`: answer at the end, bounds, drain).
+//! - `soak_findings`: what an outside soak found, each fault produced for real: a retry
+//!   taking over a dead attempt's exited container, a frozen worker's late success, the
+//!   daemon's exit code and finish time on the tracking row, no start after the lease,
+//!   a removal record lost to a Postgres crash.
 //! - `artifacts_db`: artifacts stored in Postgres across hosts, corruption, the fs store;
 //!   the snapshot cache per Docker daemon.
 //! - `ui`: the web console in headless Chromium over WebDriver: login, live activity
@@ -58,6 +62,7 @@ mod registry;
 mod scheduler;
 mod security_api;
 mod security_docker;
+mod soak_findings;
 mod soft_deps;
 mod tls;
 mod ui;

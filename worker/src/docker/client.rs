@@ -290,6 +290,71 @@ pub enum Removed {
     AlreadyGone,
 }
 
+/// A container's state as inspect reports it, reduced to what its end means.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerEnd {
+    /// Running, restarting or paused: not ended.
+    pub running: bool,
+    /// Created and never started (`StartedAt` is the zero time).
+    pub never_started: bool,
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The daemon's own error text of the run (start failures), if any.
+    pub error: Option<String>,
+}
+
+/// The daemon writes `0001-01-01T00:00:00Z` for "never": that is no time.
+fn daemon_time(s: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
+    let t = chrono::DateTime::parse_from_rfc3339(s?).ok()?;
+    use chrono::Datelike;
+    (t.year() > 1970).then(|| t.with_timezone(&chrono::Utc))
+}
+
+impl ContainerEnd {
+    pub fn of(c: &ContainerInspectResponse) -> Self {
+        let st = c.state.clone().unwrap_or_default();
+        let running = st.running.unwrap_or(false)
+            || st.restarting.unwrap_or(false)
+            || st.paused.unwrap_or(false);
+        let started_at = daemon_time(st.started_at.as_deref());
+        let finished_at = daemon_time(st.finished_at.as_deref());
+        Self {
+            running,
+            never_started: !running && started_at.is_none(),
+            exit_code: if running || started_at.is_none() {
+                None
+            } else {
+                st.exit_code
+            },
+            oom_killed: st.oom_killed.unwrap_or(false),
+            started_at,
+            finished_at: if running { None } else { finished_at },
+            error: st.error.filter(|e| !e.is_empty()),
+        }
+    }
+
+    /// Ran and ended by now.
+    pub fn exited(&self) -> bool {
+        !self.running && !self.never_started && self.finished_at.is_some()
+    }
+
+    /// What the tracking row records of this end (nothing for a running or never
+    /// started container).
+    pub fn evidence(&self) -> crate::docker::tracking::ExitEvidence {
+        if self.exited() {
+            crate::docker::tracking::ExitEvidence {
+                exit_code: self.exit_code,
+                oom_killed: Some(self.oom_killed),
+                finished_at: self.finished_at,
+            }
+        } else {
+            crate::docker::tracking::ExitEvidence::default()
+        }
+    }
+}
+
 /// A boxed byte stream of a download.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
 /// The output half of an attach.
@@ -693,6 +758,33 @@ impl DockerClient {
         // We never write to stdin; dropping the writer does not close the read half.
         drop(input);
         Ok(output)
+    }
+
+    /// The daemon's copy of stdout and stderr, not followed and without timestamps: the
+    /// output of a container whose attach is gone (an exited container adopted by a
+    /// retry). Read it like an attach stream; it ends after the last line.
+    pub fn output_of(&self, id: &str) -> Result<AttachStream> {
+        let op = "logs";
+        let obs = self.admit(op)?;
+        let docker = self.connect_observed(op, &obs)?;
+        let opts = bollard::query_parameters::LogsOptionsBuilder::default()
+            .follow(false)
+            .stdout(true)
+            .stderr(true)
+            .timestamps(false)
+            .tail("all")
+            .build();
+        Ok(docker.logs(id, Some(opts)).boxed())
+    }
+
+    /// How the container stands, read by inspect: `Ok(None)` when it does not exist.
+    /// The evidence of its end (exit code, `FinishedAt`) that the tracking row records
+    /// before the container is removed.
+    pub async fn container_end(&self, id: &str) -> Result<Option<ContainerEnd>> {
+        Ok(self
+            .inspect_container(id)
+            .await?
+            .map(|c| ContainerEnd::of(&c)))
     }
 
     pub async fn start_container(&self, id: &str) -> Result<()> {

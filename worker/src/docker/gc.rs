@@ -277,6 +277,8 @@ pub struct Listed {
     /// Seconds since creation, on the daemon's clock.
     pub age: Duration,
     pub running: bool,
+    /// Ran and ended (`exited`; not `created` or `dead`).
+    pub exited: bool,
     pub activity_id: Option<Uuid>,
     pub run_id: Option<Uuid>,
     pub attempt: Option<i32>,
@@ -306,6 +308,7 @@ impl Listed {
                     | bollard::models::ContainerSummaryStateEnum::RESTARTING
             )
         );
+        let exited = c.state == Some(bollard::models::ContainerSummaryStateEnum::EXITED);
         let name = c
             .names
             .unwrap_or_default()
@@ -318,6 +321,7 @@ impl Listed {
             image: c.image.unwrap_or_default(),
             age,
             running,
+            exited,
             activity_id: label(labels::ACTIVITY_ID).and_then(|v| v.parse().ok()),
             run_id: label(labels::WORKFLOW_RUN_ID).and_then(|v| v.parse().ok()),
             attempt: label(labels::ATTEMPT).and_then(|v| v.parse().ok()),
@@ -359,6 +363,16 @@ pub fn judge(c: &Listed, f: &Facts, o: &GcOptions) -> Verdict {
         return Verdict::Remove(Reason::Orphan);
     };
     if attempt < current {
+        // An older attempt's container that exited by itself while the current attempt
+        // holds its lease: that attempt may be taking its result over right now, and
+        // removes it itself (a removal here would cut its read of logs and outputs).
+        if c.exited
+            && f.stop_sent != Some(true)
+            && status == "running"
+            && f.lease_live == Some(true)
+        {
+            return Verdict::Live;
+        }
         return Verdict::Remove(Reason::OlderAttempt);
     }
     if attempt > current {
@@ -400,6 +414,11 @@ pub fn judge(c: &Listed, f: &Facts, o: &GcOptions) -> Verdict {
     }
     match status {
         "succeeded" | "failed" | "cancelled" | "timed_out" => Verdict::Remove(Reason::Terminal),
+        // The attempt's container exited by itself (no stop was ever sent) and the
+        // activity is not over: that exit is the run's result, which the retry takes
+        // over (or the frozen worker reports on waking) instead of running it again.
+        // Kept until then; `max_age` still bounds it.
+        _ if c.exited && f.stop_sent != Some(true) => Verdict::Live,
         // `scheduled` at the same attempt: the attempt was taken back (rescued/released).
         _ => Verdict::Remove(Reason::LeaseExpired),
     }
@@ -827,31 +846,51 @@ pub async fn stop_container(
                 }
             }
         };
+        // (killed, delivered): whether SIGKILL ended it, and whether any of our
+        // requests may have reached the daemon at all.
         match res {
             // The daemon's stop returns once the container is down; taking the whole
             // grace means SIGTERM was not enough and the daemon sent SIGKILL.
-            Ok(()) => t0.elapsed() >= grace,
+            Ok(()) => (t0.elapsed() >= grace, true),
             Err(e) => {
                 warn!(error = %e, "stop failed; killing");
-                if let Err(e) = client.kill_container(container_id).await {
-                    warn!(error = %e, "kill failed");
+                match client.kill_container(container_id).await {
+                    Ok(()) => (true, true),
+                    Err(k) => {
+                        warn!(error = %k, "kill failed");
+                        (true, may_have_reached(&e) || may_have_reached(&k))
+                    }
                 }
-                true
             }
         }
     };
-    let ((), killed) = tokio::join!(record, stop);
-    if killed {
-        if let Ok(Err(e)) =
-            tokio::time::timeout(step, gc_store::mark_killed(pool, container_id)).await
-        {
-            warn!(error = %e, "stop step `killed` not recorded");
-        }
+    let ((), (killed, delivered)) = tokio::join!(record, stop);
+    let step_write = if !delivered {
+        // Neither request reached the daemon: if the container exits, it exits by
+        // itself, with a result a retry may take over.
+        gc_store::mark_stop_undelivered(pool, container_id).await
+    } else if killed {
+        gc_store::mark_killed(pool, container_id).await
+    } else {
+        gc_store::mark_stop_delivered(pool, container_id).await
+    };
+    if let Err(e) = step_write {
+        warn!(error = %e, "stop step not recorded");
     }
 }
 
-/// Stop (with grace, if it may run), remove with `force, v`, record the removal with
-/// its reason on the tracking row (created from the labels if missing) and in the audit
+/// Whether a failed request may still have reached the daemon. Refused connections and
+/// an open circuit never sent it; a timeout may have (the daemon goes on stopping).
+fn may_have_reached(e: &client::Error) -> bool {
+    !matches!(
+        e,
+        client::Error::Unavailable { .. } | client::Error::Rejected { .. }
+    )
+}
+
+/// Stop (with grace, if it may run), read the daemon's evidence of the end (exit code,
+/// `FinishedAt`), remove with `force, v`, record the removal with its reason and that
+/// evidence on the tracking row (created from the labels if missing) and in the audit
 /// log. `Ok` once the container is gone, whoever removed it.
 pub async fn stop_and_remove(
     client: &DockerClient,
@@ -864,6 +903,17 @@ pub async fn stop_and_remove(
     if t.running {
         stop_container(client, pool, &t.container_id, grace, reason).await;
     }
+    // The daemon's exit code and `FinishedAt` are read now, once it is down and before
+    // the removal destroys them: the row records the container's real end, never the
+    // removal time. An inspect that fails leaves the evidence empty, not the removal.
+    let end = match client.container_end(&t.container_id).await {
+        Ok(Some(e)) => e.evidence(),
+        Ok(None) => Default::default(),
+        Err(e) => {
+            warn!(error = %e, container_id = %t.container_id, "inspect before removal failed");
+            Default::default()
+        }
+    };
     let removed = client.remove_container(&t.container_id).await?;
     let why = match removed {
         Removed::Removed => reason.to_string(),
@@ -881,6 +931,7 @@ pub async fn stop_and_remove(
         attempt: t.attempt,
         removed_by: actor,
         reason: &why,
+        end,
     };
     match gc_store::record_removal(pool, &rec).await {
         // Another remover recorded it first: its audit row says so, not ours.
@@ -916,6 +967,7 @@ mod tests {
             image: "i".into(),
             age: Duration::from_secs(age_s),
             running: true,
+            exited: false,
             activity_id: Some(Uuid::nil()),
             run_id: None,
             attempt,
@@ -1022,6 +1074,42 @@ mod tests {
         assert_eq!(j(&c, &f), Verdict::Live);
         f.cancel_age_s = Some((o.stop_grace + o.cancel_takeover).as_secs_f64() + 1.0);
         assert_eq!(j(&c, &f), Verdict::Remove(Reason::CancelTakeover));
+    }
+
+    #[test]
+    fn an_exited_container_of_an_unfinished_activity_waits_for_its_retry() {
+        let o = opts();
+        let mut c = listed(100, Some(2));
+        c.running = false;
+        c.exited = true;
+        // Exited by itself, the activity rescued (or its lease gone): kept for the retry.
+        assert_eq!(judge(&c, &act("scheduled", 2, None), &o), Verdict::Live);
+        assert_eq!(
+            judge(&c, &act("running", 2, Some(false)), &o),
+            Verdict::Live
+        );
+        // Stopped by us: its exit is no result.
+        let mut f = act("scheduled", 2, None);
+        f.stop_sent = Some(true);
+        assert_eq!(judge(&c, &f, &o), Verdict::Remove(Reason::LeaseExpired));
+        // Over, or a newer attempt runs: removed.
+        assert_eq!(
+            judge(&c, &act("succeeded", 2, None), &o),
+            Verdict::Remove(Reason::Terminal)
+        );
+        // A newer attempt holds its lease: it takes the container over (or removes it)
+        // itself; once its lease is gone, the container is an older attempt's.
+        assert_eq!(judge(&c, &act("running", 3, Some(true)), &o), Verdict::Live);
+        assert_eq!(
+            judge(&c, &act("running", 3, Some(false)), &o),
+            Verdict::Remove(Reason::OlderAttempt)
+        );
+        // Created and never started: nothing to take over.
+        c.exited = false;
+        assert_eq!(
+            judge(&c, &act("scheduled", 2, None), &o),
+            Verdict::Remove(Reason::LeaseExpired)
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! Must not: call Docker, or write `highway.activities` (it only reads it: the GC must
 //! see the lease as the queue sees it; the queue's SQL stays in `queue/store.rs`).
 
+use crate::docker::tracking::ExitEvidence;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgExecutor, PgPool};
@@ -47,6 +48,9 @@ pub struct Facts {
     pub protected: Option<bool>,
     /// `gc_protected_until <= now()` (the retention of a kept container passed).
     pub protection_passed: Option<bool>,
+    /// A stop of the container was recorded (signalled or killed) and may have reached
+    /// the daemon: if it exited, it did not exit by itself.
+    pub stop_sent: Option<bool>,
 }
 
 /// Reads the facts of every listed container in one statement. `ids`, `activities` and
@@ -70,7 +74,9 @@ pub async fn facts(
                 d.detached,
                 d.detach_expires_at <= now() AS detach_expired,
                 d.gc_protected_until > now() AS protected,
-                d.gc_protected_until <= now() AS protection_passed
+                d.gc_protected_until <= now() AS protection_passed,
+                ((d.stop_signalled_at IS NOT NULL OR d.killed_at IS NOT NULL)
+                 AND d.stop_undelivered_at IS NULL) AS stop_sent
            FROM unnest($1::text[], $2::uuid[], $3::uuid[]) AS u(container_id, activity_id, run_id)
            LEFT JOIN highway.activities a ON a.id = u.activity_id
            LEFT JOIN highway.docker_containers d ON d.container_id = u.container_id
@@ -183,22 +189,28 @@ pub struct Removal<'a> {
     pub attempt: Option<i32>,
     pub removed_by: &'a str,
     pub reason: &'a str,
+    /// The daemon's evidence of the container's end, read by inspect before removal.
+    pub end: ExitEvidence,
 }
 
-/// Any state but `removed` → `removed` (inserting the row if it did not exist).
-/// Returns 0 when another remover recorded it first.
+/// Any state but `removed` → `removed` (inserting the row if it did not exist), with
+/// the daemon's exit code and `FinishedAt` read before the removal; never the removal
+/// time for the end. Returns 0 when another remover recorded it first.
 pub async fn record_removal(db: impl PgExecutor<'_>, r: &Removal<'_>) -> sqlx::Result<u64> {
     let short: String = r.container_id.chars().take(12).collect();
     let res = sqlx::query(
         "INSERT INTO highway.docker_containers
              (container_id, short_id, activity_id, workflow_run_id, tenant_id, image, status,
-              labels, name, daemon_id, attempt, finished_at, removed_at, removed_by,
-              removed_reason)
-         VALUES ($1, $2, $3, $4, $5, $6, 'removed', $7, $8, $9, $10, now(), now(), $11, $12)
+              labels, name, daemon_id, attempt, exit_code, oom_killed, finished_at,
+              removed_at, removed_by, removed_reason)
+         VALUES ($1, $2, $3, $4, $5, $6, 'removed', $7, $8, $9, $10, $13, $14, $15, now(),
+                 $11, $12)
          ON CONFLICT (container_id) DO UPDATE
             SET status = 'removed', removed_at = now(), removed_by = EXCLUDED.removed_by,
                 removed_reason = EXCLUDED.removed_reason,
-                finished_at = COALESCE(highway.docker_containers.finished_at, now()),
+                exit_code = COALESCE($13, highway.docker_containers.exit_code),
+                oom_killed = COALESCE($14, highway.docker_containers.oom_killed),
+                finished_at = COALESCE($15, highway.docker_containers.finished_at),
                 daemon_id = COALESCE(highway.docker_containers.daemon_id, EXCLUDED.daemon_id),
                 updated_at = now()
           WHERE highway.docker_containers.status <> 'removed'",
@@ -215,6 +227,13 @@ pub async fn record_removal(db: impl PgExecutor<'_>, r: &Removal<'_>) -> sqlx::R
     .bind(r.attempt)
     .bind(r.removed_by)
     .bind(r.reason)
+    .bind(
+        r.end
+            .exit_code
+            .map(|c| i32::try_from(c).unwrap_or(i32::MIN)),
+    )
+    .bind(r.end.oom_killed)
+    .bind(r.end.finished_at)
     .execute(db)
     .await?;
     Ok(res.rows_affected())
@@ -328,8 +347,39 @@ pub async fn mark_stop_signalled(
 pub async fn mark_killed(db: impl PgExecutor<'_>, container_id: &str) -> sqlx::Result<u64> {
     let r = sqlx::query(
         "UPDATE highway.docker_containers
-            SET killed_at = COALESCE(killed_at, now()), updated_at = now()
+            SET killed_at = COALESCE(killed_at, now()), stop_undelivered_at = NULL,
+                updated_at = now()
           WHERE container_id = $1 AND status NOT IN ('removed', 'missing')",
+    )
+    .bind(container_id)
+    .execute(db)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// The stop reached the daemon (it answered): an earlier undelivered stop is moot.
+pub async fn mark_stop_delivered(db: impl PgExecutor<'_>, container_id: &str) -> sqlx::Result<u64> {
+    let r = sqlx::query(
+        "UPDATE highway.docker_containers SET stop_undelivered_at = NULL, updated_at = now()
+          WHERE container_id = $1 AND stop_undelivered_at IS NOT NULL",
+    )
+    .bind(container_id)
+    .execute(db)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Neither the stop nor the kill reached the daemon (refused, or the circuit open): the
+/// stop steps recorded for it did not happen on the daemon.
+pub async fn mark_stop_undelivered(
+    db: impl PgExecutor<'_>,
+    container_id: &str,
+) -> sqlx::Result<u64> {
+    let r = sqlx::query(
+        "UPDATE highway.docker_containers
+            SET stop_undelivered_at = COALESCE(stop_undelivered_at, now()), updated_at = now()
+          WHERE container_id = $1 AND status NOT IN ('removed', 'missing')
+            AND killed_at IS NULL",
     )
     .bind(container_id)
     .execute(db)

@@ -24,7 +24,7 @@
 //! (infrastructure: retried without burning an attempt); `HandlerPanic`.
 
 use crate::docker::artifacts::{self, Producer};
-use crate::docker::client::{self, Removed, WaitExit};
+use crate::docker::client::{self, ContainerEnd, Removed, WaitExit};
 use crate::docker::deployment::Ownership;
 use crate::docker::door::{self, Refused};
 use crate::docker::gc;
@@ -35,7 +35,9 @@ use crate::docker::secrets::{Redactor, SecretError, SecretValue};
 use crate::docker::spec::{self, labels, RunIdentity};
 use crate::docker::tario::{self, InputData, TarError};
 use crate::docker::tracking::{self, AuditEvent, ContainerRow};
-use crate::executor::{ActivityContext, CancelReason, Handler, HandlerError, HandlerResult};
+use crate::executor::{
+    ActivityContext, CancelReason, Handler, HandlerError, HandlerResult, LeaseCheck,
+};
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use highway_workflows::docker::{
@@ -85,6 +87,8 @@ struct RunState {
     stop_grace: Duration,
     /// Why the container is removed (`removed_reason`).
     reason: String,
+    /// The daemon's evidence of the container's end, once inspect read it.
+    end: Option<tracking::ExitEvidence>,
     redactor: Redactor,
 }
 
@@ -122,6 +126,46 @@ impl Drop for CleanupGuard {
             let _entered = handle.enter();
             tracker.spawn(async move { cleanup(&rt, &ctx, &state).await });
         }
+    }
+}
+
+/// An older attempt's container that ran and exited by itself (see
+/// [`Attempt::remove_older_attempts`]).
+#[derive(Debug)]
+struct Exited {
+    container_id: String,
+    attempt: Option<i32>,
+    end: ContainerEnd,
+}
+
+/// The result of a run whose container exited by itself: success on 0 (unless its
+/// outputs were refused), a retryable `NonZeroExit` otherwise.
+fn exited_outcome(
+    exit_code: Option<i64>,
+    oom_killed: bool,
+    outputs_refused: Option<String>,
+    details: Value,
+) -> HandlerResult {
+    match exit_code {
+        Some(0) => match outputs_refused {
+            None => Ok(details),
+            Some(msg) => Err(HandlerError::non_retryable(
+                "OutputsRefused",
+                format!("the container succeeded but its outputs were refused: {msg}"),
+            )
+            .with_details(details)),
+        },
+        code => Err(HandlerError::retryable(
+            "NonZeroExit",
+            match code {
+                Some(c) if oom_killed => {
+                    format!("container exited with code {c} (killed by the OOM killer)")
+                }
+                Some(c) => format!("container exited with code {c}"),
+                None => "container exit code unknown".to_string(),
+            },
+        )
+        .with_details(details)),
     }
 }
 
@@ -417,8 +461,12 @@ impl Attempt<'_> {
             .map_err(|e| HandlerError::infrastructure("DatabaseUnavailable", e.to_string()))?;
 
         self.check_cancelled()?;
-        self.remove_older_attempts(&daemon_id, deployment_id)
-            .await?;
+        if let Some(prev) = self
+            .remove_older_attempts(&daemon_id, deployment_id, params)
+            .await?
+        {
+            return self.take_over_exited(prev, p, sys, warnings).await;
+        }
 
         // Tracking row first: a crash between here and create leaves a trace.
         let ident = RunIdentity {
@@ -489,6 +537,7 @@ impl Attempt<'_> {
         ));
 
         self.check_cancelled()?;
+        self.confirm_lease_before_start(&id, sys).await?;
         update(self.state, |s| s.started = true);
         rt.client
             .start_container(&id)
@@ -569,9 +618,14 @@ impl Attempt<'_> {
         }
 
         // Exit code and OOM from inspect (authoritative); wait's code as a fallback.
-        let (exit_code, oom_killed) = self.inspect_exit(&id, &ending).await;
+        let (exit_code, oom_killed, finished_at) = self.inspect_exit(&id, &ending).await;
         update(self.state, |s| {
             s.exited = true;
+            s.end = Some(tracking::ExitEvidence {
+                exit_code,
+                oom_killed: Some(oom_killed),
+                finished_at,
+            });
             s.reason = match &ending {
                 Ending::Exited(_) if exit_code == Some(0) => "completed".into(),
                 Ending::Exited(_) => "exited_non_zero".into(),
@@ -583,7 +637,7 @@ impl Attempt<'_> {
         // removal below closes the row anyway, or the collector does.
         match cleanup_write(
             self.ctx,
-            tracking::mark_exited(&rt.pool, &id, exit_code, oom_killed, None),
+            tracking::mark_exited(&rt.pool, &id, exit_code, oom_killed, finished_at),
         )
         .await
         {
@@ -659,28 +713,194 @@ impl Attempt<'_> {
                 ),
             )
             .with_details(details)),
-            Ending::Exited(_) => match exit_code {
-                Some(0) => match outputs_refused {
-                    None => Ok(details),
-                    Some(msg) => Err(HandlerError::non_retryable(
-                        "OutputsRefused",
-                        format!("the container succeeded but its outputs were refused: {msg}"),
-                    )
-                    .with_details(details)),
-                },
-                code => Err(HandlerError::retryable(
-                    "NonZeroExit",
-                    match code {
-                        Some(c) if oom_killed => {
-                            format!("container exited with code {c} (killed by the OOM killer)")
-                        }
-                        Some(c) => format!("container exited with code {c}"),
-                        None => "container exit code unknown".to_string(),
-                    },
-                )
-                .with_details(details)),
-            },
+            Ending::Exited(_) => exited_outcome(exit_code, oom_killed, outputs_refused, details),
         }
+    }
+
+    /// Right before start, the one step that cannot be taken back: the lease must still
+    /// be held with a margin, by this worker's count and then by the database's `now()`
+    /// (fenced on attempt and owner). A worker frozen between create and start wakes
+    /// past its lease and must not start the container another attempt may already
+    /// run: the attempt ends as lease lost and the cleanup removes the unstarted
+    /// container.
+    async fn confirm_lease_before_start(
+        &self,
+        id: &str,
+        sys: &LogSender,
+    ) -> Result<(), HandlerError> {
+        let check = give_way_to_cancel(self.ctx, self.ctx.confirm_lease(START_LEASE_MARGIN)).await;
+        match check {
+            Some(LeaseCheck::Held) => Ok(()),
+            Some(LeaseCheck::Lost) | None => {
+                let why = "lease_lost_before_start";
+                update(self.state, |s| s.reason = why.into());
+                tracing::warn!(container_id = %id, "the lease ended before the container started: not starting it");
+                sys.system(
+                    "highway: the lease ended before the container could start; not started",
+                );
+                self.audit(
+                    "container.start",
+                    Some(id),
+                    "refused",
+                    json!({"reason": why}),
+                )
+                .await;
+                // The attempt is over as a lease loss: the executor records nothing and
+                // the cleanup removes the unstarted container within what is left.
+                self.ctx.set_lease_end(std::time::Instant::now());
+                self.ctx.cancel(CancelReason::LeaseLost);
+                Err(cancel_error(Some(CancelReason::LeaseLost)))
+            }
+            Some(LeaseCheck::Unknown(e)) => {
+                update(self.state, |s| s.reason = "lease_unconfirmed".into());
+                Err(HandlerError::infrastructure(
+                    "DatabaseUnavailable",
+                    format!("the lease could not be confirmed before start: {e}"),
+                ))
+            }
+        }
+    }
+
+    /// A retry found the container of an older attempt that had exited by itself (no
+    /// stop was ever sent, within that run's timeout): the run already happened, so its
+    /// exit code, output (the daemon's copy of stdout/stderr) and outputs are this
+    /// attempt's result and nothing is run again. The container then goes through this
+    /// attempt's cleanup (removed, or kept for `retention`), its row recording its end.
+    async fn take_over_exited(
+        &self,
+        prev: Exited,
+        p: &Prepared,
+        sys: &LogSender,
+        mut warnings: Vec<String>,
+    ) -> HandlerResult {
+        let rt = self.rt;
+        let params = &p.params;
+        let id = prev.container_id.clone();
+        let end = prev.end;
+        update(self.state, |s| {
+            s.container_id = Some(id.clone());
+            s.started = true;
+            s.exited = true;
+            s.end = Some(end.evidence());
+            s.reason = "adopted_by_retry".into();
+        });
+        self.span.record("container_id", id.as_str());
+        let short: String = id.chars().take(12).collect();
+        tracing::info!(container_id = %id, old_attempt = ?prev.attempt, exit_code = ?end.exit_code,
+                       "an older attempt's container exited by itself: taking its result instead of running again");
+        self.audit(
+            "container.adopt_exit",
+            Some(&id),
+            "ok",
+            json!({"attempt": prev.attempt, "exit_code": end.exit_code,
+                   "finished_at": end.finished_at.map(|t| t.to_rfc3339())}),
+        )
+        .await;
+        sys.system(format!(
+            "highway: container {short} of attempt {} had already exited with code {}; its result is taken, the run is not repeated",
+            prev.attempt.map_or_else(|| "?".to_string(), |a| a.to_string()),
+            end.exit_code.map_or_else(|| "?".to_string(), |c| c.to_string()),
+        ));
+        warnings.push(format!(
+            "the container of attempt {} had already exited; its result was taken instead of running again",
+            prev.attempt.map_or_else(|| "?".to_string(), |a| a.to_string()),
+        ));
+        let captured = match rt.client.output_of(&id) {
+            Ok(stream) => {
+                Reader::spawn(
+                    stream,
+                    self.redactor(),
+                    &rt.settings.logs,
+                    Some(sys.clone()),
+                )
+                .finish(ADOPTED_OUTPUT_READ)
+                .await
+            }
+            Err(e) => logs::Captured {
+                stream_error: Some(self.redactor().redact(&e.to_string())),
+                ..logs::Captured::default()
+            },
+        };
+        // A result is taken whole or not at all: output that could not be read (the
+        // container went away meanwhile, its own worker woke and removed it) ends this
+        // attempt as infrastructure, and the next one runs afresh.
+        let still_there = matches!(rt.client.container_end(&id).await, Ok(Some(_)));
+        if captured.stream_error.is_some() || !still_there {
+            return Err(HandlerError::infrastructure(
+                "PreviousAttemptLive",
+                format!(
+                    "the output of the exited container of an older attempt could not be read{}",
+                    captured
+                        .stream_error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+        let (exit_code, oom_killed) = (end.exit_code, end.oom_killed);
+        match cleanup_write(
+            self.ctx,
+            tracking::mark_exited(&rt.pool, &id, exit_code, oom_killed, end.finished_at),
+        )
+        .await
+        {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => tracing::warn!(error = %e, "tracking row not marked exited"),
+            None => {
+                tracing::warn!("tracking row not marked exited: postgres did not answer in time")
+            }
+        }
+        let mut outputs: Option<ArtifactRef> = None;
+        let mut outputs_refused: Option<String> = None;
+        if !params.outputs.is_empty() {
+            self.ctx
+                .record_heartbeat(json!({"phase": "collecting_outputs", "container_id": id}));
+            match self.collect_outputs(&id, &params.outputs).await {
+                Ok(o) => outputs = o,
+                Err(e) if e.is_content_error() => {
+                    let msg = self.redactor().redact(&e.to_string());
+                    warnings.push(format!("outputs refused: {msg}"));
+                    outputs_refused = Some(msg);
+                }
+                // The container went away while being read (its own worker woke and
+                // removed it): the result cannot be taken whole. Retried without
+                // burning an attempt; the next attempt runs afresh.
+                Err(e) => {
+                    let msg = self.redactor().redact(&e.to_string());
+                    return Err(HandlerError::infrastructure(
+                        "PreviousAttemptLive",
+                        format!("the outputs of the exited container of an older attempt could not be read: {msg}"),
+                    ));
+                }
+            }
+        }
+        if !params.auto_remove {
+            let keep = params
+                .retention
+                .map(|r| r.0)
+                .unwrap_or(rt.settings.default_retention);
+            update(self.state, |s| s.keep = Some(keep));
+        }
+        let duration_ms = match (end.started_at, end.finished_at) {
+            (Some(a), Some(b)) => (b - a).num_milliseconds().max(0) as u64,
+            _ => 0,
+        };
+        let result = DockerRunResult {
+            container_id: id.clone(),
+            short_id: short,
+            status: RunStatus::Exited,
+            exit_code,
+            stdout: captured.stdout,
+            stderr: captured.stderr,
+            logs_truncated: captured.truncated,
+            duration_ms,
+            image: p.image.clone(),
+            oom_killed,
+            warnings: redact_all(&self.redactor(), warnings),
+            outputs,
+        };
+        exited_outcome(exit_code, oom_killed, outputs_refused, to_json(&result))
     }
 
     /// Image per `pull_policy`; the pull consumes the whole progress stream (trap 23:
@@ -792,11 +1012,18 @@ impl Attempt<'_> {
     /// taken as lost, the old row is marked `lost` and this attempt runs (the lost
     /// host's collector removes the old container if the host comes back). Only
     /// containers of this deployment (name and database identity) are touched.
+    ///
+    /// Except one: an older attempt's container that exited by itself (it ran, no stop
+    /// was ever sent to it, it ended within the run's timeout) holds the run's result,
+    /// which a retry must not throw away and run again (a Docker outage that outlived
+    /// the attempt, a worker killed after the run ended). The newest such container is
+    /// returned for [`Self::take_over_exited`] instead of being removed.
     async fn remove_older_attempts(
         &self,
         daemon_id: &str,
         deployment_id: Uuid,
-    ) -> Result<(), HandlerError> {
+        params: &DockerRunParams,
+    ) -> Result<Option<Exited>, HandlerError> {
         let rt = self.rt;
         let ctx = self.ctx;
         let filters = vec![
@@ -810,6 +1037,7 @@ impl Attempt<'_> {
             .map_err(|e| docker_error("CreateFailed", e, &self.redactor()))?;
         let actor = rt.actor();
         let mut on_daemon = std::collections::HashSet::new();
+        let mut older: Vec<(gc::Target, Option<Exited>)> = Vec::new();
         for c in found {
             let Some(id) = c.id.clone() else { continue };
             let attempt = c
@@ -851,10 +1079,6 @@ impl Attempt<'_> {
                 Some(a) if a == ctx.attempt => continue,
                 _ => {}
             }
-            tracing::info!(container_id = %id, old_attempt = ?attempt, "removing an older attempt's container");
-            // The removal sequence shared with the garbage collector (one place that
-            // stops, removes, records the reason on the row and audits). No grace: that
-            // attempt's lease is gone, so its run is void.
             let target = gc::Target {
                 container_id: id.clone(),
                 name: c
@@ -872,7 +1096,31 @@ impl Attempt<'_> {
                 labels: json!(c.labels.clone().unwrap_or_default()),
                 running: true,
             };
-            match gc::stop_and_remove(
+            let exited = if params.detach {
+                None
+            } else {
+                self.exited_by_itself(&id, attempt, params).await?
+            };
+            older.push((target, exited));
+        }
+        // The newest attempt that ran to its end is taken over; every other one goes.
+        let keep = older
+            .iter()
+            .filter_map(|(_, e)| e.as_ref())
+            .max_by_key(|e| e.attempt)
+            .map(|e| e.container_id.clone());
+        let mut taken = None;
+        for (target, exited) in older {
+            if keep.as_deref() == Some(target.container_id.as_str()) {
+                taken = exited;
+                continue;
+            }
+            tracing::info!(container_id = %target.container_id, old_attempt = ?target.attempt,
+                           "removing an older attempt's container");
+            // The removal sequence shared with the garbage collector (one place that
+            // stops, reads the exit, removes, records the reason on the row and audits).
+            // No grace: that attempt's lease is gone, so its run is void.
+            if let Err(e) = gc::stop_and_remove(
                 &rt.client,
                 &rt.pool,
                 &target,
@@ -882,13 +1130,10 @@ impl Attempt<'_> {
             )
             .await
             {
-                Ok(_) => {}
-                Err(e) => {
-                    return Err(HandlerError::infrastructure(
-                        "PreviousAttemptLive",
-                        format!("could not remove the container of an older attempt: {e}"),
-                    ))
-                }
+                return Err(HandlerError::infrastructure(
+                    "PreviousAttemptLive",
+                    format!("could not remove the container of an older attempt: {e}"),
+                ));
             }
         }
         // The tracking table knows about containers on other daemons, and about rows whose
@@ -914,7 +1159,51 @@ impl Attempt<'_> {
                 self.wait_for_other_host(&row).await?;
             }
         }
-        Ok(())
+        Ok(taken)
+    }
+
+    /// The container `id` of an older attempt, if it ran and ended by itself within the
+    /// run's timeout with an exit code the program chose (not a death by signal), and no
+    /// stop that may have reached it was ever recorded (a container we stopped ended
+    /// because of us, not with a result).
+    async fn exited_by_itself(
+        &self,
+        id: &str,
+        attempt: Option<i32>,
+        params: &DockerRunParams,
+    ) -> Result<Option<Exited>, HandlerError> {
+        let end = match self.rt.client.container_end(id).await {
+            Ok(Some(end)) if end.exited() => end,
+            Ok(_) => return Ok(None),
+            Err(e) => return Err(docker_error("CreateFailed", e, &self.redactor())),
+        };
+        // A death by signal (128 + n: SIGTERM, SIGKILL, the OOM killer) may be our own
+        // stop, sent by a worker cut off from Postgres that could not record it: only
+        // an exit the program chose itself is a result.
+        match end.exit_code {
+            Some(code) if (0..128).contains(&code) && !end.oom_killed => {}
+            _ => return Ok(None),
+        }
+        let ran_for = match (end.started_at, end.finished_at) {
+            (Some(a), Some(b)) => (b - a).to_std().unwrap_or_default(),
+            _ => return Ok(None),
+        };
+        // The daemon's times are whole-second rounded at worst; the run's own timeout
+        // would have stopped it (and recorded the stop) had it run longer.
+        if ran_for > params.timeout.0 + Duration::from_secs(1) {
+            return Ok(None);
+        }
+        if tracking::stop_was_sent(&self.rt.pool, id)
+            .await
+            .map_err(db_error)?
+        {
+            return Ok(None);
+        }
+        Ok(Some(Exited {
+            container_id: id.to_string(),
+            attempt,
+            end,
+        }))
     }
 
     /// An older attempt's container on another Docker daemon: wait, holding this
@@ -1054,12 +1343,22 @@ impl Attempt<'_> {
         // It ran already (an earlier try of this attempt that we lost track of): its output
         // is not ours to reuse. Remove it and create afresh.
         let _ = client.kill_container(&id).await;
+        let end = match client.container_end(&id).await {
+            Ok(Some(e)) => e.evidence(),
+            _ => Default::default(),
+        };
         client
             .remove_container(&id)
             .await
             .map_err(|e| docker_error("CreateFailed", e, &self.redactor()))?;
-        let _ = tracking::mark_removed(&self.rt.pool, &id, &self.rt.actor(), "stale_same_attempt")
-            .await;
+        let _ = tracking::mark_removed(
+            &self.rt.pool,
+            &id,
+            &self.rt.actor(),
+            "stale_same_attempt",
+            &end,
+        )
+        .await;
         Ok(None)
     }
 
@@ -1198,6 +1497,9 @@ impl Attempt<'_> {
         let mut last_seen = Instant::now();
         loop {
             tokio::select! {
+                // An exit already reported wins over a cancellation that arrived with it
+                // (a worker waking from a freeze sees both at once).
+                biased;
                 r = &mut wait, if wait_active => match r {
                     Ok(exit) => return Ok(Ending::Exited(exit)),
                     Err(e) => {
@@ -1239,6 +1541,19 @@ impl Attempt<'_> {
                 _ = tokio::time::sleep_until(deadline) => return Ok(Ending::TimedOut),
                 _ = ctx.cancelled() => {
                     let reason = ctx.cancel_reason().unwrap_or(CancelReason::Requested);
+                    // A lost lease or a shutdown does not undo a run that already ended
+                    // by itself (a worker frozen past its lease wakes to find its
+                    // container exited): that exit is the result, reported as such.
+                    if matches!(reason, CancelReason::LeaseLost | CancelReason::Shutdown) {
+                        if let Ok(Some(end)) = rt.client.container_end(id).await {
+                            if end.exited() {
+                                return Ok(Ending::Exited(WaitExit {
+                                    code: end.exit_code.unwrap_or(-1),
+                                    error: end.error,
+                                }));
+                            }
+                        }
+                    }
                     return Ok(if reason == CancelReason::Timeout {
                         Ending::TimedOut
                     } else {
@@ -1264,12 +1579,16 @@ impl Attempt<'_> {
 
     /// Exit code and OOM flag from inspect. OOM comes only from `OOMKilled` (trap 18):
     /// never from 137, which our own SIGKILL after the grace also produces.
-    async fn inspect_exit(&self, id: &str, ending: &Ending) -> (Option<i64>, bool) {
+    async fn inspect_exit(
+        &self,
+        id: &str,
+        ending: &Ending,
+    ) -> (Option<i64>, bool, Option<chrono::DateTime<chrono::Utc>>) {
         let wait_code = match ending {
             Ending::Exited(e) => Some(e.code),
             _ => None,
         };
-        let (code, oom) = self.inspect_state(id, wait_code).await;
+        let (code, oom, finished) = self.inspect_state(id, wait_code).await;
         // The daemon handles the kernel's OOM event and the exit event separately and
         // may record `OOMKilled` just after the exit: a 137 the container ended on by
         // itself (not our stop) gets one more look.
@@ -1277,19 +1596,21 @@ impl Attempt<'_> {
             tokio::time::sleep(OOM_SETTLE).await;
             return self.inspect_state(id, code).await;
         }
-        (code, oom)
+        (code, oom, finished)
     }
 
-    async fn inspect_state(&self, id: &str, fallback: Option<i64>) -> (Option<i64>, bool) {
-        match self.rt.client.inspect_container(id).await {
-            Ok(Some(c)) => {
-                let st = c.state.unwrap_or_default();
-                (st.exit_code.or(fallback), st.oom_killed.unwrap_or(false))
-            }
-            Ok(None) => (fallback, false),
+    /// Exit code, OOM flag and the daemon's `FinishedAt`.
+    async fn inspect_state(
+        &self,
+        id: &str,
+        fallback: Option<i64>,
+    ) -> (Option<i64>, bool, Option<chrono::DateTime<chrono::Utc>>) {
+        match self.rt.client.container_end(id).await {
+            Ok(Some(end)) => (end.exit_code.or(fallback), end.oom_killed, end.finished_at),
+            Ok(None) => (fallback, false, None),
             Err(e) => {
                 tracing::warn!(error = %e, "inspect after exit failed");
-                (fallback, false)
+                (fallback, false, None)
             }
         }
     }
@@ -1403,11 +1724,19 @@ fn artifact_error(i: usize, e: artifacts::Error) -> HandlerError {
 async fn cleanup(rt: &DockerRuntime, ctx: &ActivityContext, state: &Mutex<RunState>) {
     let s = snapshot(state);
     let actor = rt.actor();
-    let reason = if s.reason.is_empty() {
+    let mut reason = if s.reason.is_empty() {
         "failed".to_string()
     } else {
         s.reason.clone()
     };
+    // A run that ended by itself while (or before) the lease was lost: the row says so,
+    // whatever the queue then makes of the late result.
+    if s.exited
+        && ctx.cancel_reason() == Some(CancelReason::LeaseLost)
+        && matches!(reason.as_str(), "completed" | "exited_non_zero")
+    {
+        reason.push_str("_after_lease_lost");
+    }
     if s.detached {
         return;
     }
@@ -1496,6 +1825,15 @@ async fn cleanup(rt: &DockerRuntime, ctx: &ActivityContext, state: &Mutex<RunSta
         }
     }
     stop_if_running(rt, ctx, state, &id).await;
+    // The daemon's evidence of the end, read before the removal destroys it (the wait
+    // path read it already).
+    let end = match snapshot(state).end {
+        Some(e) => e,
+        None => match rt.client.container_end(&id).await {
+            Ok(Some(e)) => e.evidence(),
+            _ => tracking::ExitEvidence::default(),
+        },
+    };
     let mut last_err = None;
     for attempt in 0..3u32 {
         match rt.client.remove_container(&id).await {
@@ -1506,13 +1844,28 @@ async fn cleanup(rt: &DockerRuntime, ctx: &ActivityContext, state: &Mutex<RunSta
                     Removed::AlreadyGone => format!("{reason} (already gone)"),
                 };
                 // Bounded once the attempt is cancelled: Postgres may be what failed.
-                match cleanup_write(ctx, tracking::mark_removed(&rt.pool, &id, &actor, &why)).await
+                // A write that does not land is handed to a retry that outlives the
+                // attempt, so a database outage does not leave the row open for the
+                // collector to judge `missing` when the container was in fact removed.
+                let recorded = match cleanup_write(
+                    ctx,
+                    tracking::mark_removed(&rt.pool, &id, &actor, &why, &end),
+                )
+                .await
                 {
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => tracing::warn!(error = %e, "tracking row not marked removed"),
-                    None => tracing::warn!(
-                        "tracking row not marked removed: postgres did not answer in time"
-                    ),
+                    Some(Ok(_)) => true,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "tracking row not marked removed; retrying in the background");
+                        false
+                    }
+                    None => {
+                        tracing::warn!("tracking row not marked removed: postgres did not answer in time; retrying in the background");
+                        false
+                    }
+                };
+                if !recorded {
+                    retry_removal_record(rt, ctx, &id, &why, end);
+                    break;
                 }
                 if s.container_id.is_none() {
                     if let Some(name) = &s.name {
@@ -1551,6 +1904,76 @@ async fn cleanup(rt: &DockerRuntime, ctx: &ActivityContext, state: &Mutex<RunSta
         .await;
     }
 }
+
+/// The removal happened but its tracking write did not land (Postgres down or hung):
+/// retried in the runtime's tracker, with backoff, until Postgres answers, and then
+/// audited. At shutdown one last bounded try is made; if that fails too, the row stays
+/// open and the collector closes it.
+fn retry_removal_record(
+    rt: &DockerRuntime,
+    ctx: &ActivityContext,
+    id: &str,
+    why: &str,
+    end: tracking::ExitEvidence,
+) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let (pool, stop, actor) = (rt.pool.clone(), rt.stopping().clone(), rt.actor());
+    let (id, why) = (id.to_string(), why.to_string());
+    let (tenant, activity_id, run_id) =
+        (ctx.tenant_id.clone(), ctx.activity_id, ctx.workflow_run_id);
+    let _entered = handle.enter();
+    rt.tracker().spawn(async move {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let last = stop.is_cancelled();
+            let write = tokio::time::timeout(
+                REMOVAL_RECORD_TRY,
+                tracking::mark_removed(&pool, &id, &actor, &why, &end),
+            )
+            .await;
+            match write {
+                Ok(Ok(_)) => {
+                    let ev = AuditEvent {
+                        tenant_id: &tenant,
+                        actor: &actor,
+                        action: "container.remove",
+                        target: Some(&id),
+                        activity_id: Some(activity_id),
+                        workflow_run_id: run_id,
+                        outcome: "ok",
+                        details: json!({"reason": why, "recorded_late": true}),
+                    };
+                    let _ = tokio::time::timeout(
+                        REMOVAL_RECORD_TRY,
+                        tracking::audit_or_warn(&pool, &ev),
+                    )
+                    .await;
+                    tracing::info!(container_id = %id, reason = %why, "container removal recorded after a retry");
+                    return;
+                }
+                Ok(Err(e)) if last => {
+                    tracing::warn!(container_id = %id, error = %e, "removal never recorded; the collector closes the row");
+                    return;
+                }
+                Err(_) if last => {
+                    tracing::warn!(container_id = %id, "removal never recorded (postgres did not answer); the collector closes the row");
+                    return;
+                }
+                _ => {}
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stop.cancelled() => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    });
+}
+
+/// One try of a background tracking write.
+const REMOVAL_RECORD_TRY: Duration = Duration::from_secs(5);
 
 /// Stops the container, once, if an error or panic may have left it running: with grace
 /// first (trap 6: removing a running container with force skips the grace), the grace
@@ -1598,6 +2021,12 @@ fn grace_within_lease(ctx: &ActivityContext, grace: Duration) -> Duration {
 
 /// How long the daemon may take to record an OOM kill after the exit it caused.
 const OOM_SETTLE: Duration = Duration::from_millis(300);
+
+/// What is left of the lease, at least, when a container is started.
+const START_LEASE_MARGIN: Duration = Duration::from_millis(500);
+
+/// How long the daemon's copy of an exited container's output may take to read.
+const ADOPTED_OUTPUT_READ: Duration = Duration::from_secs(10);
 
 /// How long a write may still take once the attempt is cancelled: enough for a healthy
 /// database (so a cancel does not lose the row), short against the lease margin.

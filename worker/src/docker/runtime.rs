@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
@@ -100,6 +101,8 @@ pub struct DockerRuntime {
     /// Cleanups that had to outlive their handler (a handler future dropped mid-run).
     /// `drain` waits for them, so none is ever abandoned at shutdown.
     tracker: TaskTracker,
+    /// Fires when `drain` begins: background retries make their last try and end.
+    stopping: CancellationToken,
     /// False while the daemon is known to be down: the worker stops claiming docker
     /// kinds. Driven by the status monitor; true until it says otherwise.
     ready: AtomicBool,
@@ -157,6 +160,7 @@ impl DockerRuntime {
             registries: RegistryAuth::default(),
             artifacts,
             tracker: TaskTracker::new(),
+            stopping: CancellationToken::new(),
             ready: AtomicBool::new(true),
         }
     }
@@ -193,8 +197,14 @@ impl DockerRuntime {
         &self.tracker
     }
 
-    /// Waits for every background cleanup to finish (call during shutdown).
+    pub(crate) fn stopping(&self) -> &CancellationToken {
+        &self.stopping
+    }
+
+    /// Waits for every background cleanup to finish (call during shutdown); background
+    /// retries make one last try.
     pub async fn drain(&self) {
+        self.stopping.cancel();
         self.tracker.close();
         self.tracker.wait().await;
     }

@@ -592,6 +592,11 @@ impl Call<'_> {
         let action = "container.remove";
         let row = self.owned(action, &p.container, false).await?;
         let id = row.container_id.as_str();
+        // The end as the daemon saw it, read before the removal destroys it.
+        let end = match self.rt.client.container_end(id).await {
+            Ok(Some(e)) => e.evidence(),
+            _ => Default::default(),
+        };
         let outcome = self
             .rt
             .client
@@ -600,7 +605,7 @@ impl Call<'_> {
         let reason = format!("tool:{}", self.ctx.activity_id);
         match outcome {
             Ok(removed) => {
-                tracking::mark_removed(&self.rt.pool, id, &self.rt.actor(), &reason)
+                tracking::mark_removed(&self.rt.pool, id, &self.rt.actor(), &reason, &end)
                     .await
                     .map_err(db_error)?;
                 let gone = removed == Removed::AlreadyGone;

@@ -161,7 +161,25 @@ pub async fn mark_detached(
     Ok(r.rows_affected())
 }
 
-/// `created|running → exited` with what inspect reported.
+/// What the daemon reported about a container's end (`State.ExitCode`, `OOMKilled`,
+/// `State.FinishedAt`), read by inspect before the container is removed. Empty for a
+/// container that never ran or whose inspect failed: the row then keeps what it had,
+/// and never takes the removal time for the end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExitEvidence {
+    pub exit_code: Option<i64>,
+    pub oom_killed: Option<bool>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl ExitEvidence {
+    fn code(&self) -> Option<i32> {
+        self.exit_code.map(|c| i32::try_from(c).unwrap_or(i32::MIN))
+    }
+}
+
+/// `created|running → exited` with what inspect reported. `finished_at` is the daemon's
+/// `FinishedAt`; without one the column stays empty (never our clock).
 pub async fn mark_exited(
     db: impl PgExecutor<'_>,
     container_id: &str,
@@ -172,8 +190,8 @@ pub async fn mark_exited(
     let code = exit_code.map(|c| i32::try_from(c).unwrap_or(i32::MIN));
     let r = sqlx::query(
         "UPDATE highway.docker_containers
-            SET status = 'exited', exit_code = $2, oom_killed = $3,
-                finished_at = COALESCE($4, now()), updated_at = now()
+            SET status = 'exited', exit_code = COALESCE($2, exit_code), oom_killed = $3,
+                finished_at = COALESCE($4, finished_at), updated_at = now()
           WHERE container_id = $1 AND status IN ('created', 'running')",
     )
     .bind(container_id)
@@ -203,25 +221,48 @@ pub async fn mark_kept(
     Ok(r.rows_affected())
 }
 
-/// Any state except `removed` → `removed`, with who and why.
+/// Any state except `removed` → `removed`, with who and why, and the daemon's evidence
+/// of the container's end read before the removal (kept as it was where the evidence
+/// is empty: the removal time is never taken for the end).
 pub async fn mark_removed(
     db: impl PgExecutor<'_>,
     container_id: &str,
     removed_by: &str,
     reason: &str,
+    end: &ExitEvidence,
 ) -> sqlx::Result<u64> {
     let r = sqlx::query(
         "UPDATE highway.docker_containers
             SET status = 'removed', removed_at = now(), removed_by = $2, removed_reason = $3,
-                finished_at = COALESCE(finished_at, now()), updated_at = now()
+                exit_code = COALESCE($4, exit_code), oom_killed = COALESCE($5, oom_killed),
+                finished_at = COALESCE($6, finished_at), updated_at = now()
           WHERE container_id = $1 AND status <> 'removed'",
     )
     .bind(container_id)
     .bind(removed_by)
     .bind(reason)
+    .bind(end.code())
+    .bind(end.oom_killed)
+    .bind(end.finished_at)
     .execute(db)
     .await?;
     Ok(r.rows_affected())
+}
+
+/// Whether a stop of the container may have reached the daemon (recorded by any worker
+/// or collector, and not known to have failed before reaching it): a container that
+/// ended after our own stop did not end by itself, so its exit is not a run result a
+/// retry may adopt. `false` when there is no row.
+pub async fn stop_was_sent(db: impl PgExecutor<'_>, container_id: &str) -> sqlx::Result<bool> {
+    let sent: Option<bool> = sqlx::query_scalar(
+        "SELECT ((stop_signalled_at IS NOT NULL OR killed_at IS NOT NULL)
+                 AND stop_undelivered_at IS NULL) OR status = 'removed'
+           FROM highway.docker_containers WHERE container_id = $1",
+    )
+    .bind(container_id)
+    .fetch_optional(db)
+    .await?;
+    Ok(sent.unwrap_or(false))
 }
 
 /// A row whose container is not on its daemon any more (removed behind our back).

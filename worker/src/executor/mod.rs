@@ -5,7 +5,9 @@
 //!   statement and starts one task per activity (a slot is a semaphore permit);
 //! - the heartbeat loop: one statement per tick renews every lease this worker holds and
 //!   reports cancellations; attempts missing from the answer have lost their lease;
-//! - the completer: results are batched into one fenced statement every few ms;
+//! - the completer: results are batched into one fenced statement every few ms; a
+//!   success that comes after its lease was lost (a worker frozen past it) is offered
+//!   once more as a late success, recorded only while no later attempt has started;
 //! - the listener: one LISTEN connection for wake-ups and cancellations;
 //! - the rescuer (`rescuer.rs`).
 //!
@@ -20,7 +22,10 @@ pub mod builtin;
 pub mod registry;
 mod rescuer;
 
-pub use registry::{ActivityContext, CancelReason, Handler, HandlerError, HandlerResult, Registry};
+pub use registry::{
+    ActivityContext, CancelReason, Handler, HandlerError, HandlerResult, LeaseCheck, LeaseProbe,
+    Registry,
+};
 pub use rescuer::Rescuer;
 
 use crate::queue::store::{self, KeysetHint};
@@ -77,6 +82,42 @@ fn timed_out(what: &str, after: Duration) -> sqlx::Error {
         format!("{what} did not answer within {} ms", after.as_millis()),
     ))
 }
+
+/// The database side of [`ActivityContext::confirm_lease`]: the lease as the queue's
+/// table holds it, fenced on attempt and owner, by Postgres' `now()`.
+#[derive(Debug, Clone)]
+pub struct DbLeaseProbe {
+    pool: PgPool,
+}
+
+impl DbLeaseProbe {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[async_trait::async_trait]
+impl LeaseProbe for DbLeaseProbe {
+    async fn holds(
+        &self,
+        activity_id: Uuid,
+        attempt: i32,
+        worker_id: Uuid,
+        margin: Duration,
+    ) -> Result<bool, sqlx::Error> {
+        // Bounded: a hung connection must not hold the attempt past the lease it checks.
+        let margin_ms = margin.as_millis() as i64;
+        tokio::time::timeout(
+            LEASE_PROBE_TIMEOUT,
+            store::lease_held(&self.pool, activity_id, attempt, worker_id, margin_ms),
+        )
+        .await
+        .unwrap_or_else(|_| Err(timed_out("the lease check", LEASE_PROBE_TIMEOUT)))
+    }
+}
+
+/// How long a lease check may take before the lease counts as unconfirmed.
+const LEASE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Settings of a worker (from `config::WorkerConfig`).
 #[derive(Debug, Clone)]
@@ -581,7 +622,8 @@ impl FetchLoop {
             self.opts.id,
             row.queue.clone(),
             deadline,
-        );
+        )
+        .with_lease_probe(Arc::new(DbLeaseProbe::new(self.pool.clone())));
         let lease = Duration::from_millis(row.lease_ms.max(1000) as u64);
         ctx.set_lease_end(claim_sent + lease);
         // A cancellation racing the claim is seen at the first heartbeat.
@@ -605,16 +647,20 @@ impl FetchLoop {
         let running = self.running.clone();
         let done = self.done.clone();
         let counters = self.counters.clone();
+        let (pool, opts) = (self.pool.clone(), self.opts.clone());
         let span = info_span!("activity", activity_id = %row.id, kind = %row.kind, attempt = row.attempt,
                               tenant_id = %row.tenant_id);
         self.tasks.spawn(
             async move {
                 let _permit = permit;
-                let outcome = execute(handler, ctx.clone(), row.params, deadline_type).await;
-                busy.finish(outcome.as_ref().map_or("lease_lost", Outcome::code));
+                let verdict = execute(handler, ctx.clone(), row.params, deadline_type).await;
+                busy.finish(match &verdict {
+                    Verdict::Record(o) => o.code(),
+                    Verdict::LateSuccess(_) | Verdict::Nothing => "lease_lost",
+                });
                 running.lock().unwrap_or_else(|p| p.into_inner()).remove(&ctx.activity_id);
-                match outcome {
-                    Some(outcome) => {
+                match verdict {
+                    Verdict::Record(outcome) => {
                         // The completer only stops after every sender is gone, so this
                         // send fails only if the process is already tearing down.
                         if done
@@ -628,7 +674,13 @@ impl FetchLoop {
                             warn!("completer gone; result dropped (the lease will expire and the rescuer retries it)");
                         }
                     }
-                    None => {
+                    Verdict::LateSuccess(result) => {
+                        counters.lease_lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if record_late_success(&pool, &opts, ctx.activity_id, ctx.attempt, &result).await {
+                            counters.completed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                    Verdict::Nothing => {
                         counters.lease_lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         warn!("lease lost: attempt stopped, nothing recorded");
                     }
@@ -639,15 +691,27 @@ impl FetchLoop {
     }
 }
 
-/// Runs one attempt to its outcome. `None` means "record nothing" (lease lost).
+/// What to do with the end of an attempt.
+enum Verdict {
+    /// Record it through the completer (fenced on the live lease).
+    Record(Outcome),
+    /// The handler succeeded, but the lease was lost meanwhile (a worker frozen past
+    /// it): offered to the queue as a late success ([`record_late_success`]).
+    LateSuccess(serde_json::Value),
+    /// The lease was lost and the attempt did not succeed: nothing to record (the
+    /// rescuer decides the activity's fate).
+    Nothing,
+}
+
+/// Runs one attempt to its outcome.
 async fn execute(
     handler: Option<Arc<dyn Handler>>,
     ctx: ActivityContext,
     params: serde_json::Value,
     deadline_type: &'static str,
-) -> Option<Outcome> {
+) -> Verdict {
     let Some(handler) = handler else {
-        return Some(Outcome::Failed {
+        return Verdict::Record(Outcome::Failed {
             error: json!({"type": "UnknownKind", "message": format!("no handler registered for kind {:?}", ctx.kind),
                           "retryable": false, "attempt": ctx.attempt}),
             error_type: "UnknownKind".into(),
@@ -673,7 +737,10 @@ async fn execute(
     };
     let reason = ctx.cancel_reason();
     if reason == Some(CancelReason::LeaseLost) {
-        return None;
+        return match res {
+            Ok(Ok(v)) => Verdict::LateSuccess(v),
+            _ => Verdict::Nothing,
+        };
     }
     let res = match res {
         Ok(r) => r,
@@ -688,7 +755,7 @@ async fn execute(
         }
     };
     let elapsed_ms = started.elapsed().as_millis() as u64;
-    Some(match (res, reason) {
+    Verdict::Record(match (res, reason) {
         (Ok(v), _) => {
             debug!(elapsed_ms, "attempt succeeded");
             Outcome::Succeeded(v)
@@ -720,6 +787,81 @@ async fn execute(
             }
         }
     })
+}
+
+/// Offers a success that came after the lease was lost: the queue accepts it when no
+/// later attempt has started, and audits it either way (`store::late_success`), so a
+/// worker frozen past its lease neither throws away work that succeeded nor lets it
+/// vanish without a trace. Retried like a completion while Postgres is unreachable
+/// (a lost lease often means it was). True when accepted.
+async fn record_late_success(
+    pool: &PgPool,
+    opts: &WorkerOptions,
+    activity_id: Uuid,
+    attempt: i32,
+    result: &serde_json::Value,
+) -> bool {
+    let give_up = Instant::now() + opts.lease * 2;
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let write = async {
+            let mut tx = pool.begin().await?;
+            let late = store::late_success(&mut *tx, activity_id, attempt, opts.id, result).await?;
+            if let Some(run) = late
+                .as_ref()
+                .filter(|l| l.accepted)
+                .and_then(|l| l.workflow_run_id)
+            {
+                let mut sp = sqlx::Connection::begin(&mut *tx).await?;
+                match crate::workflow::advance_finished(
+                    pool,
+                    &mut sp,
+                    &[run],
+                    opts.digests.0.as_ref(),
+                )
+                .await
+                {
+                    Ok(_) => sp.commit().await?,
+                    Err(e) => {
+                        warn!(error = %e, "could not advance the workflow run; the sweeper will");
+                        sp.rollback().await?;
+                    }
+                }
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(late)
+        };
+        let budget = give_up
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        let res = tokio::time::timeout(budget, write)
+            .await
+            .unwrap_or_else(|_| Err(timed_out("recording a late success", budget)));
+        match res {
+            Ok(Some(l)) if l.accepted => {
+                info!(%activity_id, attempt, status_then = %l.status, "lease lost, but the attempt succeeded and no later attempt started: success recorded");
+                return true;
+            }
+            Ok(Some(l)) => {
+                warn!(%activity_id, attempt, status = %l.status, current_attempt = l.attempt,
+                      "lease lost and the activity moved on: the late success is refused (audited)");
+                return false;
+            }
+            Ok(None) => {
+                warn!("lease lost and the activity is gone: late success not recorded");
+                return false;
+            }
+            Err(e) if Instant::now() < give_up => {
+                warn!(dependency = "postgres", error = %e, "recording a late success failed; retrying");
+                tokio::time::sleep(jitter(delay, 0.2)).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                warn!(error = %e, "could not record a late success within twice the lease");
+                return false;
+            }
+        }
+    }
 }
 
 fn error_json(e: &HandlerError, attempt: i32) -> serde_json::Value {
@@ -859,6 +1001,15 @@ async fn record(
                     for c in buf.iter().filter(|c| !ids.contains(&c.id)) {
                         warn!(activity_id = %c.id, attempt = c.attempt,
                               "result refused: the attempt no longer holds its lease");
+                        // A success that lost the race with its lease is still offered:
+                        // accepted if no later attempt started, audited either way.
+                        if let Outcome::Succeeded(v) = &c.outcome {
+                            if record_late_success(&pool, &opts, c.id, c.attempt, v).await {
+                                counters
+                                    .completed
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
                     }
                 }
                 let runs: Vec<Uuid> = rows

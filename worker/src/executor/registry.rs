@@ -17,7 +17,9 @@ pub enum CancelReason {
     /// A user cancelled the activity or its workflow run.
     Requested,
     /// The worker no longer holds the lease (rescued, or Postgres unreachable longer
-    /// than the lease): stop, clean up and record nothing.
+    /// than the lease): stop, clean up and record nothing, except a success the
+    /// handler still returns, which is offered as a late success (accepted only while
+    /// no later attempt has started).
     LeaseLost,
     /// Hard phase of a worker shutdown: stop, clean up; the attempt is released
     /// without counting as a failure.
@@ -42,6 +44,33 @@ pub struct ActivityContext {
     reason: Arc<OnceLock<CancelReason>>,
     details: Arc<Mutex<Option<Value>>>,
     lease_end: Arc<Mutex<Option<Instant>>>,
+    /// Asks the database whether the lease is still held (installed by the executor).
+    lease_probe: Option<Arc<dyn LeaseProbe>>,
+}
+
+/// Asks the database (by its own `now()`) whether an attempt still holds its lease.
+#[async_trait]
+pub trait LeaseProbe: Send + Sync + 'static {
+    /// `Ok(true)` when `worker_id` holds the running attempt's lease for at least
+    /// `margin` more, by the database's clock.
+    async fn holds(
+        &self,
+        activity_id: Uuid,
+        attempt: i32,
+        worker_id: Uuid,
+        margin: Duration,
+    ) -> Result<bool, sqlx::Error>;
+}
+
+/// What [`ActivityContext::confirm_lease`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseCheck {
+    /// Held, with the margin to spare.
+    Held,
+    /// Gone, or ending within the margin: start nothing new.
+    Lost,
+    /// The database could not be asked (the error text).
+    Unknown(String),
 }
 
 impl fmt::Debug for ActivityContext {
@@ -78,6 +107,36 @@ impl ActivityContext {
             reason: Arc::default(),
             details: Arc::default(),
             lease_end: Arc::default(),
+            lease_probe: None,
+        }
+    }
+
+    /// Installs the database check of [`Self::confirm_lease`] (the executor does, for
+    /// every attempt it claims).
+    pub fn with_lease_probe(mut self, probe: Arc<dyn LeaseProbe>) -> Self {
+        self.lease_probe = Some(probe);
+        self
+    }
+
+    /// Whether the attempt still holds its lease with `margin` to spare, asked right
+    /// before an irreversible step (a container start): first this worker's own count
+    /// of the lease (a worker frozen past its lease fails it on waking, before any
+    /// round trip), then the database, fenced on attempt and owner and judged by its
+    /// `now()`. Without a probe (a context built by hand) only the first applies.
+    pub async fn confirm_lease(&self, margin: Duration) -> LeaseCheck {
+        if self.lease_left().is_some_and(|left| left <= margin) {
+            return LeaseCheck::Lost;
+        }
+        let Some(probe) = &self.lease_probe else {
+            return LeaseCheck::Held;
+        };
+        match probe
+            .holds(self.activity_id, self.attempt, self.worker_id, margin)
+            .await
+        {
+            Ok(true) => LeaseCheck::Held,
+            Ok(false) => LeaseCheck::Lost,
+            Err(e) => LeaseCheck::Unknown(e.to_string()),
         }
     }
 

@@ -454,3 +454,89 @@ pub async fn release_and_stop(pool: &PgPool, id: Uuid) -> Result<u64, sqlx::Erro
     tx.commit().await?;
     Ok(released)
 }
+
+/// Whether `worker_id` still holds the lease of the running attempt with at least
+/// `margin_ms` left, by the database's clock (checked right before a container start).
+pub async fn lease_held(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    attempt: i32,
+    worker_id: Uuid,
+    margin_ms: i64,
+) -> Result<bool, sqlx::Error> {
+    let held: Option<bool> = sqlx::query_scalar(
+        "SELECT (status = 'running' AND attempt = $2 AND lease_owner = $3
+                 AND lease_expires_at > now() + make_interval(secs => $4 / 1000.0)) IS TRUE
+           FROM highway.activities WHERE id = $1",
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(worker_id)
+    .bind(margin_ms as f64)
+    .fetch_optional(db)
+    .await?;
+    Ok(held.unwrap_or(false))
+}
+
+/// The fate of a success reported after its attempt lost the lease.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LateSuccess {
+    /// Recorded as the activity's result.
+    pub accepted: bool,
+    /// The row's status and attempt when the result arrived.
+    pub status: String,
+    pub attempt: i32,
+    pub workflow_run_id: Option<Uuid>,
+}
+
+// The success of an attempt whose lease was lost (a worker frozen past it) is still the
+// activity's result as long as no later attempt has started: the row is at the same
+// attempt, either still `running` under this worker (the rescuer has not come by) or
+// `scheduled` by the rescuer for a retry no one has claimed yet, and no cancellation was
+// asked for (a cancel wins over a late success, as in `COMPLETE`). Terminal rows stay as
+// they are. Either way the audit log gets the late result, with what happened to it.
+const LATE_SUCCESS: &str = r#"
+WITH cur AS (
+    SELECT id, status, attempt, tenant_id, workflow_run_id
+      FROM highway.activities WHERE id = $1 FOR UPDATE
+),
+acc AS (
+    UPDATE highway.activities a
+       SET status = 'succeeded', result = $3, error = NULL, lease_owner = NULL,
+           lease_expires_at = NULL, finished_at = now()
+     WHERE a.id = $1 AND a.attempt = $2 AND a.cancel_requested_at IS NULL
+       AND (a.status = 'scheduled' OR (a.status = 'running' AND a.lease_owner = $4))
+    RETURNING a.id
+),
+aud AS (
+    INSERT INTO highway.audit_log
+        (tenant_id, actor, action, target, activity_id, workflow_run_id, outcome, details)
+    SELECT cur.tenant_id, 'worker:' || $4::text, 'activity.late_success', cur.id::text, cur.id,
+           cur.workflow_run_id,
+           CASE WHEN EXISTS (SELECT 1 FROM acc) THEN 'accepted' ELSE 'refused' END,
+           jsonb_build_object('attempt', $2, 'status_then', cur.status,
+                              'attempt_then', cur.attempt)
+      FROM cur
+)
+SELECT EXISTS (SELECT 1 FROM acc) AS accepted, cur.status, cur.attempt, cur.workflow_run_id
+  FROM cur
+"#;
+
+/// Records the success of attempt `attempt` that `worker_id` reports after losing its
+/// lease: accepted when no later attempt has started (see `LATE_SUCCESS`), refused
+/// otherwise; audited either way. `None` when the activity no longer exists.
+pub async fn late_success(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    attempt: i32,
+    worker_id: Uuid,
+    result: &Value,
+) -> Result<Option<LateSuccess>, sqlx::Error> {
+    sqlx::query_as(LATE_SUCCESS)
+        .bind(id)
+        .bind(attempt)
+        .bind(result)
+        .bind(worker_id)
+        .fetch_optional(db)
+        .await
+}
