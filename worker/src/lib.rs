@@ -11,6 +11,7 @@
 //! - [`metrics`]: the process's Prometheus recorder and its record calls (a leaf).
 //! - [`supervisor`]: signals, the two shutdown phases, and wiring of the services.
 //! - [`cli`]: the `highway` commands (thin; they call the library).
+//! - [`fuzzing`]: the fuzz entry points (`fuzz/` targets and the corpus replay test).
 //!
 //! Dependencies flow one way: `cli`/`api` → `executor` → `queue`/`docker` → `db`/`config`.
 
@@ -20,6 +21,7 @@ pub mod config;
 pub mod db;
 pub mod docker;
 pub mod executor;
+pub mod fuzzing;
 pub mod health;
 pub mod metrics;
 pub mod queue;
