@@ -31,6 +31,8 @@
 //!   as Prometheus text (types, names, histograms, label allow-list).
 //! - `registry`: private registries (htpasswd + TLS): stored and `config.json`
 //!   credentials, one unauthorized failure without them, the credentials canary.
+//! - `model`: the queue's state machine (claim, heartbeat, complete, cancel, lease
+//!   expiry, rescue across several workers) against an in-memory model, fencing above all.
 //! - `artifacts_db`: artifacts stored in Postgres across hosts, corruption, the fs store;
 //!   the snapshot cache per Docker daemon.
 
@@ -47,6 +49,7 @@ mod gc;
 mod health_ready;
 mod many_hosts;
 mod metrics;
+mod model;
 mod process;
 mod queue;
 mod registry;
