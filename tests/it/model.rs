@@ -45,6 +45,9 @@ enum Target {
     Held(Index),
     /// Any activity at its current attempt, whoever owns it.
     Current(Index),
+    /// The attempt before the worker's latest claim of that activity: a result of an
+    /// earlier attempt arriving while the same worker runs a newer one.
+    Earlier,
 }
 
 #[derive(Debug, Clone)]
@@ -58,22 +61,43 @@ enum Op {
     Rescue,
 }
 
+fn enqueue() -> impl Strategy<Value = Op> {
+    (1u32..4).prop_map(|max_attempts| Op::Enqueue { max_attempts })
+}
+
+/// A case: one or two activities first (few activities, so attempts get claimed again
+/// and again), then random steps.
+fn case() -> impl Strategy<Value = Vec<Op>> {
+    (
+        prop::collection::vec(enqueue(), 1..3),
+        prop::collection::vec(op(), 1..40),
+    )
+        .prop_map(|(mut first, rest)| {
+            first.extend(rest);
+            first
+        })
+}
+
 fn op() -> impl Strategy<Value = Op> {
-    let worker = 0..WORKERS;
+    // Worker 0 most often: the same worker then claims an activity again, and its
+    // earlier attempts become stale while it holds a newer one.
+    let worker = prop_oneof![3 => Just(0), 1 => 1..WORKERS];
     let target = prop_oneof![
         3 => Just(Target::Latest),
         2 => any::<Index>().prop_map(Target::Held),
         1 => any::<Index>().prop_map(Target::Current),
+        2 => Just(Target::Earlier),
     ];
+    // Weighted to outcomes that schedule another attempt.
     let how = prop_oneof![
-        Just(How::Succeed),
-        Just(How::FailRetryable),
-        Just(How::FailFatal),
-        Just(How::Release),
-        Just(How::Infra),
+        1 => Just(How::Succeed),
+        2 => Just(How::FailRetryable),
+        1 => Just(How::FailFatal),
+        2 => Just(How::Release),
+        1 => Just(How::Infra),
     ];
     prop_oneof![
-        3 => (1u32..4).prop_map(|max_attempts| Op::Enqueue { max_attempts }),
+        1 => enqueue(),
         4 => worker.clone().prop_map(|worker| Op::Claim { worker }),
         2 => (worker.clone(), target.clone()).prop_map(|(worker, target)| Op::Heartbeat { worker, target }),
         3 => (worker, target, how).prop_map(|(worker, target, how)| Op::Complete { worker, target, how }),
@@ -116,6 +140,10 @@ impl Model {
     fn target(&self, worker: usize, t: Target) -> Option<(usize, i32)> {
         match t {
             Target::Latest => self.held[worker].last().copied(),
+            Target::Earlier => self.held[worker]
+                .last()
+                .filter(|(_, attempt)| *attempt > 1)
+                .map(|&(a, attempt)| (a, attempt - 1)),
             Target::Held(i) if !self.held[worker].is_empty() => {
                 Some(self.held[worker][i.index(self.held[worker].len())])
             }
@@ -398,11 +426,11 @@ fn queue_state_machine_agrees_with_the_model() {
     let db = rt.block_on(TestDb::new());
     let client = db.client();
     let mut runner = TestRunner::new(Config {
-        cases: 32,
+        cases: 48,
         ..Config::default()
     });
     let seen = Seen::default();
-    let result = runner.run(&prop::collection::vec(op(), 1..40), |ops| {
+    let result = runner.run(&case(), |ops| {
         rt.block_on(run_case(&db.pool, &client, ops, &seen))
     });
     if let Err(e) = result {
