@@ -52,12 +52,27 @@ enum Target {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Enqueue { max_attempts: u32 },
-    Claim { worker: usize },
-    Heartbeat { worker: usize, target: Target },
-    Complete { worker: usize, target: Target, how: How },
-    Cancel { pick: Index },
-    Expire { pick: Index },
+    Enqueue {
+        max_attempts: u32,
+    },
+    Claim {
+        worker: usize,
+    },
+    Heartbeat {
+        worker: usize,
+        target: Target,
+    },
+    Complete {
+        worker: usize,
+        target: Target,
+        how: How,
+    },
+    Cancel {
+        pick: Index,
+    },
+    Expire {
+        pick: Index,
+    },
     Rescue,
 }
 
@@ -286,10 +301,16 @@ async fn run_case(
                 let got = store::claim(pool, workers[worker], &queue, &kinds, 1, None, LEASE_MS)
                     .await
                     .unwrap();
-                let waiting: Vec<usize> =
-                    (0..m.acts.len()).filter(|&i| m.acts[i].status == "scheduled").collect();
+                let waiting: Vec<usize> = (0..m.acts.len())
+                    .filter(|&i| m.acts[i].status == "scheduled")
+                    .collect();
                 if waiting.is_empty() {
-                    prop_assert!(got.is_empty(), "step {}: claimed {:?} with nothing waiting", step, got);
+                    prop_assert!(
+                        got.is_empty(),
+                        "step {}: claimed {:?} with nothing waiting",
+                        step,
+                        got
+                    );
                     continue;
                 }
                 prop_assert_eq!(got.len(), 1, "step {}: one claim expected", step);
@@ -310,7 +331,9 @@ async fn run_case(
                 m.held[worker].push((i, a.attempt));
             }
             Op::Heartbeat { worker, target } => {
-                let Some((i, attempt)) = m.target(worker, target) else { continue };
+                let Some((i, attempt)) = m.target(worker, target) else {
+                    continue;
+                };
                 let id = m.acts[i].id;
                 let before = row(pool, id).await;
                 let beat = vec![(id, attempt, Some(json!({"step": step})))];
@@ -322,11 +345,22 @@ async fn run_case(
                 } else {
                     bump(&seen.fenced_out);
                     prop_assert!(got.is_empty(), "step {}: a stale heartbeat was taken", step);
-                    prop_assert_eq!(row(pool, id).await, before, "step {}: a stale heartbeat wrote", step);
+                    prop_assert_eq!(
+                        row(pool, id).await,
+                        before,
+                        "step {}: a stale heartbeat wrote",
+                        step
+                    );
                 }
             }
-            Op::Complete { worker, target, how } => {
-                let Some((i, attempt)) = m.target(worker, target) else { continue };
+            Op::Complete {
+                worker,
+                target,
+                how,
+            } => {
+                let Some((i, attempt)) = m.target(worker, target) else {
+                    continue;
+                };
                 let id = m.acts[i].id;
                 let before = row(pool, id).await;
                 let item = Completion {
@@ -349,7 +383,12 @@ async fn run_case(
                 } else {
                     bump(&seen.fenced_out);
                     prop_assert!(got.is_empty(), "step {}: a stale result was taken", step);
-                    prop_assert_eq!(row(pool, id).await, before, "step {}: a stale result wrote", step);
+                    prop_assert_eq!(
+                        row(pool, id).await,
+                        before,
+                        "step {}: a stale result wrote",
+                        step
+                    );
                 }
             }
             Op::Cancel { pick } => {
@@ -394,7 +433,11 @@ async fn run_case(
             Op::Rescue => {
                 let (counts, _) = store::rescue(pool, 1000).await.unwrap();
                 let mut want = RescueCounts::default();
-                for a in m.acts.iter_mut().filter(|a| a.status == "running" && !a.lease_live) {
+                for a in m
+                    .acts
+                    .iter_mut()
+                    .filter(|a| a.status == "running" && !a.lease_live)
+                {
                     a.status = if a.cancel_requested {
                         want.cancelled += 1;
                         "cancelled"
@@ -407,7 +450,8 @@ async fn run_case(
                     };
                     a.owner = None;
                 }
-                seen.rescued.set(seen.rescued.get() + want.retried + want.timed_out + want.cancelled);
+                seen.rescued
+                    .set(seen.rescued.get() + want.retried + want.timed_out + want.cancelled);
                 prop_assert_eq!(counts, want, "step {}: rescue counts", step);
             }
         }
@@ -436,8 +480,14 @@ fn queue_state_machine_agrees_with_the_model() {
     if let Err(e) = result {
         panic!("{e}");
     }
-    let (fenced, rescued, recorded) = (seen.fenced_out.get(), seen.rescued.get(), seen.recorded.get());
-    eprintln!("model: {recorded} results recorded, {fenced} stale writes fenced out, {rescued} rescued");
+    let (fenced, rescued, recorded) = (
+        seen.fenced_out.get(),
+        seen.rescued.get(),
+        seen.recorded.get(),
+    );
+    eprintln!(
+        "model: {recorded} results recorded, {fenced} stale writes fenced out, {rescued} rescued"
+    );
     assert!(
         fenced > 0 && rescued > 0 && recorded > 0,
         "the cases never reached a fenced write ({fenced}), a rescue ({rescued}) or a result ({recorded})"

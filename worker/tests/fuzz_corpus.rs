@@ -12,7 +12,9 @@ const PER_INPUT: Duration = Duration::from_secs(10);
 const PEAK_RSS_KIB: u64 = 1024 * 1024;
 
 fn corpus(target: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
         .map(|e| e.expect("corpus entry").path())
@@ -66,7 +68,10 @@ fn docker_params_corpus() {
 
 #[test]
 fn workflow_definition_corpus() {
-    replay("workflow_definition", highway_worker::fuzzing::workflow_definition);
+    replay(
+        "workflow_definition",
+        highway_worker::fuzzing::workflow_definition,
+    );
 }
 
 #[test]

@@ -159,7 +159,11 @@ fn listed_and_facts() -> impl Strategy<Value = (Listed, Facts)> {
             any::<bool>(),
             prop::option::of(any::<bool>()),
         ),
-        (prop::option::of(any::<bool>()), mostly(false), mostly(false)),
+        (
+            prop::option::of(any::<bool>()),
+            mostly(false),
+            mostly(false),
+        ),
     )
         .prop_map(
             |(
@@ -186,15 +190,18 @@ fn listed_and_facts() -> impl Strategy<Value = (Listed, Facts)> {
 }
 
 fn gc_options() -> impl Strategy<Value = GcOptions> {
-    (prop::sample::select(vec![0u64, 150, 300]), 0u64..30, 0u64..60).prop_map(
-        |(max_age, stop_grace, takeover)| GcOptions {
+    (
+        prop::sample::select(vec![0u64, 150, 300]),
+        0u64..30,
+        0u64..60,
+    )
+        .prop_map(|(max_age, stop_grace, takeover)| GcOptions {
             creation_grace: Duration::from_secs(60),
             max_age: Duration::from_secs(max_age),
             stop_grace: Duration::from_secs(stop_grace),
             cancel_takeover: Duration::from_secs(takeover),
             ..GcOptions::default()
-        },
-    )
+        })
 }
 
 proptest! {
@@ -279,7 +286,8 @@ impl Cron {
 fn cron_strategy() -> impl Strategy<Value = Cron> {
     let minute = prop_oneof![
         Just(Field::Star),
-        prop::collection::btree_set(0u32..60, 1..4).prop_map(|s| Field::Values(s.into_iter().collect())),
+        prop::collection::btree_set(0u32..60, 1..4)
+            .prop_map(|s| Field::Values(s.into_iter().collect())),
         prop::sample::select(vec![5u32, 7, 15, 20, 30]).prop_map(Field::Every),
         (0u32..50).prop_map(|a| Field::Range(a, a + 9)),
     ];
@@ -343,12 +351,8 @@ fn brute_force(c: &Cron, tz: Tz, from: DateTime<Utc>, until: DateTime<Utc>) -> V
     let interval = c.hour.is_star();
     let wall = |t: DateTime<Utc>| t.with_timezone(&tz).naive_local();
     let mut out = Vec::new();
-    let mut t = from
-        .with_second(0)
-        .unwrap()
-        .with_nanosecond(0)
-        .unwrap()
-        + ChronoDuration::minutes(1);
+    let mut t =
+        from.with_second(0).unwrap().with_nanosecond(0).unwrap() + ChronoDuration::minutes(1);
     while t <= until {
         let w = wall(t);
         let first_of_wall = tz
@@ -411,7 +415,10 @@ fn cron_next_fire_agrees_with_minute_enumeration_across_dst() {
             let got = c.fires_between(from, until, 10_000);
             // Count the cases that exercise the DST rules, so the test shows it did.
             let wall = |t: &DateTime<Utc>| t.with_timezone(tz).naive_local();
-            if expected.iter().any(|t| !matches!(tz.from_local_datetime(&wall(t)), LocalResult::Single(_))) {
+            if expected
+                .iter()
+                .any(|t| !matches!(tz.from_local_datetime(&wall(t)), LocalResult::Single(_)))
+            {
                 overlap_cases.set(overlap_cases.get() + 1);
             }
             if !cron.hour.is_star() && expected.iter().any(|t| !cron.matches(wall(t))) {
@@ -433,7 +440,9 @@ fn cron_next_fire_agrees_with_minute_enumeration_across_dst() {
         overlap_cases > 0 && gap_cases > 0,
         "cases with fires in an overlap: {overlap_cases}, shifted past a gap: {gap_cases}"
     );
-    eprintln!("cron cases with fires in an overlap: {overlap_cases}, shifted past a gap: {gap_cases}");
+    eprintln!(
+        "cron cases with fires in an overlap: {overlap_cases}, shifted past a gap: {gap_cases}"
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -471,9 +480,7 @@ fn tree_strategy() -> impl Strategy<Value = Tree> {
         for (at, n, data) in files {
             let d = &dir_paths[at.index(dir_paths.len())];
             let p = if d.is_empty() { n } else { format!("{d}/{n}") };
-            if !tree.contains_key(&p) {
-                tree.insert(p, Some(data));
-            }
+            tree.entry(p).or_insert(Some(data));
         }
         tree
     })
