@@ -133,7 +133,9 @@ pub fn tar_input(data: &[u8]) {
         owner: None,
         data: InputData::ArtifactTar(path),
     }];
-    let Ok(out) = tario::build_input_tar_bytes(&inputs, &TAR_LIMITS) else {
+    let built = tario::build_input_tar_bytes(&inputs, &TAR_LIMITS);
+    std::fs::remove_file(artifact_file()).ok();
+    let Ok(out) = built else {
         return;
     };
     tario::for_each_entry(&out[..], |m, _| {
@@ -147,7 +149,8 @@ pub fn tar_input(data: &[u8]) {
     .expect("the input tar this module built reads back");
 }
 
-/// One scratch file per process (and thread) for the artifact tar input.
+/// One scratch file per process (and thread) for the artifact tar input, removed after
+/// each input.
 fn artifact_file() -> PathBuf {
     let dir = std::env::temp_dir();
     let thread = format!("{:?}", std::thread::current().id());
