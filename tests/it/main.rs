@@ -37,6 +37,8 @@
 //!   taking over a dead attempt's exited container, a frozen worker's late success, the
 //!   daemon's exit code and finish time on the tracking row, no start after the lease,
 //!   a removal record lost to a Postgres crash.
+//! - `model`: the queue's state machine (claim, heartbeat, complete, cancel, lease
+//!   expiry, rescue across several workers) against an in-memory model, fencing above all.
 //! - `artifacts_db`: artifacts stored in Postgres across hosts, corruption, the fs store;
 //!   the snapshot cache per Docker daemon.
 //! - `ui`: the web console in headless Chromium over WebDriver: login, live activity
@@ -56,6 +58,7 @@ mod gc;
 mod health_ready;
 mod many_hosts;
 mod metrics;
+mod model;
 mod process;
 mod queue;
 mod registry;

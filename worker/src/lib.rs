@@ -14,6 +14,7 @@
 //! - [`signals`]: SIGTERM/SIGINT → a cancelled token for single-phase services (a leaf).
 //! - [`supervisor`]: signals, the two shutdown phases, and wiring of the services.
 //! - [`cli`]: the `highway` commands (thin; they call the library).
+//! - [`fuzzing`]: the fuzz entry points (`fuzz/` targets and the corpus replay test).
 //!
 //! Dependencies flow one way: `cli`/`api` → `executor` → `queue`/`docker` → `db`/`config`.
 
@@ -23,6 +24,7 @@ pub mod config;
 pub mod db;
 pub mod docker;
 pub mod executor;
+pub mod fuzzing;
 pub mod health;
 pub mod metrics;
 pub mod periodic;
