@@ -26,7 +26,10 @@ use std::time::Duration;
 /// decides. Written from the collector's documentation: grace for untracked containers,
 /// protection and retention, `max_age`, then ownership by activity and attempt, the live
 /// lease (with the cancel takeover), detached containers (TTL, run end, success), and
-/// last the finished or taken-back attempt.
+/// last the finished or taken-back attempt. A container that exited by itself (no stop
+/// of ours may have reached it) is kept while its result can still be taken over: an
+/// older attempt's while the current attempt holds its lease, the current attempt's while
+/// the activity is not over.
 fn reference_judge(c: &Listed, f: &Facts, o: &GcOptions) -> Verdict {
     let terminal = |s: &str| matches!(s, "succeeded" | "failed" | "cancelled" | "timed_out");
     let young = !f.tracked && c.age < o.creation_grace;
@@ -50,8 +53,14 @@ fn reference_judge(c: &Listed, f: &Facts, o: &GcOptions) -> Verdict {
         return v;
     }
     let (status, current, mine) = owner.expect("ruled out above");
+    let own_exit = c.exited && f.stop_sent != Some(true);
     if mine < current {
-        return Verdict::Remove(Reason::OlderAttempt);
+        let current_live = status == "running" && f.lease_live == Some(true);
+        return if own_exit && current_live {
+            Verdict::Live
+        } else {
+            Verdict::Remove(Reason::OlderAttempt)
+        };
     }
     if mine > current {
         return Verdict::Unsure;
@@ -96,6 +105,8 @@ fn reference_judge(c: &Listed, f: &Facts, o: &GcOptions) -> Verdict {
     }
     if terminal(status) {
         Verdict::Remove(Reason::Terminal)
+    } else if own_exit {
+        Verdict::Live
     } else {
         Verdict::Remove(Reason::LeaseExpired)
     }
@@ -120,14 +131,14 @@ fn listed_and_facts() -> impl Strategy<Value = (Listed, Facts)> {
     let listed = (
         0u64..400,
         prop::option::of(1i32..3),
-        any::<bool>(),
+        (any::<bool>(), any::<bool>()),
         prop::option::of(any::<u128>()),
         prop::option::of(prop_oneof![
             (0u64..400).prop_map(|t| t.to_string()),
             Just("junk".to_string())
         ]),
     )
-        .prop_map(|(age, attempt, detached, run, ttl)| {
+        .prop_map(|(age, attempt, (detached, exited), run, ttl)| {
             let mut l = HashMap::new();
             if let Some(t) = ttl {
                 l.insert(labels::TTL_SECONDS.to_string(), t);
@@ -137,7 +148,8 @@ fn listed_and_facts() -> impl Strategy<Value = (Listed, Facts)> {
                 name: "n".into(),
                 image: "alpine".into(),
                 age: Duration::from_secs(age),
-                running: true,
+                running: !exited,
+                exited,
                 activity_id: Some(uuid::Uuid::nil()),
                 run_id: run.map(uuid::Uuid::from_u128),
                 attempt,
@@ -163,13 +175,14 @@ fn listed_and_facts() -> impl Strategy<Value = (Listed, Facts)> {
             prop::option::of(any::<bool>()),
             mostly(false),
             mostly(false),
+            prop::option::of(any::<bool>()),
         ),
     )
         .prop_map(
             |(
                 (activity_status, activity_attempt, lease_live, cancel_age_s),
                 (run_status, run_exists, tracked, detached),
-                (detach_expired, protected, protection_passed),
+                (detach_expired, protected, protection_passed, stop_sent),
             )| Facts {
                 container_id: "c1".into(),
                 activity_status,
@@ -184,6 +197,7 @@ fn listed_and_facts() -> impl Strategy<Value = (Listed, Facts)> {
                 detach_expired,
                 protected,
                 protection_passed,
+                stop_sent,
             },
         );
     (listed, facts)
