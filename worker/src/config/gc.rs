@@ -1,9 +1,9 @@
 //! Settings of the Docker garbage collector (`HIGHWAY_GC_*`): whether a worker runs one,
 //! its period, creation grace, maximum age, per-pass cap, dry-run and cancel takeover.
 //! Flattened into `WorkerConfig` and used by `highway gc`; turned into
-//! [`crate::docker::gc::GcOptions`] (defaults named there) by [`GcConfig::options`].
+//! [`GcOptions`] (defaults named there; the collector's own settings) by
+//! [`GcConfig::options`].
 
-use crate::docker::gc::GcOptions;
 use highway_workflows::HumanDuration;
 use std::time::Duration;
 
@@ -86,22 +86,108 @@ impl GcConfig {
             ..GcOptions::default()
         };
         o.validate().map_err(|e| super::ConfigError {
-            name: match &e {
-                crate::docker::gc::Error::InvalidOptions { name: "period", .. } => {
-                    "HIGHWAY_GC_PERIOD"
-                }
-                crate::docker::gc::Error::InvalidOptions {
-                    name: "max_per_pass",
-                    ..
-                } => "HIGHWAY_GC_MAX_PER_PASS",
-                crate::docker::gc::Error::InvalidOptions {
-                    name: "max_age", ..
-                } => "HIGHWAY_GC_MAX_AGE",
+            name: match e.name {
+                "period" => "HIGHWAY_GC_PERIOD",
+                "max_per_pass" => "HIGHWAY_GC_MAX_PER_PASS",
+                "max_age" => "HIGHWAY_GC_MAX_AGE",
                 _ => "HIGHWAY_GC_*",
             },
             reason: e.to_string(),
         })?;
         Ok(o)
+    }
+}
+
+/// A collector option out of range, named as the field of [`GcOptions`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid garbage collector option {name}: {reason}")]
+pub struct InvalidGcOption {
+    pub name: &'static str,
+    pub reason: String,
+}
+
+/// Settings of a collector (`crate::docker::gc`). Defaults are the named constants
+/// below. Kept here, beside the flags that fill them, so that settings never import the
+/// collector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcOptions {
+    /// Time between two passes (jittered by up to 10%).
+    pub period: Duration,
+    /// A container younger than this (on the daemon's clock) with no tracking row is
+    /// never touched: its creator may not have recorded it yet. Tracked containers are
+    /// judged at once.
+    pub creation_grace: Duration,
+    /// Any container older than this is removed unless `gc_protected_until` is in the
+    /// future. `Duration::ZERO` disables the rule.
+    pub max_age: Duration,
+    /// Most removals per pass; the rest wait for the next pass.
+    pub max_per_pass: usize,
+    /// Judge and count, change nothing.
+    pub dry_run: bool,
+    /// SIGTERM → SIGKILL grace when the collector stops a running container.
+    pub stop_grace: Duration,
+    /// A live attempt whose cancellation was requested this long ago (plus the stop
+    /// grace) and whose container still exists: the collector finishes the cancel.
+    pub cancel_takeover: Duration,
+    /// Removals in flight at once.
+    pub concurrency: usize,
+    /// Deadline of each Postgres read (a blackholed connection must not hang a pass).
+    pub db_timeout: Duration,
+}
+
+impl GcOptions {
+    pub const DEFAULT_PERIOD: Duration = Duration::from_secs(30);
+    pub const DEFAULT_CREATION_GRACE: Duration = Duration::from_secs(60);
+    pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+    pub const DEFAULT_MAX_PER_PASS: usize = 100;
+    pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+    pub const DEFAULT_CANCEL_TAKEOVER: Duration = Duration::from_secs(30);
+    pub const DEFAULT_CONCURRENCY: usize = 4;
+    pub const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// Checks every option; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), InvalidGcOption> {
+        let bad = |name, reason: &str| {
+            Err(InvalidGcOption {
+                name,
+                reason: reason.into(),
+            })
+        };
+        if self.period < Duration::from_millis(100) {
+            return bad("period", "must be at least 100ms");
+        }
+        if self.max_per_pass == 0 {
+            return bad("max_per_pass", "must be at least 1");
+        }
+        if self.concurrency == 0 {
+            return bad("concurrency", "must be at least 1");
+        }
+        if !self.max_age.is_zero() && self.max_age <= self.creation_grace {
+            return bad(
+                "max_age",
+                "must exceed the creation grace (or be 0 to disable)",
+            );
+        }
+        if self.db_timeout < Duration::from_millis(100) {
+            return bad("db_timeout", "must be at least 100ms");
+        }
+        Ok(())
+    }
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        Self {
+            period: Self::DEFAULT_PERIOD,
+            creation_grace: Self::DEFAULT_CREATION_GRACE,
+            max_age: Self::DEFAULT_MAX_AGE,
+            max_per_pass: Self::DEFAULT_MAX_PER_PASS,
+            dry_run: false,
+            stop_grace: Self::DEFAULT_STOP_GRACE,
+            cancel_takeover: Self::DEFAULT_CANCEL_TAKEOVER,
+            concurrency: Self::DEFAULT_CONCURRENCY,
+            db_timeout: Self::DEFAULT_DB_TIMEOUT,
+        }
     }
 }
 

@@ -59,84 +59,13 @@ pub enum Error {
     InvalidOptions { name: &'static str, reason: String },
 }
 
-/// Settings of a collector. Defaults are the named constants below.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GcOptions {
-    /// Time between two passes (jittered by up to 10%).
-    pub period: Duration,
-    /// A container younger than this (on the daemon's clock) with no tracking row is
-    /// never touched: its creator may not have recorded it yet. Tracked containers are
-    /// judged at once.
-    pub creation_grace: Duration,
-    /// Any container older than this is removed unless `gc_protected_until` is in the
-    /// future. `Duration::ZERO` disables the rule.
-    pub max_age: Duration,
-    /// Most removals per pass; the rest wait for the next pass.
-    pub max_per_pass: usize,
-    /// Judge and count, change nothing.
-    pub dry_run: bool,
-    /// SIGTERM → SIGKILL grace when the collector stops a running container.
-    pub stop_grace: Duration,
-    /// A live attempt whose cancellation was requested this long ago (plus the stop
-    /// grace) and whose container still exists: the collector finishes the cancel.
-    pub cancel_takeover: Duration,
-    /// Removals in flight at once.
-    pub concurrency: usize,
-    /// Deadline of each Postgres read (a blackholed connection must not hang a pass).
-    pub db_timeout: Duration,
-}
+pub use crate::config::gc::{GcOptions, InvalidGcOption};
 
-impl GcOptions {
-    pub const DEFAULT_PERIOD: Duration = Duration::from_secs(30);
-    pub const DEFAULT_CREATION_GRACE: Duration = Duration::from_secs(60);
-    pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
-    pub const DEFAULT_MAX_PER_PASS: usize = 100;
-    pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
-    pub const DEFAULT_CANCEL_TAKEOVER: Duration = Duration::from_secs(30);
-    pub const DEFAULT_CONCURRENCY: usize = 4;
-    pub const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(10);
-
-    pub fn validate(&self) -> Result<(), Error> {
-        let bad = |name, reason: &str| {
-            Err(Error::InvalidOptions {
-                name,
-                reason: reason.into(),
-            })
-        };
-        if self.period < Duration::from_millis(100) {
-            return bad("period", "must be at least 100ms");
-        }
-        if self.max_per_pass == 0 {
-            return bad("max_per_pass", "must be at least 1");
-        }
-        if self.concurrency == 0 {
-            return bad("concurrency", "must be at least 1");
-        }
-        if !self.max_age.is_zero() && self.max_age <= self.creation_grace {
-            return bad(
-                "max_age",
-                "must exceed the creation grace (or be 0 to disable)",
-            );
-        }
-        if self.db_timeout < Duration::from_millis(100) {
-            return bad("db_timeout", "must be at least 100ms");
-        }
-        Ok(())
-    }
-}
-
-impl Default for GcOptions {
-    fn default() -> Self {
-        Self {
-            period: Self::DEFAULT_PERIOD,
-            creation_grace: Self::DEFAULT_CREATION_GRACE,
-            max_age: Self::DEFAULT_MAX_AGE,
-            max_per_pass: Self::DEFAULT_MAX_PER_PASS,
-            dry_run: false,
-            stop_grace: Self::DEFAULT_STOP_GRACE,
-            cancel_takeover: Self::DEFAULT_CANCEL_TAKEOVER,
-            concurrency: Self::DEFAULT_CONCURRENCY,
-            db_timeout: Self::DEFAULT_DB_TIMEOUT,
+impl From<InvalidGcOption> for Error {
+    fn from(e: InvalidGcOption) -> Self {
+        Error::InvalidOptions {
+            name: e.name,
+            reason: e.reason,
         }
     }
 }
@@ -1144,7 +1073,7 @@ mod tests {
         };
         assert!(matches!(
             o.validate(),
-            Err(Error::InvalidOptions {
+            Err(InvalidGcOption {
                 name: "max_per_pass",
                 ..
             })
