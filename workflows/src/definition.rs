@@ -213,6 +213,13 @@ impl WorkflowDefinition {
                         "a step cannot depend on itself",
                     ));
                 }
+                // Refused rather than taken for a cycle (the ordering counts each entry).
+                if s.depends_on[..j].contains(d) {
+                    return Err(FieldError::new(
+                        format!("steps[{i}].depends_on[{j}]"),
+                        format!("step {d:?} is listed twice"),
+                    ));
+                }
             }
         }
         self.check_acyclic()?;
@@ -481,6 +488,9 @@ mod tests {
         assert_eq!(e.field, "steps[0].depends_on[0]");
         let e = def(json!([step("a", &["b"]), step("b", &["a"])])).unwrap_err();
         assert!(e.reason.contains("cycle"), "{e}");
+        let e = def(json!([step("a", &[]), step("b", &["a", "a"])])).unwrap_err();
+        assert_eq!(e.field, "steps[1].depends_on[1]");
+        assert!(e.reason.contains("listed twice"), "{e}");
         let mut c = step("c", &["a"]);
         c["inputs_from"] = json!([{"from": "b:/out", "path": "/in"}]);
         let e = def(json!([step("a", &[]), step("b", &[]), c])).unwrap_err();
