@@ -660,15 +660,15 @@ impl Attempt<'_> {
         let mut outputs_refused: Option<String> = None;
         if !params.outputs.is_empty() && !matches!(ending, Ending::Cancelled(_)) {
             ctx.record_heartbeat(json!({"phase": "collecting_outputs", "container_id": id}));
-            match self.collect_outputs(&id, &params.outputs).await {
-                Ok(o) => outputs = o,
-                Err(e) if e.is_content_error() => {
-                    let msg = self.redactor().redact(&e.to_string());
-                    warnings.push(format!("outputs refused: {msg}"));
-                    outputs_refused = Some(msg);
+            match self.outputs_or_refusal(&id, &params.outputs).await {
+                Ok((o, refused)) => {
+                    outputs = o;
+                    if let Some(msg) = refused {
+                        warnings.push(format!("outputs refused: {msg}"));
+                        outputs_refused = Some(msg);
+                    }
                 }
-                Err(e) => {
-                    let msg = self.redactor().redact(&e.to_string());
+                Err(msg) => {
                     warnings.push(format!("outputs not collected: {msg}"));
                     outputs_refused = Some(msg);
                 }
@@ -856,18 +856,18 @@ impl Attempt<'_> {
         if !params.outputs.is_empty() {
             self.ctx
                 .record_heartbeat(json!({"phase": "collecting_outputs", "container_id": id}));
-            match self.collect_outputs(&id, &params.outputs).await {
-                Ok(o) => outputs = o,
-                Err(e) if e.is_content_error() => {
-                    let msg = self.redactor().redact(&e.to_string());
-                    warnings.push(format!("outputs refused: {msg}"));
-                    outputs_refused = Some(msg);
+            match self.outputs_or_refusal(&id, &params.outputs).await {
+                Ok((o, refused)) => {
+                    outputs = o;
+                    if let Some(msg) = refused {
+                        warnings.push(format!("outputs refused: {msg}"));
+                        outputs_refused = Some(msg);
+                    }
                 }
                 // The container went away while being read (its own worker woke and
                 // removed it): the result cannot be taken whole. Retried without
                 // burning an attempt; the next attempt runs afresh.
-                Err(e) => {
-                    let msg = self.redactor().redact(&e.to_string());
+                Err(msg) => {
                     return Err(HandlerError::infrastructure(
                         "PreviousAttemptLive",
                         format!("the outputs of the exited container of an older attempt could not be read: {msg}"),
@@ -1612,6 +1612,23 @@ impl Attempt<'_> {
                 tracing::warn!(error = %e, "inspect after exit failed");
                 (fallback, false, None)
             }
+        }
+    }
+
+    /// The declared outputs as the result takes them: the artifact (or none), and the
+    /// redacted reason when the archive rules refused its content. Any other failure is
+    /// the redacted message, for the caller to judge (a warning, or a retry).
+    async fn outputs_or_refusal(
+        &self,
+        id: &str,
+        paths: &[String],
+    ) -> Result<(Option<ArtifactRef>, Option<String>), String> {
+        match self.collect_outputs(id, paths).await {
+            Ok(o) => Ok((o, None)),
+            Err(e) if e.is_content_error() => {
+                Ok((None, Some(self.redactor().redact(&e.to_string()))))
+            }
+            Err(e) => Err(self.redactor().redact(&e.to_string())),
         }
     }
 

@@ -5,13 +5,12 @@
 use super::super::error::UiError;
 use super::super::session::Ui;
 use super::super::view::{self, activity_link, opt_time, run_link, state, time};
-use super::{given, instant, query};
+use super::{given, instant, one_of, query, uuid_filter};
 use crate::api::{store, AppState};
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use maud::{html, Markup};
 use serde::Deserialize;
-use uuid::Uuid;
 
 /// The activity states a filter may name.
 pub const STATES: &[&str] = &[
@@ -89,23 +88,8 @@ pub async fn list(
 
 /// The table and its pager.
 pub async fn fragment(st: &AppState, ui: &Ui, q: &ListQuery) -> Result<Markup, UiError> {
-    let status = given(&q.state);
-    if let Some(s) = &status {
-        if !STATES.contains(&s.as_str()) {
-            return Err(UiError::Invalid {
-                field: "state",
-                reason: format!("must be one of {}", STATES.join(", ")),
-            });
-        }
-    }
-    let before = given(&q.before)
-        .map(|b| {
-            Uuid::parse_str(&b).map_err(|_| UiError::Invalid {
-                field: "before",
-                reason: "must be an activity id".into(),
-            })
-        })
-        .transpose()?;
+    let status = one_of("state", &q.state, STATES)?;
+    let before = uuid_filter("before", &q.before, "an activity id")?;
     let f = store::ActivityPageFilter {
         tenant: ui
             .caller

@@ -4,13 +4,12 @@
 use super::super::error::UiError;
 use super::super::session::Ui;
 use super::super::view::{self, activity_link, run_link, state, time};
-use super::{given, query};
+use super::{given, query, uuid_filter};
 use crate::api::{store, AppState};
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use maud::html;
 use serde::Deserialize;
-use uuid::Uuid;
 
 const PAGE: i64 = 100;
 
@@ -20,17 +19,6 @@ pub struct ListQuery {
     pub activity: Option<String>,
     pub run: Option<String>,
     pub before: Option<String>,
-}
-
-fn uuid_filter(field: &'static str, v: &Option<String>) -> Result<Option<Uuid>, UiError> {
-    given(v)
-        .map(|s| {
-            Uuid::parse_str(&s).map_err(|_| UiError::Invalid {
-                field,
-                reason: "must be a UUID".into(),
-            })
-        })
-        .transpose()
 }
 
 pub async fn list(
@@ -49,8 +37,8 @@ pub async fn list(
     let f = store::AuditFilter {
         tenant: ui.caller.scope(None).map(str::to_owned),
         action: given(&q.action),
-        activity: uuid_filter("activity", &q.activity)?,
-        run: uuid_filter("run", &q.run)?,
+        activity: uuid_filter("activity", &q.activity, "a UUID")?,
+        run: uuid_filter("run", &q.run, "a UUID")?,
         before_id,
         limit: PAGE,
         ..Default::default()

@@ -5,7 +5,7 @@
 use super::super::error::UiError;
 use super::super::session::Ui;
 use super::super::view::{self, activity_link, opt_time, state, time};
-use super::given;
+use super::{given, one_of};
 use crate::api::{gc as api_gc, store, AppState};
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
@@ -56,15 +56,7 @@ pub async fn list(
     ui: Ui,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, UiError> {
-    let status = given(&q.status);
-    if let Some(s) = &status {
-        if !STATUSES.contains(&s.as_str()) {
-            return Err(UiError::Invalid {
-                field: "status",
-                reason: format!("must be one of {}", STATUSES.join(", ")),
-            });
-        }
-    }
+    let status = one_of("status", &q.status, STATUSES)?;
     let orphans = match given(&q.view).as_deref() {
         None | Some("all") => false,
         Some("orphans") => true,

@@ -72,6 +72,39 @@ pub fn given(v: &Option<String>) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// A filter that must be one of `allowed` (`None` when empty); else an error naming
+/// `field` that lists the allowed values.
+pub fn one_of(
+    field: &'static str,
+    v: &Option<String>,
+    allowed: &[&str],
+) -> Result<Option<String>, UiError> {
+    match given(v) {
+        Some(s) if !allowed.contains(&s.as_str()) => Err(UiError::Invalid {
+            field,
+            reason: format!("must be one of {}", allowed.join(", ")),
+        }),
+        other => Ok(other),
+    }
+}
+
+/// A filter or page cursor holding an id (`None` when empty); else an error naming
+/// `field` (`what`: "an activity id", "a UUID").
+pub fn uuid_filter(
+    field: &'static str,
+    v: &Option<String>,
+    what: &str,
+) -> Result<Option<Uuid>, UiError> {
+    given(v)
+        .map(|s| {
+            Uuid::parse_str(&s).map_err(|_| UiError::Invalid {
+                field,
+                reason: format!("must be {what}"),
+            })
+        })
+        .transpose()
+}
+
 /// A time filter: RFC 3339, or the `YYYY-MM-DDTHH:MM[:SS]` of a `datetime-local` field
 /// taken as UTC (the form says so).
 pub fn instant(field: &'static str, v: &Option<String>) -> Result<Option<DateTime<Utc>>, UiError> {

@@ -7,7 +7,7 @@ use super::super::dag;
 use super::super::error::UiError;
 use super::super::session::Ui;
 use super::super::view::{self, activity_link, opt_time, run_link, state, time};
-use super::{checked, given, notice, path_id, query, see_other, ActionForm};
+use super::{checked, given, notice, one_of, path_id, query, see_other, uuid_filter, ActionForm};
 use crate::api::{runs as api_runs, store, AppState};
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Path, Query, State};
@@ -45,23 +45,8 @@ pub async fn list(
     ui: Ui,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, UiError> {
-    let status = given(&q.state);
-    if let Some(s) = &status {
-        if !STATES.contains(&s.as_str()) {
-            return Err(UiError::Invalid {
-                field: "state",
-                reason: format!("must be one of {}", STATES.join(", ")),
-            });
-        }
-    }
-    let before = given(&q.before)
-        .map(|b| {
-            Uuid::parse_str(&b).map_err(|_| UiError::Invalid {
-                field: "before",
-                reason: "must be a run id".into(),
-            })
-        })
-        .transpose()?;
+    let status = one_of("state", &q.state, STATES)?;
+    let before = uuid_filter("before", &q.before, "a run id")?;
     let rows = store::list_runs(
         &st.pool,
         &store::RunFilter {
